@@ -1,0 +1,174 @@
+//! SMTP replies as values: a code, an enhanced status code (RFC 3463) and text lines.
+//!
+//! Every piece that answers a client — the session, the policy, the relay passing an
+//! upstream answer through — produces a [`Reply`], and only [`Reply::write_to`] turns one
+//! into wire bytes. That single place guarantees that every line carries the enhanced
+//! status code and that no CR or LF from anywhere (rule text, upstream text) can inject a
+//! reply line of its own.
+
+use std::fmt;
+
+/// An enhanced status code `class.subject.detail` (RFC 3463).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatusCode(pub u8, pub u16, pub u16);
+
+impl StatusCode {
+    /// The generic enhanced code for a basic reply code, used when an upstream sends
+    /// none: `2.0.0`, `4.0.0` or `5.0.0` by class (RFC 3463 §3.1 "other undefined").
+    pub fn generic_for(code: u16) -> Self {
+        match code / 100 {
+            2 | 3 => StatusCode(2, 0, 0),
+            4 => StatusCode(4, 0, 0),
+            _ => StatusCode(5, 0, 0),
+        }
+    }
+}
+
+impl fmt::Display for StatusCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// One SMTP reply, possibly multi-line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub status: StatusCode,
+    /// Text lines without the code prefix; never contain CR or LF.
+    lines: Vec<String>,
+}
+
+impl Reply {
+    /// A one-line reply; CR/LF and other control characters in `text` are replaced.
+    pub fn new(code: u16, status: StatusCode, text: impl Into<String>) -> Self {
+        Reply {
+            code,
+            status,
+            lines: vec![sanitize_line(&text.into())],
+        }
+    }
+
+    /// A multi-line reply (e.g. EHLO); each line is sanitized.
+    pub fn multiline(code: u16, status: StatusCode, lines: Vec<String>) -> Self {
+        let mut lines: Vec<String> = lines.iter().map(|l| sanitize_line(l)).collect();
+        if lines.is_empty() {
+            lines.push(String::new());
+        }
+        Reply {
+            code,
+            status,
+            lines,
+        }
+    }
+
+    /// Builds a reply from an upstream answer as smtp-proto parsed it: lines joined by
+    /// `\n`, enhanced code `[0,0,0]` when the upstream sent none.
+    pub fn from_upstream(code: u16, esc: [u8; 3], message: &str) -> Self {
+        let status = if esc[0] == 0 {
+            StatusCode::generic_for(code)
+        } else {
+            StatusCode(esc[0], esc[1] as u16, esc[2] as u16)
+        };
+        Reply::multiline(code, status, message.split('\n').map(str::to_owned).collect())
+    }
+
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
+    /// The text of all lines joined by a space (for logs).
+    pub fn text(&self) -> String {
+        self.lines.join(" ")
+    }
+
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// Appends the wire form (`250-2.0.0 a\r\n250 2.0.0 b\r\n`) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let last = self.lines.len() - 1;
+        for (i, line) in self.lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            let _ = write!(out, "{}{}{}", self.code, sep, self.status);
+            if !line.is_empty() {
+                out.push(b' ');
+                out.extend_from_slice(line.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.code, self.status, self.text())
+    }
+}
+
+/// Replaces every control character (CR, LF, NUL, …) with a space so that text from a
+/// rule, a template or an upstream can never start a reply line of its own.
+fn sanitize_line(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Shorthand used throughout the session: `reply(250, (2, 0, 0), "Ok")`.
+pub fn reply(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
+    Reply::new(code, StatusCode(status.0, status.1, status.2), text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(r: &Reply) -> String {
+        let mut v = Vec::new();
+        r.write_to(&mut v);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn single_line_has_enhanced_code() {
+        assert_eq!(wire(&reply(250, (2, 1, 0), "Ok")), "250 2.1.0 Ok\r\n");
+    }
+
+    #[test]
+    fn multiline_uses_dash_continuations() {
+        let r = Reply::multiline(
+            250,
+            StatusCode(2, 0, 0),
+            vec!["mx".into(), "PIPELINING".into()],
+        );
+        assert_eq!(wire(&r), "250-2.0.0 mx\r\n250 2.0.0 PIPELINING\r\n");
+    }
+
+    #[test]
+    fn crlf_in_text_cannot_inject_a_line() {
+        let r = reply(550, (5, 7, 1), "no\r\n250 2.0.0 fake");
+        assert_eq!(wire(&r), "550 5.7.1 no  250 2.0.0 fake\r\n");
+    }
+
+    #[test]
+    fn upstream_without_enhanced_code_gets_generic_one() {
+        let r = Reply::from_upstream(451, [0, 0, 0], "try later\nreally");
+        assert_eq!(wire(&r), "451-4.0.0 try later\r\n451 4.0.0 really\r\n");
+        let r = Reply::from_upstream(550, [5, 1, 1], "User unknown");
+        assert_eq!(wire(&r), "550 5.1.1 User unknown\r\n");
+    }
+}
