@@ -1,0 +1,215 @@
+//! Accept loops: one per configured listener, with connection limits in total and per
+//! client network, and the TLS handshake for implicit-TLS listeners.
+//!
+//! A refused connection still gets an SMTP answer (`421 4.7.0`), never a silent reset,
+//! so a legitimate sender knows to retry later.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{IpNet, Limits, canonical_ip};
+use crate::envelope::ClientInfo;
+use crate::runtime::Runtime;
+use crate::session::{ListenerContext, Session};
+use crate::stream::Stream;
+
+/// Session limits shared by every listener of the process.
+pub struct ConnectionLimits {
+    total: Arc<Semaphore>,
+    per_network: Arc<Mutex<HashMap<IpNet, usize>>>,
+    max_per_network: usize,
+    v4_prefix: u8,
+    v6_prefix: u8,
+}
+
+/// Holds one client network's slot until the session ends.
+pub struct NetworkSlot {
+    net: IpNet,
+    table: Arc<Mutex<HashMap<IpNet, usize>>>,
+}
+
+impl Drop for NetworkSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = table.get_mut(&self.net) {
+            *n -= 1;
+            if *n == 0 {
+                table.remove(&self.net);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn new(limits: &Limits) -> Self {
+        ConnectionLimits {
+            total: Arc::new(Semaphore::new(limits.max_sessions)),
+            per_network: Arc::new(Mutex::new(HashMap::new())),
+            max_per_network: limits.max_sessions_per_network,
+            v4_prefix: limits.ipv4_prefix,
+            v6_prefix: limits.ipv6_prefix,
+        }
+    }
+
+    fn session_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.total.clone().try_acquire_owned().ok()
+    }
+
+    fn network_slot(&self, ip: IpAddr) -> Option<NetworkSlot> {
+        let net = IpNet::containing(ip, self.v4_prefix, self.v6_prefix);
+        let mut table = self.per_network.lock().unwrap_or_else(|p| p.into_inner());
+        let n = table.entry(net).or_insert(0);
+        if *n >= self.max_per_network {
+            return None;
+        }
+        *n += 1;
+        Some(NetworkSlot {
+            net,
+            table: self.per_network.clone(),
+        })
+    }
+}
+
+/// A bound listening socket and what its sessions need.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub context: ListenerContext,
+    pub implicit_tls: bool,
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Accepts until shutdown; every session is spawned on `tracker`.
+    pub async fn run(self, rt: Arc<Runtime>, limits: Arc<ConnectionLimits>, tracker: TaskTracker) {
+        let mut shutdown = rt.shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                a = self.tcp.accept() => a,
+                _ = crate::runtime::shutdown_signalled(&mut shutdown) => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(listener = %self.context.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let ip = canonical_ip(peer.ip());
+            let Some(permit) = limits.session_permit() else {
+                self.refuse(
+                    &rt,
+                    tcp,
+                    ip,
+                    "max_sessions",
+                    "Error: too many connections",
+                    &tracker,
+                );
+                continue;
+            };
+            let Some(slot) = limits.network_slot(ip) else {
+                self.refuse(
+                    &rt,
+                    tcp,
+                    ip,
+                    "max_sessions_per_network",
+                    "Error: too many connections from your network",
+                    &tracker,
+                );
+                continue;
+            };
+            let rt = rt.clone();
+            let context = self.context.clone();
+            let implicit = self.implicit_tls;
+            tracker.spawn(async move {
+                let _permit = permit;
+                let _slot = slot;
+                serve_connection(rt, context, implicit, tcp, SocketAddr::new(ip, peer.port()))
+                    .await;
+            });
+        }
+        info!(listener = %self.context.name, "listener stopped accepting");
+    }
+
+    fn refuse(
+        &self,
+        rt: &Runtime,
+        mut tcp: TcpStream,
+        ip: IpAddr,
+        reason: &'static str,
+        text: &'static str,
+        tracker: &TaskTracker,
+    ) {
+        rt.metrics
+            .sessions_refused_total
+            .with_label_values(&[&self.context.name, reason])
+            .inc();
+        info!(listener = %self.context.name, client = %ip, reason, "connection refused");
+        let line = format!("421 4.7.0 {} {text}\r\n", rt.config.hostname);
+        tracker.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let _ = tcp.write_all(line.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            })
+            .await;
+        });
+    }
+}
+
+/// One accepted connection: the TLS handshake for implicit TLS, then the session.
+async fn serve_connection(
+    rt: Arc<Runtime>,
+    context: ListenerContext,
+    implicit_tls: bool,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let gauge = rt.metrics.sessions_open.with_label_values(&[&context.name]);
+    gauge.inc();
+    let stream = if implicit_tls {
+        let acceptor = context
+            .tls
+            .clone()
+            .expect("validated: implicit TLS has a certificate");
+        match tokio::time::timeout(rt.config.limits.command_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
+            Ok(Err(e)) => {
+                rt.metrics.protocol_error("tls_handshake");
+                debug!(client = %peer.ip(), error = %e, "implicit TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                rt.metrics.protocol_error("timeout");
+                None
+            }
+        }
+    } else {
+        Some(Stream::Plain(tcp))
+    };
+    if let Some(stream) = stream {
+        let client = ClientInfo {
+            ip: peer.ip(),
+            port: peer.port(),
+            listener: context.name.clone(),
+            tls: stream.is_tls(),
+            auth_user: None,
+        };
+        Session::new(rt.clone(), context, stream, client)
+            .run()
+            .await;
+    }
+    gauge.dec();
+}
