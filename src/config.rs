@@ -154,6 +154,9 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Concurrent sessions per client network (see `ipv4_prefix`/`ipv6_prefix`).
     pub max_sessions_per_network: usize,
+    /// Networks not subject to `max_sessions_per_network` (Postfix exempts `$mynetworks`
+    /// the same way). Default: loopback.
+    pub exempt_networks: Vec<IpNet>,
     /// Prefix that groups IPv4 clients into one network.
     pub ipv4_prefix: u8,
     /// Prefix that groups IPv6 clients into one network.
@@ -186,11 +189,15 @@ impl Default for Limits {
             min_data_rate: 500,
             max_sessions: 10_000,
             max_sessions_per_network: 50,
+            exempt_networks: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
             ipv4_prefix: 24,
             ipv6_prefix: 64,
             junk_command_limit: 100,
             hard_error_limit: 20,
-            max_transactions: 1000,
+            max_transactions: 10_000,
             memory_spool_threshold: 1024 * 1024,
             body_scan_limit: 64 * 1024,
             greet_pause: Duration::ZERO,

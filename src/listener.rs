@@ -26,6 +26,7 @@ pub struct ConnectionLimits {
     total: Arc<Semaphore>,
     per_network: Arc<Mutex<HashMap<IpNet, usize>>>,
     max_per_network: usize,
+    exempt: Vec<IpNet>,
     v4_prefix: u8,
     v6_prefix: u8,
 }
@@ -54,6 +55,7 @@ impl ConnectionLimits {
             total: Arc::new(Semaphore::new(limits.max_sessions)),
             per_network: Arc::new(Mutex::new(HashMap::new())),
             max_per_network: limits.max_sessions_per_network,
+            exempt: limits.exempt_networks.clone(),
             v4_prefix: limits.ipv4_prefix,
             v6_prefix: limits.ipv6_prefix,
         }
@@ -63,7 +65,11 @@ impl ConnectionLimits {
         self.total.clone().try_acquire_owned().ok()
     }
 
-    fn network_slot(&self, ip: IpAddr) -> Option<NetworkSlot> {
+    /// A slot for the client's network; `Some(None)` for exempt networks.
+    fn network_slot(&self, ip: IpAddr) -> Option<Option<NetworkSlot>> {
+        if self.exempt.iter().any(|n| n.contains(ip)) {
+            return Some(None);
+        }
         let net = IpNet::containing(ip, self.v4_prefix, self.v6_prefix);
         let mut table = self.per_network.lock().unwrap_or_else(|p| p.into_inner());
         let n = table.entry(net).or_insert(0);
@@ -71,10 +77,10 @@ impl ConnectionLimits {
             return None;
         }
         *n += 1;
-        Some(NetworkSlot {
+        Some(Some(NetworkSlot {
             net,
             table: self.per_network.clone(),
-        })
+        }))
     }
 }
 
