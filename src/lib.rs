@@ -19,6 +19,7 @@
 //! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
+//! | [`systemd`] | readiness/reload/watchdog notifications, socket activation |
 
 pub mod cli;
 pub mod config;
@@ -33,5 +34,6 @@ pub mod server;
 pub mod session;
 pub mod spool;
 pub mod stream;
+pub mod systemd;
 pub mod telemetry;
 pub mod tls;

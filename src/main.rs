@@ -50,6 +50,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            for l in &config.listeners {
+                if let Some(files) = &l.tls
+                    && let Err(e) = mxguard::tls::ReloadableCert::load(files)
+                {
+                    eprintln!("listeners {}: {e}", l.name);
+                    return ExitCode::FAILURE;
+                }
+            }
             match load_rules(&config.rules_dir) {
                 Ok(rules) => {
                     println!(

@@ -76,7 +76,8 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut certs = Vec::new();
-        for l in &config.listeners {
+        let mut activated = crate::systemd::activated_listeners();
+        for (i, l) in config.listeners.iter().enumerate() {
             let tls = match &l.tls {
                 Some(files) => {
                     let cert = Arc::new(ReloadableCert::load(files)?);
@@ -87,7 +88,14 @@ impl Server {
                 }
                 None => None,
             };
-            let tcp = bind(l.address).map_err(|source| StartError::Bind {
+            let inherited = activated
+                .remove(&l.name)
+                .or_else(|| activated.remove(&i.to_string()));
+            let tcp = match inherited {
+                Some(std_listener) => tokio::net::TcpListener::from_std(std_listener),
+                None => bind(l.address),
+            }
+            .map_err(|source| StartError::Bind {
                 name: l.name.clone(),
                 addr: l.address.to_string(),
                 source,
@@ -152,13 +160,23 @@ impl Server {
                 tracker.clone(),
             )));
         }
+        crate::systemd::spawn_watchdog();
+        crate::systemd::ready(&format!(
+            "listening; {} rules",
+            rt.rules.load().rule_count()
+        ));
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => reload(&rt, &self.certs),
+                _ = hup.recv() => {
+                    crate::systemd::reloading();
+                    reload(&rt, &self.certs);
+                    crate::systemd::ready(&format!("reloaded; {} rules", rt.rules.load().rule_count()));
+                }
             }
         }
+        crate::systemd::stopping();
         info!(
             grace_s = rt.config.shutdown_grace.as_secs(),
             "shutting down: draining sessions"
@@ -241,8 +259,22 @@ fn reload(rt: &Runtime, certs: &[(Arc<ReloadableCert>, crate::config::TlsFiles)]
     }
     for (cert, files) in certs {
         match cert.reload(files) {
-            Ok(()) => info!(cert = %files.cert.display(), "TLS certificate reloaded"),
-            Err(e) => error!("TLS certificate reload FAILED, keeping the old certificate: {e}"),
+            Ok(()) => {
+                rt.metrics
+                    .tls_reload_total
+                    .with_label_values(&["success"])
+                    .inc();
+                info!(cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                rt.metrics
+                    .tls_reload_total
+                    .with_label_values(&["error"])
+                    .inc();
+                error!(
+                    "TLS certificate reload FAILED, keeping the old certificate (STARTTLS stays on with it): {e}"
+                );
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub rules_loaded: IntGauge,
     pub rules_last_reload_success_timestamp_seconds: IntGauge,
     pub starttls_injection_total: IntCounter,
+    pub tls_reload_total: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -131,6 +132,11 @@ impl Metrics {
                 "Plaintext pipelined after STARTTLS and discarded",
             )
             .expect("valid counter"),
+            tls_reload_total: counter_vec(
+                "mxguard_tls_reload_total",
+                "Certificate reloads on SIGHUP by result (success, error: the old certificate stays)",
+                &["result"],
+            ),
             build_info: gauge_vec("mxguard_build_info", "Build information", &["version"]),
             registry,
         };
@@ -159,6 +165,7 @@ impl Metrics {
             Box::new(self.rules_loaded.clone()),
             Box::new(self.rules_last_reload_success_timestamp_seconds.clone()),
             Box::new(self.starttls_injection_total.clone()),
+            Box::new(self.tls_reload_total.clone()),
             Box::new(self.build_info.clone()),
         ];
         for c in collectors {
