@@ -62,6 +62,34 @@ pub struct ListenerConfig {
     pub tls: Option<TlsFiles>,
     /// TLS from the first byte (port 465 style) instead of STARTTLS.
     pub implicit_tls: bool,
+    /// Expect a PROXY protocol header from trusted load balancers.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// PROXY protocol settings of a listener behind an L4 load balancer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocolConfig {
+    /// Accept the v1 (text) header.
+    pub v1: bool,
+    /// Accept the v2 (binary) header.
+    pub v2: bool,
+    /// Peers that must send a header; anyone else is served as a direct client.
+    pub trusted: Vec<IpNet>,
+    /// How long to wait for the header.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ProxyProtocolConfig {
+    fn default() -> Self {
+        ProxyProtocolConfig {
+            v1: true,
+            v2: true,
+            trusted: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for ListenerConfig {
@@ -71,6 +99,7 @@ impl Default for ListenerConfig {
             address: "127.0.0.1:2525".parse().expect("valid default address"),
             tls: None,
             implicit_tls: false,
+            proxy_protocol: None,
         }
     }
 }
@@ -443,6 +472,13 @@ impl Config {
             return Err("upstreams: at least one upstream is required".into());
         }
         for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(pp) = &l.proxy_protocol
+                && (pp.trusted.is_empty() || !(pp.v1 || pp.v2))
+            {
+                return Err(format!(
+                    "listeners[{i}].proxy_protocol: needs `trusted` networks and v1 or v2 enabled"
+                ));
+            }
             if l.implicit_tls && l.tls.is_none() {
                 return Err(format!(
                     "listeners[{i}].implicit_tls: needs listeners[{i}].tls (cert and key)"

@@ -9,6 +9,7 @@
 //! | [`config`] | the YAML configuration, its defaults and command-line overrides |
 //! | [`cli`] | the `run` and `check` commands and their flags |
 //! | [`listener`] | accept loops, connection limits per client network, implicit TLS |
+//! | [`proxy_protocol`] | PROXY v1/v2 headers from trusted load balancers |
 //! | [`session`] | the SMTP server state machine, limits, timeouts |
 //! | [`stream`] | a TCP connection that can become TLS, with its read buffer |
 //! | [`tls`] | certificates (reloadable) and upstream TLS client settings |
@@ -27,6 +28,7 @@ pub mod dotstream;
 pub mod envelope;
 pub mod listener;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod reply;
 pub mod runtime;

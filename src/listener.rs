@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::{IpNet, Limits, canonical_ip};
+use crate::config::{IpNet, Limits, ProxyProtocolConfig, canonical_ip};
 use crate::envelope::ClientInfo;
 use crate::runtime::Runtime;
 use crate::session::{ListenerContext, Session};
@@ -89,6 +89,7 @@ pub struct Listener {
     pub tcp: TcpListener,
     pub context: ListenerContext,
     pub implicit_tls: bool,
+    pub proxy_protocol: Option<Arc<ProxyProtocolConfig>>,
 }
 
 impl Listener {
@@ -114,108 +115,158 @@ impl Listener {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let ip = canonical_ip(peer.ip());
             let Some(permit) = limits.session_permit() else {
-                self.refuse(
-                    &rt,
+                // Answered off the accept loop, so a client that does not read cannot stall it.
+                tokio::spawn(refuse(
+                    rt.clone(),
+                    self.context.name.clone(),
                     tcp,
-                    ip,
+                    peer.ip(),
                     "max_sessions",
                     "Error: too many connections",
-                    &tracker,
-                );
+                ));
                 continue;
             };
-            let Some(slot) = limits.network_slot(ip) else {
-                self.refuse(
-                    &rt,
-                    tcp,
-                    ip,
-                    "max_sessions_per_network",
-                    "Error: too many connections from your network",
-                    &tracker,
-                );
-                continue;
+            let conn = Accepted {
+                rt: rt.clone(),
+                context: self.context.clone(),
+                implicit_tls: self.implicit_tls,
+                proxy_protocol: self.proxy_protocol.clone(),
+                limits: limits.clone(),
+                tcp,
+                peer,
             };
-            let rt = rt.clone();
-            let context = self.context.clone();
-            let implicit = self.implicit_tls;
             tracker.spawn(async move {
                 let _permit = permit;
-                let _slot = slot;
-                serve_connection(rt, context, implicit, tcp, SocketAddr::new(ip, peer.port()))
-                    .await;
+                conn.serve().await;
             });
         }
         info!(listener = %self.context.name, "listener stopped accepting");
     }
-
-    fn refuse(
-        &self,
-        rt: &Runtime,
-        mut tcp: TcpStream,
-        ip: IpAddr,
-        reason: &'static str,
-        text: &'static str,
-        tracker: &TaskTracker,
-    ) {
-        rt.metrics
-            .sessions_refused_total
-            .with_label_values(&[&self.context.name, reason])
-            .inc();
-        info!(listener = %self.context.name, client = %ip, reason, "connection refused");
-        let line = format!("421 4.7.0 {} {text}\r\n", rt.config.hostname);
-        tracker.spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                let _ = tcp.write_all(line.as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            })
-            .await;
-        });
-    }
 }
 
-/// One accepted connection: the TLS handshake for implicit TLS, then the session.
-async fn serve_connection(
+/// Answers `421 4.7.0` and closes, without waiting long for a client that does not read.
+async fn refuse(
+    rt: Arc<Runtime>,
+    listener: String,
+    mut tcp: TcpStream,
+    ip: IpAddr,
+    reason: &'static str,
+    text: &'static str,
+) {
+    rt.metrics
+        .sessions_refused_total
+        .with_label_values(&[&listener, reason])
+        .inc();
+    info!(listener = %listener, client = %ip, reason, "connection refused");
+    let line = format!("421 4.7.0 {} {text}\r\n", rt.config.hostname);
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let _ = tcp.write_all(line.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+/// One accepted connection, before its session starts.
+struct Accepted {
     rt: Arc<Runtime>,
     context: ListenerContext,
     implicit_tls: bool,
+    proxy_protocol: Option<Arc<ProxyProtocolConfig>>,
+    limits: Arc<ConnectionLimits>,
     tcp: TcpStream,
     peer: SocketAddr,
-) {
-    let gauge = rt.metrics.sessions_open.with_label_values(&[&context.name]);
-    gauge.inc();
-    let stream = if implicit_tls {
-        let acceptor = context
-            .tls
-            .clone()
-            .expect("validated: implicit TLS has a certificate");
-        match tokio::time::timeout(rt.config.limits.command_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
-            Ok(Err(e)) => {
-                rt.metrics.protocol_error("tls_handshake");
-                debug!(client = %peer.ip(), error = %e, "implicit TLS handshake failed");
-                None
-            }
-            Err(_) => {
-                rt.metrics.protocol_error("timeout");
+}
+
+impl Accepted {
+    /// The PROXY header (from trusted balancers), the per-network limit on the real
+    /// client address, the TLS handshake for implicit TLS, then the session.
+    async fn serve(mut self) {
+        let rt = self.rt.clone();
+        let Some(client) = self.client_address().await else {
+            return;
+        };
+        let ip = canonical_ip(client.ip());
+        let Some(_slot) = self.limits.network_slot(ip) else {
+            refuse(
+                rt.clone(),
+                self.context.name.clone(),
+                self.tcp,
+                ip,
+                "max_sessions_per_network",
+                "Error: too many connections from your network",
+            )
+            .await;
+            return;
+        };
+        let gauge = rt
+            .metrics
+            .sessions_open
+            .with_label_values(&[&self.context.name]);
+        gauge.inc();
+        if let Some(stream) =
+            handshake(&rt, &self.context, self.implicit_tls, self.tcp, self.peer).await
+        {
+            let client = ClientInfo {
+                ip,
+                port: client.port(),
+                listener: self.context.name.clone(),
+                tls: stream.is_tls(),
+                auth_user: None,
+            };
+            Session::new(rt.clone(), self.context, stream, client)
+                .run()
+                .await;
+        }
+        gauge.dec();
+    }
+
+    /// The client's address: from the PROXY header when the peer is a trusted balancer
+    /// (which must send one), else the peer itself.
+    async fn client_address(&mut self) -> Option<SocketAddr> {
+        let Some(pp) = &self.proxy_protocol else {
+            return Some(self.peer);
+        };
+        if !crate::proxy_protocol::expected_from(pp, canonical_ip(self.peer.ip())) {
+            return Some(self.peer);
+        }
+        match crate::proxy_protocol::read_header(&mut self.tcp, pp).await {
+            Ok(Some(addr)) => Some(addr),
+            Ok(None) => Some(self.peer),
+            Err(e) => {
+                self.rt.metrics.protocol_error("proxy_protocol");
+                warn!(listener = %self.context.name, peer = %self.peer, error = %e, "PROXY header refused; closing");
                 None
             }
         }
-    } else {
-        Some(Stream::Plain(tcp))
-    };
-    if let Some(stream) = stream {
-        let client = ClientInfo {
-            ip: peer.ip(),
-            port: peer.port(),
-            listener: context.name.clone(),
-            tls: stream.is_tls(),
-            auth_user: None,
-        };
-        Session::new(rt.clone(), context, stream, client)
-            .run()
-            .await;
     }
-    gauge.dec();
+}
+
+/// The TLS handshake of an implicit-TLS listener; plain listeners pass through.
+async fn handshake(
+    rt: &Runtime,
+    context: &ListenerContext,
+    implicit_tls: bool,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Stream> {
+    if !implicit_tls {
+        return Some(Stream::Plain(tcp));
+    }
+    let acceptor = context
+        .tls
+        .clone()
+        .expect("validated: implicit TLS has a certificate");
+    match tokio::time::timeout(rt.config.limits.command_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
+        Ok(Err(e)) => {
+            rt.metrics.protocol_error("tls_handshake");
+            debug!(client = %peer.ip(), error = %e, "implicit TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            rt.metrics.protocol_error("timeout");
+            None
+        }
+    }
 }

@@ -107,6 +107,7 @@ impl Server {
                     tls,
                 },
                 implicit_tls: l.implicit_tls,
+                proxy_protocol: l.proxy_protocol.clone().map(Arc::new),
             });
         }
         let rt = Arc::new(Runtime {

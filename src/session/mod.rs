@@ -377,7 +377,8 @@ impl Session {
             return Flow::Continue;
         }
         let verb = verb_of(line);
-        if verb.eq_ignore_ascii_case(b"XCLIENT") || verb.eq_ignore_ascii_case(b"XFORWARD") {
+        let control = [&b"XCLIENT"[..], b"XFORWARD", b"PROXY"];
+        if control.iter().any(|c| verb.eq_ignore_ascii_case(c)) {
             self.rt.metrics.protocol_error("control_command");
             warn!(session = %self.id, client = %self.client.ip, "client sent {}", String::from_utf8_lossy(verb));
             self.error_reply(reply(550, (5, 7, 0), "Error: insufficient authorization"));
