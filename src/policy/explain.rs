@@ -291,6 +291,6 @@ mod tests {
             ]
         );
         assert_eq!(m.body_prefix, b"body");
-        assert_eq!(m.size, raw.len() as u64 + 4);
+        assert_eq!(m.size, raw.len() as u64 + 5);
     }
 }
