@@ -286,3 +286,153 @@ fn canonical_file(p: &Path) -> PathBuf {
         _ => p.to_path_buf(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{ClientInfo, Decision, Envelope, Facts, Stage};
+
+    const NETS_RULE: &str = "lists:\n  blocked: [\"file:lists/blocked.txt\"]\nrules:\n  - { name: block, stage: connect, if: { client_ip: blocked }, then: reject }\n";
+
+    fn setup() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("lists")).unwrap();
+        std::fs::write(dir.path().join("lists/blocked.txt"), "192.0.2.0/24\n").unwrap();
+        std::fs::write(dir.path().join("a.yaml"), NETS_RULE).unwrap();
+        dir
+    }
+
+    fn blocks(set: &RuleSet, ip: &str) -> bool {
+        let client = ClientInfo {
+            ip: ip.parse().unwrap(),
+            port: 1,
+            listener: "mx".into(),
+            tls: false,
+            auth_user: None,
+        };
+        let env = Envelope::default();
+        let facts = Facts {
+            stage: Stage::Connect,
+            client: &client,
+            envelope: &env,
+            message: None,
+        };
+        matches!(set.evaluate(&facts).verdict.decision, Decision::Reject(_))
+    }
+
+    #[test]
+    fn reload_is_all_or_nothing() {
+        let dir = setup();
+        let policy = Policy::load(dir.path()).unwrap();
+        let before = policy.current();
+        assert_eq!(before.rule_count(), 1);
+
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "rules:\n  - { name: two, stage: mail, then: continue }\n",
+        )
+        .unwrap();
+        let out = policy.reload();
+        let ReloadOutcome::Applied { rules, hash } = &out else {
+            panic!("{out:?}")
+        };
+        assert_eq!((*rules, hash.as_str()), (2, policy.current().content_hash().as_str()));
+        assert_eq!(out.result_label(), "ok");
+        assert_eq!(before.rule_count(), 1, "a snapshot never changes");
+
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            "rules:\n  - { name: two, stage: mail, then: continue }\n  - { name: three, stage: helo, if: { helo: { is_ip: true } }, then: reject }\n",
+        )
+        .unwrap();
+        let out = policy.reload();
+        let ReloadOutcome::Rejected { errors } = &out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(out.result_label(), "error");
+        let shown = errors.to_string();
+        assert!(
+            shown.ends_with("b.yaml:3:47: rules[1].if.helo.is_ip: unknown field `is_ip`, expected one of `equals`, `glob`, `regex`, `in`, `is_ip_literal`, `is_fqdn`"),
+            "{shown}"
+        );
+        assert_eq!(policy.current().rule_count(), 2, "the running set stays");
+    }
+
+    /// Starts the watcher and the reload loop; outcomes arrive on the returned channel.
+    fn start(dir: &Path) -> (Arc<Policy>, mpsc::UnboundedReceiver<ReloadOutcome>) {
+        let policy = Arc::new(Policy::load(dir).unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        policy.clone().spawn_watcher(tx).unwrap();
+        tokio::spawn(policy.clone().run_reloads(rx, move |_, o| {
+            let _ = out_tx.send(o.clone());
+        }));
+        (policy, out_rx)
+    }
+
+    /// Waits for an outcome satisfying `pred` (editors' saves may produce more than one
+    /// reload); fails after 10 s.
+    async fn wait_for(
+        rx: &mut mpsc::UnboundedReceiver<ReloadOutcome>,
+        pred: impl Fn(&ReloadOutcome) -> bool,
+    ) -> ReloadOutcome {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let o = rx.recv().await.expect("reload loop ended");
+                if pred(&o) {
+                    return o;
+                }
+            }
+        })
+        .await
+        .expect("no matching reload outcome within 10 s")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn editing_a_list_file_reloads() {
+        let dir = setup();
+        let (policy, mut out) = start(dir.path());
+        assert!(!blocks(&policy.current(), "198.51.100.7"));
+        std::fs::write(
+            dir.path().join("lists/blocked.txt"),
+            "192.0.2.0/24\n198.51.100.0/24\n",
+        )
+        .unwrap();
+        wait_for(&mut out, |o| o.is_applied()).await;
+        assert!(blocks(&policy.current(), "198.51.100.7"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn write_temp_then_rename_is_picked_up() {
+        let dir = setup();
+        let (policy, mut out) = start(dir.path());
+        let tmp = dir.path().join(".a.yaml.swp");
+        std::fs::write(&tmp, NETS_RULE.replace("then: reject", "then: accept")).unwrap();
+        std::fs::rename(&tmp, dir.path().join("a.yaml")).unwrap();
+        wait_for(&mut out, |o| o.is_applied()).await;
+        assert!(!blocks(&policy.current(), "192.0.2.1"), "now accepts");
+
+        // The same for a list file, replaced by rename.
+        let tmp = dir.path().join("lists/blocked.txt.new");
+        std::fs::write(&tmp, "203.0.113.0/24\n").unwrap();
+        std::fs::rename(&tmp, dir.path().join("lists/blocked.txt")).unwrap();
+        let hash = policy.current().content_hash();
+        wait_for(&mut out, |o| matches!(o, ReloadOutcome::Applied { hash: h, .. } if *h != hash)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalid_change_via_watcher_keeps_the_old_set() {
+        let dir = setup();
+        let (policy, mut out) = start(dir.path());
+        let hash = policy.current().content_hash();
+        std::fs::write(dir.path().join("lists/blocked.txt"), "192.0.2.0/24\n10.0.0/8\n").unwrap();
+        let o = wait_for(&mut out, |o| !o.is_applied()).await;
+        let ReloadOutcome::Rejected { errors } = o else { unreachable!() };
+        let e = &errors.0[0];
+        assert!(e.file.ends_with("lists/blocked.txt"));
+        assert_eq!((e.line, e.column, e.key_path.as_str()), (2, 1, "lists.blocked"));
+        assert_eq!(e.message, "invalid network \"10.0.0/8\"");
+        assert_eq!(policy.current().content_hash(), hash);
+        assert!(blocks(&policy.current(), "192.0.2.9"));
+    }
+}
