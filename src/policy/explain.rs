@@ -166,7 +166,9 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
         .strip_prefix('<')
         .and_then(|f| f.strip_suffix('>'))
         .unwrap_or(from);
-    let message = input.message.map(|m| message_view(m, input.body_scan_limit));
+    let message = input
+        .message
+        .map(|m| message_view(m, input.body_scan_limit));
     let _ = writeln!(
         out,
         "rules: {} (hash {})",
@@ -202,7 +204,11 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
                 let _ = writeln!(
                     out,
                     "\nresult: accepted by policy at {what}; no later rules run for the {}",
-                    if what == "connect" || what == "helo" { "session" } else { "transaction" }
+                    if what == "connect" || what == "helo" {
+                        "session"
+                    } else {
+                        "transaction"
+                    }
                 );
                 true
             }
@@ -210,12 +216,22 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
         }
     };
 
-    let d = run(&mut out, Stage::Connect, &env, format!("client_ip={} tls={}", input.client_ip, input.tls));
+    let d = run(
+        &mut out,
+        Stage::Connect,
+        &env,
+        format!("client_ip={} tls={}", input.client_ip, input.tls),
+    );
     if ends(&mut out, &d, "connect") {
         return out;
     }
     env.helo = Some(input.helo.to_owned());
-    let d = run(&mut out, Stage::Helo, &env, format!("helo={:?}", input.helo));
+    let d = run(
+        &mut out,
+        Stage::Helo,
+        &env,
+        format!("helo={:?}", input.helo),
+    );
     if ends(&mut out, &d, "helo") {
         return out;
     }
@@ -225,7 +241,12 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
         .declared_size
         .map(|s| format!(" SIZE={s}"))
         .unwrap_or_default();
-    let d = run(&mut out, Stage::Mail, &env, format!("sender=<{from}>{size_note}"));
+    let d = run(
+        &mut out,
+        Stage::Mail,
+        &env,
+        format!("sender=<{from}>{size_note}"),
+    );
     if ends(&mut out, &d, "mail") {
         return out;
     }
@@ -249,7 +270,10 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
         }
     }
     if env.recipients.is_empty() {
-        let _ = writeln!(out, "\nresult: no recipient accepted; DATA would be refused");
+        let _ = writeln!(
+            out,
+            "\nresult: no recipient accepted; DATA would be refused"
+        );
         return out;
     }
     if message.is_none() {
@@ -268,8 +292,13 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
     );
     let d = run(&mut out, Stage::Data, &env, note);
     let _ = match d {
-        Decision::Reject(r) | Decision::Tempfail(r) => writeln!(out, "\nresult: message refused: {r}"),
-        Decision::Accept => writeln!(out, "\nresult: message accepted by policy; relayed upstream"),
+        Decision::Reject(r) | Decision::Tempfail(r) => {
+            writeln!(out, "\nresult: message refused: {r}")
+        }
+        Decision::Accept => writeln!(
+            out,
+            "\nresult: message accepted by policy; relayed upstream"
+        ),
         Decision::Continue => writeln!(out, "\nresult: message passes the rules; relayed upstream"),
     };
     out

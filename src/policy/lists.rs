@@ -304,7 +304,8 @@ pub(crate) fn is_fqdn(name: &str) -> bool {
             && !l.ends_with('-')
             && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     };
-    labels.iter().all(|l| label_ok(l)) && !labels[labels.len() - 1].bytes().all(|b| b.is_ascii_digit())
+    labels.iter().all(|l| label_ok(l))
+        && !labels[labels.len() - 1].bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -330,7 +331,14 @@ mod tests {
             assert_eq!(s.contains(ip.parse().unwrap()), want, "{ip}");
         }
         assert!(set(&["0.0.0.0/0"]).contains("1.2.3.4".parse().unwrap()));
-        for bad in ["10.0.0/8", "10.0.0.0/33", "::/129", "10.0.0.0/", "x", "10.0.0.0/8/8"] {
+        for bad in [
+            "10.0.0/8",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "x",
+            "10.0.0.0/8/8",
+        ] {
             assert!(parse_net(bad).is_none(), "{bad}");
         }
     }

@@ -71,8 +71,15 @@ impl Diag {
 /// Where a list item came from, to report its errors there.
 #[derive(Debug, Clone)]
 enum Origin {
-    Yaml { file: usize, path: KeyPath },
-    Text { file: PathBuf, line: usize, column: usize },
+    Yaml {
+        file: usize,
+        path: KeyPath,
+    },
+    Text {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -256,7 +263,10 @@ impl Decoder<'_> {
             other => {
                 self.error(
                     path,
-                    format!("expected a network, a list name or a list, found {}", kind_of(other)),
+                    format!(
+                        "expected a network, a list name or a list, found {}",
+                        kind_of(other)
+                    ),
                 );
                 None
             }
@@ -424,8 +434,7 @@ fn inline_label_patterns(ps: &[Pattern]) -> String {
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
@@ -515,7 +524,10 @@ pub(crate) fn load_dir(dir: &Path) -> Result<RuleSet, LoadErrors> {
                 match v {
                     Value::Sequence(rules) => rule_seqs.push((i, rules)),
                     Value::Null => {}
-                    other => d.error(&path, format!("expected a list of rules, found {}", kind_of(other))),
+                    other => d.error(
+                        &path,
+                        format!("expected a list of rules, found {}", kind_of(other)),
+                    ),
                 }
             }
         }
@@ -578,7 +590,10 @@ fn content_hash(files: &[SourceFile], lists: &[(PathBuf, Vec<u8>)], dir: &Path) 
 fn read_lists(d: &mut Decoder<'_>, dir: &Path, v: &Value, path: &KeyPath) {
     let Value::Mapping(m) = v else {
         if !v.is_null() {
-            d.error(path, format!("expected a mapping of lists, found {}", kind_of(v)));
+            d.error(
+                path,
+                format!("expected a mapping of lists, found {}", kind_of(v)),
+            );
         }
         return;
     };
@@ -608,7 +623,10 @@ fn read_lists(d: &mut Decoder<'_>, dir: &Path, v: &Value, path: &KeyPath) {
             Value::String(_) => vec![(lpath.clone(), val)],
             Value::Null => Vec::new(),
             other => {
-                d.error(&lpath, format!("expected a list of items, found {}", kind_of(other)));
+                d.error(
+                    &lpath,
+                    format!("expected a list of items, found {}", kind_of(other)),
+                );
                 continue;
             }
         };
@@ -618,7 +636,10 @@ fn read_lists(d: &mut Decoder<'_>, dir: &Path, v: &Value, path: &KeyPath) {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),
                 other => {
-                    d.error(&ipath, format!("expected a string item, found {}", kind_of(other)));
+                    d.error(
+                        &ipath,
+                        format!("expected a string item, found {}", kind_of(other)),
+                    );
                     continue;
                 }
             };
@@ -645,14 +666,26 @@ fn read_list_file(d: &mut Decoder<'_>, dir: &Path, rel: &str, ipath: &KeyPath, d
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) => {
-            d.error(ipath, format!("cannot read list file {:?}: {e}", path.display().to_string()));
+            d.error(
+                ipath,
+                format!(
+                    "cannot read list file {:?}: {e}",
+                    path.display().to_string()
+                ),
+            );
             return;
         }
     };
     let text = match std::str::from_utf8(&bytes) {
         Ok(t) => t.to_owned(),
         Err(e) => {
-            d.error(ipath, format!("list file {:?} is not UTF-8: {e}", path.display().to_string()));
+            d.error(
+                ipath,
+                format!(
+                    "list file {:?} is not UTF-8: {e}",
+                    path.display().to_string()
+                ),
+            );
             return;
         }
     };
@@ -697,7 +730,11 @@ fn read_rule(
     origin: String,
     names: &mut HashMap<String, String>,
 ) -> Option<Rule> {
-    let entries = d.mapping(v, path, &["name", "stage", "if", "then", "mode", "description"]);
+    let entries = d.mapping(
+        v,
+        path,
+        &["name", "stage", "if", "then", "mode", "description"],
+    );
     let entries = entries?;
     let get = |k: &str| entries.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
 
@@ -721,7 +758,10 @@ fn read_rule(
                 }
                 Some(n) => {
                     if let Some(first) = names.get(n) {
-                        d.error(&np, format!("duplicate rule name `{n}` (first defined in {first})"));
+                        d.error(
+                            &np,
+                            format!("duplicate rule name `{n}` (first defined in {first})"),
+                        );
                         ok = false;
                     } else {
                         names.insert(n.to_owned(), origin.clone());
@@ -742,7 +782,10 @@ fn read_rule(
         }
         Some(sv) => {
             let sp = path.key("stage");
-            match sv.as_str().and_then(|s| Stage::ALL.into_iter().find(|st| st.as_str() == s)) {
+            match sv
+                .as_str()
+                .and_then(|s| Stage::ALL.into_iter().find(|st| st.as_str() == s))
+            {
                 Some(st) => Some(st),
                 None => {
                     d.error(
@@ -767,7 +810,10 @@ fn read_rule(
             _ => {
                 d.error(
                     &path.key("mode"),
-                    format!("unknown mode {}, expected `enforce` or `monitor`", describe(mv)),
+                    format!(
+                        "unknown mode {}, expected `enforce` or `monitor`",
+                        describe(mv)
+                    ),
                 );
                 None
             }

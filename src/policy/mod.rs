@@ -201,7 +201,9 @@ impl RuleSet {
     }
 
     pub(crate) fn stage_rules(&self, stage: Stage) -> impl Iterator<Item = &Rule> {
-        self.by_stage[stage as usize].iter().map(|&i| &self.rules[i])
+        self.by_stage[stage as usize]
+            .iter()
+            .map(|&i| &self.rules[i])
     }
 }
 

@@ -65,6 +65,11 @@ pub struct Policy {
     current: ArcSwap<RuleSet>,
     /// Bumped on every applied reload, so the watcher can follow new list files.
     generation: watch::Sender<u64>,
+    /// Sets replaced by a reload. Keeping a reference here means the session that
+    /// drops the last snapshot never frees a whole rule set (hundreds of ms for a large
+    /// one) on a worker thread; [`Policy::reload`] frees the unused ones on its own
+    /// (blocking) thread.
+    retired: std::sync::Mutex<Vec<Arc<RuleSet>>>,
 }
 
 impl Policy {
@@ -82,6 +87,7 @@ impl Policy {
             dir: dir.into(),
             current: ArcSwap::from_pointee(set),
             generation: watch::Sender::new(0),
+            retired: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -103,8 +109,9 @@ impl Policy {
             Ok(set) => {
                 let rules = set.rule_count();
                 let hash = set.content_hash();
-                self.current.store(Arc::new(set));
+                let old = self.current.swap(Arc::new(set));
                 self.generation.send_modify(|g| *g += 1);
+                self.retire(old);
                 tracing::info!(
                     rules,
                     hash = %hash,
@@ -125,6 +132,30 @@ impl Policy {
                 ReloadOutcome::Rejected { errors }
             }
         }
+    }
+
+    /// Keeps `old` until no session holds it any more, and frees (here, on the calling
+    /// thread) every retired set no session holds now.
+    fn retire(&self, old: Arc<RuleSet>) {
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(old);
+        self.sweep_retired();
+    }
+
+    /// Frees replaced rule sets that no session uses any more. Reload does this
+    /// itself; call it from a blocking thread to release memory between reloads.
+    pub fn sweep_retired(&self) {
+        let unused: Vec<Arc<RuleSet>> = {
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            let (unused, in_use) = std::mem::take(&mut *retired)
+                .into_iter()
+                .partition(|s| Arc::strong_count(s) == 1);
+            *retired = in_use;
+            unused
+        };
+        drop(unused);
     }
 
     /// Serves reload requests until every sender is gone: coalesces requests queued
@@ -163,14 +194,13 @@ impl Policy {
         tx: mpsc::UnboundedSender<ReloadRequest>,
     ) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<notify::Event>();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            match res {
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
                 Ok(ev) => {
                     let _ = ev_tx.send(ev);
                 }
                 Err(e) => tracing::warn!(error = %e, "rules watcher error"),
-            }
-        })?;
+            })?;
         let dir = canonical(&self.dir);
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         let mut state = Watched {
@@ -336,7 +366,10 @@ mod tests {
         let ReloadOutcome::Applied { rules, hash } = &out else {
             panic!("{out:?}")
         };
-        assert_eq!((*rules, hash.as_str()), (2, policy.current().content_hash().as_str()));
+        assert_eq!(
+            (*rules, hash.as_str()),
+            (2, policy.current().content_hash().as_str())
+        );
         assert_eq!(out.result_label(), "ok");
         assert_eq!(before.rule_count(), 1, "a snapshot never changes");
 
@@ -417,7 +450,11 @@ mod tests {
         std::fs::write(&tmp, "203.0.113.0/24\n").unwrap();
         std::fs::rename(&tmp, dir.path().join("lists/blocked.txt")).unwrap();
         let hash = policy.current().content_hash();
-        wait_for(&mut out, |o| matches!(o, ReloadOutcome::Applied { hash: h, .. } if *h != hash)).await;
+        wait_for(
+            &mut out,
+            |o| matches!(o, ReloadOutcome::Applied { hash: h, .. } if *h != hash),
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,12 +462,21 @@ mod tests {
         let dir = setup();
         let (policy, mut out) = start(dir.path());
         let hash = policy.current().content_hash();
-        std::fs::write(dir.path().join("lists/blocked.txt"), "192.0.2.0/24\n10.0.0/8\n").unwrap();
+        std::fs::write(
+            dir.path().join("lists/blocked.txt"),
+            "192.0.2.0/24\n10.0.0/8\n",
+        )
+        .unwrap();
         let o = wait_for(&mut out, |o| !o.is_applied()).await;
-        let ReloadOutcome::Rejected { errors } = o else { unreachable!() };
+        let ReloadOutcome::Rejected { errors } = o else {
+            unreachable!()
+        };
         let e = &errors.0[0];
         assert!(e.file.ends_with("lists/blocked.txt"));
-        assert_eq!((e.line, e.column, e.key_path.as_str()), (2, 1, "lists.blocked"));
+        assert_eq!(
+            (e.line, e.column, e.key_path.as_str()),
+            (2, 1, "lists.blocked")
+        );
         assert_eq!(e.message, "invalid network \"10.0.0/8\"");
         assert_eq!(policy.current().content_hash(), hash);
         assert!(blocks(&policy.current(), "192.0.2.9"));

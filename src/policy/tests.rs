@@ -8,7 +8,9 @@ use crate::envelope::{ClientInfo, Envelope, MessageView};
 use crate::reply::reply;
 
 /// Writes `files` (name, content) into a fresh directory and loads it.
-pub(super) fn load_files(files: &[(&str, &str)]) -> (tempfile::TempDir, Result<RuleSet, LoadErrors>) {
+pub(super) fn load_files(
+    files: &[(&str, &str)],
+) -> (tempfile::TempDir, Result<RuleSet, LoadErrors>) {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
         let p = dir.path().join(name);
@@ -32,7 +34,9 @@ fn errors(files: &[(&str, &str)]) -> Vec<String> {
     let (dir, r) = load_files(files);
     let e = r.expect_err("load should fail");
     let prefix = format!("{}/", dir.path().display());
-    e.iter().map(|e| e.to_string().replace(&prefix, "")).collect()
+    e.iter()
+        .map(|e| e.to_string().replace(&prefix, ""))
+        .collect()
 }
 
 /// One session's facts, built up step by step.
@@ -113,7 +117,11 @@ impl S {
             stage,
             client: &self.client,
             envelope: &self.env,
-            message: if stage == Stage::Data { self.msg.as_ref() } else { None },
+            message: if stage == Stage::Data {
+                self.msg.as_ref()
+            } else {
+                None
+            },
         };
         set.evaluate(&facts)
     }
@@ -131,10 +139,30 @@ fn each_condition_matches_as_documented() {
     let cases: Vec<(Stage, &str, S, bool)> = vec![
         // client_ip / client_net
         (Connect, "{ client_ip: 192.0.2.0/24 }", s(), true),
-        (Connect, "{ client_ip: 192.0.2.0/24 }", s().ip("198.51.100.1"), false),
-        (Connect, "{ client_net: [10.0.0.0/8, 192.0.2.10] }", s(), true),
-        (Connect, "{ client_ip: { in: [2001:db8::/32] } }", s().ip("2001:db8::1"), true),
-        (Connect, "{ client_ip: 192.0.2.0/24 }", s().ip("::ffff:192.0.2.1"), true),
+        (
+            Connect,
+            "{ client_ip: 192.0.2.0/24 }",
+            s().ip("198.51.100.1"),
+            false,
+        ),
+        (
+            Connect,
+            "{ client_net: [10.0.0.0/8, 192.0.2.10] }",
+            s(),
+            true,
+        ),
+        (
+            Connect,
+            "{ client_ip: { in: [2001:db8::/32] } }",
+            s().ip("2001:db8::1"),
+            true,
+        ),
+        (
+            Connect,
+            "{ client_ip: 192.0.2.0/24 }",
+            s().ip("::ffff:192.0.2.1"),
+            true,
+        ),
         // helo
         (Helo, "{ helo: mail.client.example }", s(), true),
         (Helo, "{ helo: MAIL.client.EXAMPLE }", s(), true),
@@ -144,30 +172,90 @@ fn each_condition_matches_as_documented() {
         (Helo, "{ helo: { glob: \"mail.*\" } }", s(), true),
         (Helo, "{ helo: { regex: \"^MAIL\" } }", s(), false),
         (Helo, "{ helo: { regex: \"(?i)^MAIL\" } }", s(), true),
-        (Helo, "{ helo: { is_ip_literal: true } }", s().helo("[192.0.2.1]"), true),
+        (
+            Helo,
+            "{ helo: { is_ip_literal: true } }",
+            s().helo("[192.0.2.1]"),
+            true,
+        ),
         (Helo, "{ helo: { is_ip_literal: true } }", s(), false),
-        (Helo, "{ helo: { is_fqdn: false } }", s().helo("localhost"), true),
+        (
+            Helo,
+            "{ helo: { is_fqdn: false } }",
+            s().helo("localhost"),
+            true,
+        ),
         (Helo, "{ helo: { is_fqdn: true } }", s(), true),
         // sender, sender_domain
         (Mail, "{ sender: alice@sender.example }", s(), true),
         (Mail, "{ sender: \"\" }", s().sender(""), true),
         (Mail, "{ sender: \"\" }", s(), false),
         (Mail, "{ sender_domain: sender.example }", s(), true),
-        (Mail, "{ sender_domain: \"*.example\" }", s().sender(""), false),
-        (Mail, "{ sender: { in: [\"/^[0-9]+@/\"] } }", s().sender("123@x.example"), true),
+        (
+            Mail,
+            "{ sender_domain: \"*.example\" }",
+            s().sender(""),
+            false,
+        ),
+        (
+            Mail,
+            "{ sender: { in: [\"/^[0-9]+@/\"] } }",
+            s().sender("123@x.example"),
+            true,
+        ),
         // recipient, recipient_domain (rcpt: current; data: any)
         (Rcpt, "{ recipient: BOB@example.org }", s(), true),
-        (Rcpt, "{ recipient_domain: example.org }", s().rcpt("x@other.example"), false),
-        (Data, "{ recipient_domain: example.org }", s().rcpts(&["a@x.example", "b@example.org"]), true),
-        (Data, "{ recipient: a@y.example }", s().rcpts(&["a@x.example"]), false),
+        (
+            Rcpt,
+            "{ recipient_domain: example.org }",
+            s().rcpt("x@other.example"),
+            false,
+        ),
+        (
+            Data,
+            "{ recipient_domain: example.org }",
+            s().rcpts(&["a@x.example", "b@example.org"]),
+            true,
+        ),
+        (
+            Data,
+            "{ recipient: a@y.example }",
+            s().rcpts(&["a@x.example"]),
+            false,
+        ),
         // recipient_count: at rcpt counts the one being decided
-        (Rcpt, "{ recipient_count: { over: 2 } }", s().rcpts(&["a@x", "b@x"]).rcpt("c@x"), true),
-        (Rcpt, "{ recipient_count: { over: 2 } }", s().rcpts(&["a@x"]).rcpt("c@x"), false),
-        (Data, "{ recipient_count: 2 }", s().rcpts(&["a@x", "b@x"]), true),
-        (Data, "{ recipient_count: { under: 2 } }", s().rcpts(&["a@x", "b@x"]), false),
+        (
+            Rcpt,
+            "{ recipient_count: { over: 2 } }",
+            s().rcpts(&["a@x", "b@x"]).rcpt("c@x"),
+            true,
+        ),
+        (
+            Rcpt,
+            "{ recipient_count: { over: 2 } }",
+            s().rcpts(&["a@x"]).rcpt("c@x"),
+            false,
+        ),
+        (
+            Data,
+            "{ recipient_count: 2 }",
+            s().rcpts(&["a@x", "b@x"]),
+            true,
+        ),
+        (
+            Data,
+            "{ recipient_count: { under: 2 } }",
+            s().rcpts(&["a@x", "b@x"]),
+            false,
+        ),
         // size: SIZE= at mail, real size at data
         (Mail, "{ size: { over: 1KB } }", s().size(Some(1001)), true),
-        (Mail, "{ size: { over: 1KiB } }", s().size(Some(1001)), false),
+        (
+            Mail,
+            "{ size: { over: 1KiB } }",
+            s().size(Some(1001)),
+            false,
+        ),
         (Mail, "{ size: { over: 0 } }", s().size(None), false),
         (Data, "{ size: { over: 25MiB } }", s().msize(26 << 20), true),
         (Data, "{ size: { over: 4KB, under: 6000 } }", s(), true),
@@ -179,21 +267,66 @@ fn each_condition_matches_as_documented() {
         (Mail, "{ auth_user: false }", s(), true),
         (Mail, "{ auth_user: \"ali*\" }", s().auth("alice"), true),
         // header, body
-        (Data, "{ header: { name: subject, matches: \"(?i)viagra\" } }", s(), true),
-        (Data, "{ header: { name: Subject, matches: \"viagra\" } }", s(), false),
+        (
+            Data,
+            "{ header: { name: subject, matches: \"(?i)viagra\" } }",
+            s(),
+            true,
+        ),
+        (
+            Data,
+            "{ header: { name: Subject, matches: \"viagra\" } }",
+            s(),
+            false,
+        ),
         (Data, "{ header: { name: X-Mailer } }", s(), false),
         (Data, "{ header: { name: From } }", s(), true),
-        (Data, "{ body: { matches: \"(?i)UNSUBSCRIBE\" } }", s(), true),
+        (
+            Data,
+            "{ body: { matches: \"(?i)UNSUBSCRIBE\" } }",
+            s(),
+            true,
+        ),
         (Data, "{ body: { matches: \"lottery\" } }", s(), false),
         // combinators and implicit all
-        (Mail, "{ tls: false, sender_domain: sender.example }", s(), true),
-        (Mail, "{ tls: true, sender_domain: sender.example }", s(), false),
-        (Mail, "{ all: [ { tls: false }, { sender: \"*@sender.example\" } ] }", s(), true),
-        (Mail, "{ any: [ { tls: true }, { sender: nobody@x } ] }", s(), false),
-        (Mail, "{ any: [ { tls: true }, { sender: \"*\" } ] }", s(), true),
+        (
+            Mail,
+            "{ tls: false, sender_domain: sender.example }",
+            s(),
+            true,
+        ),
+        (
+            Mail,
+            "{ tls: true, sender_domain: sender.example }",
+            s(),
+            false,
+        ),
+        (
+            Mail,
+            "{ all: [ { tls: false }, { sender: \"*@sender.example\" } ] }",
+            s(),
+            true,
+        ),
+        (
+            Mail,
+            "{ any: [ { tls: true }, { sender: nobody@x } ] }",
+            s(),
+            false,
+        ),
+        (
+            Mail,
+            "{ any: [ { tls: true }, { sender: \"*\" } ] }",
+            s(),
+            true,
+        ),
         (Mail, "{ not: { tls: true } }", s(), true),
         (Mail, "{ not: { any: [ { tls: false } ] } }", s(), false),
-        (Mail, "[ { tls: false }, { size: { under: 2000 } } ]", s(), true),
+        (
+            Mail,
+            "[ { tls: false }, { size: { under: 2000 } } ]",
+            s(),
+            true,
+        ),
     ];
     for (stage, cond, facts, want) in cases {
         let set = one_rule(stage, cond);
@@ -211,7 +344,10 @@ fn lists_mix_inline_items_and_files() {
             "a.yaml",
             "lists:\n  nets: [10.0.0.0/8, \"file:lists/nets.txt\"]\n  senders: [\"file:lists/senders.txt\", x@y.example]\n",
         ),
-        ("lists/nets.txt", "# our networks\n192.0.2.0/24   # office\n\n  2001:db8::/32\n"),
+        (
+            "lists/nets.txt",
+            "# our networks\n192.0.2.0/24   # office\n\n  2001:db8::/32\n",
+        ),
         ("lists/senders.txt", "*@spam.example\n/^[0-9]+@/\n"),
         (
             "b.yaml",
@@ -227,8 +363,12 @@ fn lists_mix_inline_items_and_files() {
     assert!(rejected(s().ip("2001:db8::5").eval(&set, Stage::Connect)));
     assert!(rejected(s().ip("10.1.2.3").eval(&set, Stage::Connect)));
     assert!(!rejected(s().ip("198.51.100.1").eval(&set, Stage::Connect)));
-    assert!(rejected(s().sender("joe@SPAM.example").eval(&set, Stage::Mail)));
-    assert!(rejected(s().sender("42@ok.example").eval(&set, Stage::Mail)));
+    assert!(rejected(
+        s().sender("joe@SPAM.example").eval(&set, Stage::Mail)
+    ));
+    assert!(rejected(
+        s().sender("42@ok.example").eval(&set, Stage::Mail)
+    ));
     assert!(rejected(s().sender("X@Y.example").eval(&set, Stage::Mail)));
     assert!(!rejected(s().eval(&set, Stage::Mail)));
 }
@@ -256,7 +396,11 @@ fn actions_and_default_replies() {
     );
     assert_eq!(
         d(s().ip("10.0.0.2").eval(&set, Stage::Connect)),
-        Decision::Tempfail(reply(421, (4, 7, 1), "Service temporarily unavailable by policy, try again later"))
+        Decision::Tempfail(reply(
+            421,
+            (4, 7, 1),
+            "Service temporarily unavailable by policy, try again later"
+        ))
     );
     assert_eq!(
         d(s().helo("a.example").eval(&set, Stage::Helo)),
@@ -264,9 +408,16 @@ fn actions_and_default_replies() {
     );
     assert_eq!(
         d(s().sender("a@b.example").eval(&set, Stage::Mail)),
-        Decision::Tempfail(reply(451, (4, 7, 1), "Sender deferred by policy, try again later"))
+        Decision::Tempfail(reply(
+            451,
+            (4, 7, 1),
+            "Sender deferred by policy, try again later"
+        ))
     );
-    assert_eq!(d(s().sender("ok@b.example").eval(&set, Stage::Mail)), Decision::Accept);
+    assert_eq!(
+        d(s().sender("ok@b.example").eval(&set, Stage::Mail)),
+        Decision::Accept
+    );
     assert_eq!(
         d(s().rcpt("x@y.example").eval(&set, Stage::Rcpt)),
         Decision::Reject(reply(550, (5, 7, 1), "Recipient rejected by policy"))
@@ -277,15 +428,24 @@ fn actions_and_default_replies() {
     );
     let ev = s().rcpts(&["a@b.example"]).eval(&set, Stage::Data);
     assert_eq!(ev.verdict.decision, Decision::Continue);
-    assert_eq!(ev.verdict.add_headers, vec!["X-Checked: by d-tag for 192.0.2.10".to_owned()]);
+    assert_eq!(
+        ev.verdict.add_headers,
+        vec!["X-Checked: by d-tag for 192.0.2.10".to_owned()]
+    );
     let kinds: Vec<ActionKind> = ev.hits.iter().map(|h| h.action).collect();
     assert_eq!(kinds, vec![ActionKind::AddHeader, ActionKind::Continue]);
     let mut lottery = s().rcpts(&["a@b.example"]);
     lottery.msg.as_mut().unwrap().body_prefix = b"you won the lottery".to_vec();
     let ev = lottery.eval(&set, Stage::Data);
-    assert_eq!(ev.verdict.decision, Decision::Reject(reply(554, (5, 7, 0), "No (d-rej)")));
+    assert_eq!(
+        ev.verdict.decision,
+        Decision::Reject(reply(554, (5, 7, 0), "No (d-rej)"))
+    );
     assert_eq!(ev.verdict.rule.as_deref(), Some("d-rej"));
-    assert!(ev.verdict.add_headers.is_empty(), "evaluation stops at the decisive rule");
+    assert!(
+        ev.verdict.add_headers.is_empty(),
+        "evaluation stops at the decisive rule"
+    );
 }
 
 #[test]
@@ -301,11 +461,17 @@ fn first_decisive_wins_and_monitor_never_acts() {
 ",
     );
     let ev = s().rcpts(&["a@b"]).eval(&set, Stage::Data);
-    assert_eq!(ev.verdict.decision, Decision::Tempfail(reply(451, (4, 3, 0), "first")));
+    assert_eq!(
+        ev.verdict.decision,
+        Decision::Tempfail(reply(451, (4, 3, 0), "first"))
+    );
     assert_eq!(ev.verdict.rule.as_deref(), Some("first"));
     assert_eq!(ev.verdict.add_headers, vec!["X-A: 1".to_owned()]);
-    let hits: Vec<(&str, ActionKind, Mode)> =
-        ev.hits.iter().map(|h| (&*h.rule, h.action, h.mode)).collect();
+    let hits: Vec<(&str, ActionKind, Mode)> = ev
+        .hits
+        .iter()
+        .map(|h| (&*h.rule, h.action, h.mode))
+        .collect();
     assert_eq!(
         hits,
         vec![
@@ -354,8 +520,13 @@ fn templates_render_values_and_cannot_inject_lines() {
     let mut wire = Vec::new();
     r.write_to(&mut wire);
     assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
-    let ev = s().rcpts(&["a@X.example", "b@x.example", "c@z.example"]).eval(&set, Stage::Data);
-    assert_eq!(ev.verdict.add_headers, vec!["X-Rcpt: x.example,z.example".to_owned()]);
+    let ev = s()
+        .rcpts(&["a@X.example", "b@x.example", "c@z.example"])
+        .eval(&set, Stage::Data);
+    assert_eq!(
+        ev.verdict.add_headers,
+        vec!["X-Rcpt: x.example,z.example".to_owned()]
+    );
     let ev = s().rcpts(&["a@x\nBcc: evil@x"]).eval(&set, Stage::Data);
     assert!(!ev.verdict.add_headers[0].contains('\n'));
 }
@@ -369,28 +540,60 @@ fn shipped_rules_load_and_behave_as_the_issue_shows() {
     };
     assert_eq!(set.rule_count(), 6);
     assert_eq!(set.content_hash().len(), 16);
-    assert!(set.watched_paths().iter().any(|p| p.ends_with("lists/trusted-nets.txt")));
-    assert_eq!(s().ip("127.0.0.1").eval(&set, Stage::Connect).verdict.decision, Decision::Accept);
-    assert_eq!(s().ip("::1").eval(&set, Stage::Connect).verdict.decision, Decision::Accept);
+    assert!(
+        set.watched_paths()
+            .iter()
+            .any(|p| p.ends_with("lists/trusted-nets.txt"))
+    );
     assert_eq!(
-        s().helo("[192.0.2.1]").eval(&set, Stage::Helo).verdict.decision,
+        s().ip("127.0.0.1")
+            .eval(&set, Stage::Connect)
+            .verdict
+            .decision,
+        Decision::Accept
+    );
+    assert_eq!(
+        s().ip("::1").eval(&set, Stage::Connect).verdict.decision,
+        Decision::Accept
+    );
+    assert_eq!(
+        s().helo("[192.0.2.1]")
+            .eval(&set, Stage::Helo)
+            .verdict
+            .decision,
         Decision::Reject(reply(550, (5, 7, 1), "Bare IP HELO not accepted"))
     );
     assert_eq!(
-        s().sender("x@mx.bad.example").eval(&set, Stage::Mail).verdict.decision,
+        s().sender("x@mx.bad.example")
+            .eval(&set, Stage::Mail)
+            .verdict
+            .decision,
         Decision::Reject(reply(550, (5, 7, 1), "Sender rejected by policy"))
     );
     assert_eq!(
-        s().size(Some(30 << 20)).eval(&set, Stage::Mail).verdict.decision,
+        s().size(Some(30 << 20))
+            .eval(&set, Stage::Mail)
+            .verdict
+            .decision,
         Decision::Reject(reply(552, (5, 3, 4), "Message too big for"))
     );
     assert_eq!(
-        s().rcpt("x@elsewhere.example").eval(&set, Stage::Rcpt).verdict.decision,
+        s().rcpt("x@elsewhere.example")
+            .eval(&set, Stage::Rcpt)
+            .verdict
+            .decision,
         Decision::Reject(reply(550, (5, 7, 1), "Relaying denied"))
     );
-    assert_eq!(s().eval(&set, Stage::Rcpt).verdict.decision, Decision::Continue);
+    assert_eq!(
+        s().eval(&set, Stage::Rcpt).verdict.decision,
+        Decision::Continue
+    );
     let ev = s().rcpts(&["bob@example.org"]).eval(&set, Stage::Data);
-    assert_eq!(ev.verdict, Verdict::continue_(), "monitor mode adds no header");
+    assert_eq!(
+        ev.verdict,
+        Verdict::continue_(),
+        "monitor mode adds no header"
+    );
     assert_eq!(ev.hits[0].mode, Mode::Monitor);
 }
 
@@ -435,7 +638,10 @@ rules:
 ";
     let got = errors(&[
         ("rcpt.yaml", rcpt),
-        ("z.yaml", "lists:\n  nets: [\"file:nets.txt\", 10.0.0.0/8]\nrules:\n  - { name: n, stage: connect, if: { client_ip: nets }, then: accept }\n"),
+        (
+            "z.yaml",
+            "lists:\n  nets: [\"file:nets.txt\", 10.0.0.0/8]\nrules:\n  - { name: n, stage: connect, if: { client_ip: nets }, then: accept }\n",
+        ),
         ("nets.txt", "192.0.2.0/24\n  192.0.2.0/33\n"),
     ]);
     let want = vec![
@@ -463,7 +669,10 @@ fn syntax_errors_and_unknown_top_level_keys_are_located() {
     let got = errors(&[
         ("a.yaml", "rules:\n  - name: x\n\tstage: mail\n"),
         ("b.yaml", "rule:\n  - name: x\n"),
-        ("c.yaml", "lists:\n  l: [a]\n  l2: { x: 1 }\nrules:\n  - { name: x, stage: mail, if: { sender: l }, then: { reject: \"550 5.7.1 a\\nb\" } }\n"),
+        (
+            "c.yaml",
+            "lists:\n  l: [a]\n  l2: { x: 1 }\nrules:\n  - { name: x, stage: mail, if: { sender: l }, then: { reject: \"550 5.7.1 a\\nb\" } }\n",
+        ),
         ("d.yaml", "lists:\n  l: [b]\n"),
     ]);
     let want = vec![
@@ -495,7 +704,10 @@ fn missing_list_file_and_directory_errors() {
 #[test]
 fn content_hash_follows_rule_and_list_files() {
     let base = [
-        ("a.yaml", "lists:\n  l: [\"file:l.txt\"]\nrules:\n  - { name: x, stage: connect, if: { client_ip: l }, then: accept }\n"),
+        (
+            "a.yaml",
+            "lists:\n  l: [\"file:l.txt\"]\nrules:\n  - { name: x, stage: connect, if: { client_ip: l }, then: accept }\n",
+        ),
         ("l.txt", "10.0.0.0/8\n"),
     ];
     let h = |files: &[(&str, &str)]| load_files(files).1.unwrap().content_hash();
@@ -545,6 +757,10 @@ fn explain_reports_each_rule_and_verdict() {
     }
     input.client_ip = "10.1.1.1".parse().unwrap();
     let report = set.explain_session(&input);
-    assert!(report.contains("result: accepted by policy at connect; no later rules run for the session"), "{report}");
+    assert!(
+        report
+            .contains("result: accepted by policy at connect; no later rules run for the session"),
+        "{report}"
+    );
     assert!(!report.contains("== helo"));
 }

@@ -127,14 +127,26 @@ pub(crate) fn default_reply(kind: ActionKind, stage: Stage) -> ReplyTemplate {
             StatusCode(4, 7, 1),
             "Service temporarily unavailable by policy, try again later",
         ),
-        (ActionKind::Tempfail, Stage::Helo) => (451, StatusCode(4, 7, 1), "HELO deferred by policy, try again later"),
-        (ActionKind::Tempfail, Stage::Mail) => (451, StatusCode(4, 7, 1), "Sender deferred by policy, try again later"),
-        (ActionKind::Tempfail, Stage::Rcpt) => {
-            (451, StatusCode(4, 7, 1), "Recipient deferred by policy, try again later")
-        }
-        (ActionKind::Tempfail, Stage::Data) => {
-            (451, StatusCode(4, 7, 1), "Message deferred by policy, try again later")
-        }
+        (ActionKind::Tempfail, Stage::Helo) => (
+            451,
+            StatusCode(4, 7, 1),
+            "HELO deferred by policy, try again later",
+        ),
+        (ActionKind::Tempfail, Stage::Mail) => (
+            451,
+            StatusCode(4, 7, 1),
+            "Sender deferred by policy, try again later",
+        ),
+        (ActionKind::Tempfail, Stage::Rcpt) => (
+            451,
+            StatusCode(4, 7, 1),
+            "Recipient deferred by policy, try again later",
+        ),
+        (ActionKind::Tempfail, Stage::Data) => (
+            451,
+            StatusCode(4, 7, 1),
+            "Message deferred by policy, try again later",
+        ),
         (_, Stage::Connect) => (554, StatusCode(5, 7, 1), "Connection rejected by policy"),
         (_, Stage::Helo) => (550, StatusCode(5, 7, 1), "HELO rejected by policy"),
         (_, Stage::Mail) => (550, StatusCode(5, 7, 1), "Sender rejected by policy"),
@@ -150,7 +162,11 @@ pub(crate) fn default_reply(kind: ActionKind, stage: Stage) -> ReplyTemplate {
 
 /// Parses `550 5.7.1 Text {rule}` (the enhanced code is optional and defaults to
 /// `x.7.1`; the text is optional and defaults to the stage's default text).
-pub(crate) fn parse_reply(s: &str, kind: ActionKind, stage: Option<Stage>) -> Result<ReplyTemplate, String> {
+pub(crate) fn parse_reply(
+    s: &str,
+    kind: ActionKind,
+    stage: Option<Stage>,
+) -> Result<ReplyTemplate, String> {
     if s.contains(['\r', '\n']) {
         return Err("reply must be one line".into());
     }
@@ -187,7 +203,11 @@ pub(crate) fn parse_reply(s: &str, kind: ActionKind, stage: Option<Stage>) -> Re
                     }
                     (StatusCode(want_class, *sub, *det), text.trim())
                 }
-                _ => return Err(format!("invalid enhanced status code {first:?}, expected class.subject.detail like {want_class}.7.1")),
+                _ => {
+                    return Err(format!(
+                        "invalid enhanced status code {first:?}, expected class.subject.detail like {want_class}.7.1"
+                    ));
+                }
             }
         }
         _ => (StatusCode(want_class, 7, 1), rest),
@@ -247,7 +267,10 @@ pub(crate) fn parse(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Ac
             }
             let (k, val) = m.iter().next()?;
             let Some(k) = k.as_str() else {
-                d.error(path, format!("expected an action name, found {}", kind_of(k)));
+                d.error(
+                    path,
+                    format!("expected an action name, found {}", kind_of(k)),
+                );
                 return None;
             };
             (k, Some(val), path.key(k), true)
@@ -255,7 +278,10 @@ pub(crate) fn parse(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Ac
         other => {
             d.error(
                 path,
-                format!("expected an action ({ACTION_NAMES}), found {}", kind_of(other)),
+                format!(
+                    "expected an action ({ACTION_NAMES}), found {}",
+                    kind_of(other)
+                ),
             );
             return None;
         }
@@ -306,7 +332,7 @@ pub(crate) fn parse(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Ac
             Err(format!("`{kind}` takes no argument"))
         }
         (ActionKind::Reject | ActionKind::Tempfail, None) => {
-            let Some(stage) = d.stage else { return None };
+            let stage = d.stage?;
             let t = default_reply(kind, stage);
             Ok(if kind == ActionKind::Reject {
                 Action::Reject(t)
@@ -334,21 +360,57 @@ mod tests {
 
     #[test]
     fn reply_validation() {
-        let r = parse_reply("550 5.7.1 Relaying denied", ActionKind::Reject, Some(Stage::Rcpt)).unwrap();
+        let r = parse_reply(
+            "550 5.7.1 Relaying denied",
+            ActionKind::Reject,
+            Some(Stage::Rcpt),
+        )
+        .unwrap();
         assert_eq!(r.to_string(), "550 5.7.1 Relaying denied");
         let r = parse_reply("554 No thanks", ActionKind::Reject, Some(Stage::Rcpt)).unwrap();
         assert_eq!(r.to_string(), "554 5.7.1 No thanks");
         let r = parse_reply("451", ActionKind::Tempfail, Some(Stage::Mail)).unwrap();
-        assert_eq!(r.to_string(), "451 4.7.1 Sender deferred by policy, try again later");
+        assert_eq!(
+            r.to_string(),
+            "451 4.7.1 Sender deferred by policy, try again later"
+        );
         for (s, kind, err) in [
-            ("450 4.7.1 x", ActionKind::Reject, "reject needs a 5xx reply code, found 450"),
-            ("550 5.7.1 x", ActionKind::Tempfail, "tempfail needs a 4xx reply code, found 550"),
-            ("550 4.7.1 x", ActionKind::Reject, "enhanced status code 4.7.1 does not match reply code 550 (expected 5.x.x)"),
-            ("55 x", ActionKind::Reject, "reply must start with a 3-digit code like 550, found \"55\""),
-            ("550 5.7.1 a\nb", ActionKind::Reject, "reply must be one line"),
-            ("550 5.7 x", ActionKind::Reject, "invalid enhanced status code \"5.7\", expected class.subject.detail like 5.7.1"),
+            (
+                "450 4.7.1 x",
+                ActionKind::Reject,
+                "reject needs a 5xx reply code, found 450",
+            ),
+            (
+                "550 5.7.1 x",
+                ActionKind::Tempfail,
+                "tempfail needs a 4xx reply code, found 550",
+            ),
+            (
+                "550 4.7.1 x",
+                ActionKind::Reject,
+                "enhanced status code 4.7.1 does not match reply code 550 (expected 5.x.x)",
+            ),
+            (
+                "55 x",
+                ActionKind::Reject,
+                "reply must start with a 3-digit code like 550, found \"55\"",
+            ),
+            (
+                "550 5.7.1 a\nb",
+                ActionKind::Reject,
+                "reply must be one line",
+            ),
+            (
+                "550 5.7 x",
+                ActionKind::Reject,
+                "invalid enhanced status code \"5.7\", expected class.subject.detail like 5.7.1",
+            ),
         ] {
-            assert_eq!(parse_reply(s, kind, Some(Stage::Rcpt)).unwrap_err(), err, "{s}");
+            assert_eq!(
+                parse_reply(s, kind, Some(Stage::Rcpt)).unwrap_err(),
+                err,
+                "{s}"
+            );
         }
     }
 

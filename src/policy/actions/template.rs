@@ -60,7 +60,8 @@ impl Template {
                     };
                     let name = &rest[..end];
                     let Some((_, var)) = VARS.iter().find(|(n, _)| *n == name) else {
-                        let known: Vec<String> = VARS.iter().map(|(n, _)| format!("{{{n}}}")).collect();
+                        let known: Vec<String> =
+                            VARS.iter().map(|(n, _)| format!("{{{n}}}")).collect();
                         return Err(format!(
                             "unknown placeholder `{{{name}}}`, expected one of {}",
                             known.join(" ")
@@ -74,7 +75,11 @@ impl Template {
                         chars.next();
                     }
                 }
-                '}' => return Err(format!("unmatched `}}` at offset {i} (write `}}}}` for a brace)")),
+                '}' => {
+                    return Err(format!(
+                        "unmatched `}}` at offset {i} (write `}}}}` for a brace)"
+                    ));
+                }
                 c => lit.push(c),
             }
         }

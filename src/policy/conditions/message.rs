@@ -86,7 +86,11 @@ impl Condition for Body {
     }
 }
 
-pub(super) fn parse_header(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(super) fn parse_header(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    path: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     let entries = d.mapping(v, path, &["name", "matches"])?;
     let mut name = None;
     let mut re = None;
@@ -105,7 +109,10 @@ pub(super) fn parse_header(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Op
                 ok = false;
             }
         } else {
-            match regex::RegexBuilder::new(strip_slashes(s)).size_limit(1 << 20).build() {
+            match regex::RegexBuilder::new(strip_slashes(s))
+                .size_limit(1 << 20)
+                .build()
+            {
                 Ok(r) => re = Some(r),
                 Err(e) => {
                     d.error(&p, format!("invalid regex: {}", one_line(&e.to_string())));
@@ -124,7 +131,11 @@ pub(super) fn parse_header(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Op
     Some(Box::new(Header { name: name?, re }))
 }
 
-pub(super) fn parse_body(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(super) fn parse_body(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    path: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     let entries = d.mapping(v, path, &["matches"])?;
     let Some((k, val)) = entries.first() else {
         d.error(path, "missing field `matches`");

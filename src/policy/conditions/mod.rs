@@ -150,7 +150,11 @@ fn expected_keys() -> String {
 
 /// Compiles an `if:` value: a mapping whose entries must all hold, or a list of such
 /// mappings (all must hold).
-pub(crate) fn parse_if(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(crate) fn parse_if(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    path: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     match v {
         Value::Mapping(m) => {
             if m.is_empty() {
@@ -161,7 +165,10 @@ pub(crate) fn parse_if(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option
             let mut ok = true;
             for (k, val) in m {
                 let Some(key) = k.as_str() else {
-                    d.error(path, format!("condition keys are names, found {}", kind_of(k)));
+                    d.error(
+                        path,
+                        format!("condition keys are names, found {}", kind_of(k)),
+                    );
                     ok = false;
                     continue;
                 };
@@ -193,7 +200,11 @@ pub(crate) fn parse_if(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option
     }
 }
 
-fn parse_list(d: &mut Decoder<'_>, items: &[Value], path: &KeyPath) -> Option<Vec<Box<dyn Condition>>> {
+fn parse_list(
+    d: &mut Decoder<'_>,
+    items: &[Value],
+    path: &KeyPath,
+) -> Option<Vec<Box<dyn Condition>>> {
     if items.is_empty() {
         d.error(path, "empty list of conditions");
         return None;
@@ -209,7 +220,12 @@ fn parse_list(d: &mut Decoder<'_>, items: &[Value], path: &KeyPath) -> Option<Ve
     ok.then_some(parts)
 }
 
-fn parse_entry(d: &mut Decoder<'_>, key: &str, v: &Value, path: &KeyPath) -> Option<Box<dyn Condition>> {
+fn parse_entry(
+    d: &mut Decoder<'_>,
+    key: &str,
+    v: &Value,
+    path: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     match key {
         "all" | "any" => {
             let parts = match v {
@@ -217,7 +233,10 @@ fn parse_entry(d: &mut Decoder<'_>, key: &str, v: &Value, path: &KeyPath) -> Opt
                 other => {
                     d.error(
                         path,
-                        format!("`{key}` takes a list of conditions, found {}", kind_of(other)),
+                        format!(
+                            "`{key}` takes a list of conditions, found {}",
+                            kind_of(other)
+                        ),
                     );
                     return None;
                 }
@@ -233,7 +252,10 @@ fn parse_entry(d: &mut Decoder<'_>, key: &str, v: &Value, path: &KeyPath) -> Opt
             let Some(kind) = KINDS.iter().find(|k| k.name == key) else {
                 d.error_at_key(
                     path,
-                    format!("unknown condition `{key}`, expected one of {}", expected_keys()),
+                    format!(
+                        "unknown condition `{key}`, expected one of {}",
+                        expected_keys()
+                    ),
                 );
                 return None;
             };

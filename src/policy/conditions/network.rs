@@ -49,7 +49,10 @@ pub(super) fn parse(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Bo
         other => {
             d.error(
                 path,
-                format!("expected a network, a list name or `in:`, found {}", kind_of(other)),
+                format!(
+                    "expected a network, a list name or `in:`, found {}",
+                    kind_of(other)
+                ),
             );
             return None;
         }

@@ -111,7 +111,11 @@ fn parse_cmps(
     ok.then_some(cmps)
 }
 
-pub(super) fn parse_size(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(super) fn parse_size(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    path: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     let cmps = parse_cmps(d, v, path, size_value)?;
     Some(Box::new(Numeric {
         what: Measure::Size,
@@ -161,7 +165,11 @@ pub(crate) fn parse_size_literal(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let bad = || format!("invalid size {s:?}: expected a number with an optional unit B, KB, MB, GB, KiB, MiB or GiB");
+    let bad = || {
+        format!(
+            "invalid size {s:?}: expected a number with an optional unit B, KB, MB, GB, KiB, MiB or GiB"
+        )
+    };
     if digits.is_empty() {
         return Err(bad());
     }
@@ -176,7 +184,8 @@ pub(crate) fn parse_size_literal(s: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         _ => return Err(bad()),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ impl Condition for Tls {
     }
 }
 
-pub(super) fn parse_tls(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(super) fn parse_tls(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    path: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     Some(Box::new(Tls(d.bool(v, path)?)))
 }

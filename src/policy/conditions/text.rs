@@ -96,7 +96,7 @@ impl Condition for TextCond {
             Test::Set { set, .. } => vals.iter().any(|t| set.is_match(t.orig, &t.lower)),
             Test::IpLiteral(want) => vals.iter().any(|t| is_ip_literal(t.orig) == *want),
             Test::Fqdn(want) => vals.iter().any(|t| is_fqdn(t.orig) == *want),
-            Test::Present(want) => !vals.is_empty() == *want,
+            Test::Present(want) => vals.is_empty() != *want,
         }
     }
 
@@ -126,10 +126,18 @@ impl Condition for TextCond {
     }
 }
 
-pub(super) fn parse_helo(d: &mut Decoder<'_>, v: &Value, p: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(super) fn parse_helo(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    p: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     parse(d, Field::Helo, v, p)
 }
-pub(super) fn parse_sender(d: &mut Decoder<'_>, v: &Value, p: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(super) fn parse_sender(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    p: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     parse(d, Field::Sender, v, p)
 }
 pub(super) fn parse_sender_domain(
@@ -139,7 +147,11 @@ pub(super) fn parse_sender_domain(
 ) -> Option<Box<dyn Condition>> {
     parse(d, Field::SenderDomain, v, p)
 }
-pub(super) fn parse_recipient(d: &mut Decoder<'_>, v: &Value, p: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(super) fn parse_recipient(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    p: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     parse(d, Field::Recipient, v, p)
 }
 pub(super) fn parse_recipient_domain(
@@ -149,7 +161,11 @@ pub(super) fn parse_recipient_domain(
 ) -> Option<Box<dyn Condition>> {
     parse(d, Field::RecipientDomain, v, p)
 }
-pub(super) fn parse_auth_user(d: &mut Decoder<'_>, v: &Value, p: &KeyPath) -> Option<Box<dyn Condition>> {
+pub(super) fn parse_auth_user(
+    d: &mut Decoder<'_>,
+    v: &Value,
+    p: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     parse(d, Field::AuthUser, v, p)
 }
 
@@ -157,7 +173,12 @@ fn boxed(field: Field, test: Test) -> Box<dyn Condition> {
     Box::new(TextCond { field, test })
 }
 
-fn parse(d: &mut Decoder<'_>, field: Field, v: &Value, path: &KeyPath) -> Option<Box<dyn Condition>> {
+fn parse(
+    d: &mut Decoder<'_>,
+    field: Field,
+    v: &Value,
+    path: &KeyPath,
+) -> Option<Box<dyn Condition>> {
     match v {
         Value::String(_) | Value::Sequence(_) => {
             let (set, label) = d.inline_patterns(v, path, Pattern::classify)?;
@@ -181,7 +202,9 @@ fn parse(d: &mut Decoder<'_>, field: Field, v: &Value, path: &KeyPath) -> Option
                 let test = match k {
                     "is_ip_literal" => d.bool(val, &p).map(Test::IpLiteral),
                     "is_fqdn" => d.bool(val, &p).map(Test::Fqdn),
-                    "in" => d.text_in(val, &p).map(|(set, label)| Test::Set { set, label }),
+                    "in" => d
+                        .text_in(val, &p)
+                        .map(|(set, label)| Test::Set { set, label }),
                     "equals" => d
                         .inline_patterns(val, &p, |s| Pattern::Exact(s.to_owned()))
                         .map(|(set, label)| Test::Set { set, label }),
@@ -207,10 +230,17 @@ fn parse(d: &mut Decoder<'_>, field: Field, v: &Value, path: &KeyPath) -> Option
             }
         }
         other => {
-            let extra = if field == Field::AuthUser { ", a boolean" } else { "" };
+            let extra = if field == Field::AuthUser {
+                ", a boolean"
+            } else {
+                ""
+            };
             d.error(
                 path,
-                format!("expected a pattern, a list of patterns{extra} or a mapping, found {}", kind_of(other)),
+                format!(
+                    "expected a pattern, a list of patterns{extra} or a mapping, found {}",
+                    kind_of(other)
+                ),
             );
             None
         }
