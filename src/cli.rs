@@ -28,6 +28,36 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the configuration and rules; exit 1 with every error located.
     Check(CommonArgs),
+    /// Run a client, an envelope and optionally a message through the rules offline and
+    /// print every rule evaluated at each stage, whether it matched and why.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The client's address.
+    #[arg(long)]
+    pub client_ip: std::net::IpAddr,
+    /// The HELO/EHLO name.
+    #[arg(long)]
+    pub helo: String,
+    /// The MAIL FROM address (`""` for the null sender).
+    #[arg(long)]
+    pub from: String,
+    /// A recipient (repeat for several).
+    #[arg(long, required = true)]
+    pub to: Vec<String>,
+    /// A message file (.eml) for the `data` stage.
+    #[arg(long)]
+    pub message: Option<PathBuf>,
+    /// Pretend the session is under TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// Pretend the client authenticated as this user.
+    #[arg(long)]
+    pub auth_user: Option<String>,
 }
 
 /// Options every subcommand shares.

@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mxguard::cli::{Cli, Command};
-use mxguard::server::{Server, load_rules};
+use mxguard::policy::{ExplainInput, RuleSet};
+use mxguard::server::Server;
 use mxguard::telemetry::{LogFormat, init_logging};
 
 fn main() -> ExitCode {
@@ -58,20 +59,57 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
-            match load_rules(&config.rules_dir) {
+            match RuleSet::load(&config.rules_dir) {
                 Ok(rules) => {
                     println!(
-                        "ok: configuration valid, {} rules in {}",
+                        "ok: configuration valid, {} rules in {} (hash {})",
                         rules.rule_count(),
-                        config.rules_dir.display()
+                        config.rules_dir.display(),
+                        rules.content_hash()
                     );
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("{e}");
+                Err(errors) => {
+                    eprintln!("{errors}");
                     ExitCode::FAILURE
                 }
             }
         }
+        Command::Explain(args) => explain(args),
     }
+}
+
+/// `mxguard explain`: the offline run of every stage, printed.
+fn explain(args: mxguard::cli::ExplainArgs) -> ExitCode {
+    let config = match args.common.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rules = match RuleSet::load(&config.rules_dir) {
+        Ok(r) => r,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let message = match &args.message {
+        Some(path) => match std::fs::read(path) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let mut input = ExplainInput::new(args.client_ip, &args.helo, &args.from, args.to.clone());
+    input.message = message.as_deref();
+    input.tls = args.tls;
+    input.auth_user = args.auth_user.as_deref();
+    input.body_scan_limit = config.limits.body_scan_limit as usize;
+    print!("{}", rules.explain_session(&input));
+    ExitCode::SUCCESS
 }

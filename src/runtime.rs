@@ -5,18 +5,17 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::policy::RuleSet;
+use crate::policy::Policy;
 use crate::relay::Upstreams;
 use crate::telemetry::{Health, Metrics};
 
 pub struct Runtime {
     pub config: Arc<Config>,
     /// The live rule set; each session takes one snapshot at its start.
-    pub rules: ArcSwap<RuleSet>,
+    pub policy: Arc<Policy>,
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -17,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::listener::{ConnectionLimits, Listener};
-use crate::policy::RuleSet;
+use crate::policy::{Policy, ReloadOutcome, ReloadRequest, RuleSet};
 use crate::relay::Upstreams;
 use crate::runtime::Runtime;
 use crate::session::ListenerContext;
@@ -61,8 +60,8 @@ impl Server {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::default());
-        let rules = load_rules(&config.rules_dir)?;
-        record_reload(&metrics, &health, &rules);
+        let policy = Arc::new(load_policy(&config.rules_dir)?);
+        record_success(&metrics, &health, &policy.current());
         let spool_dir = config.state_dir.join("spool");
         prepare_spool_dir(&spool_dir).map_err(|source| StartError::State {
             dir: spool_dir.display().to_string(),
@@ -112,7 +111,7 @@ impl Server {
         }
         let rt = Arc::new(Runtime {
             config: config.clone(),
-            rules: ArcSwap::from_pointee(rules),
+            policy,
             upstreams,
             metrics,
             health,
@@ -161,10 +160,11 @@ impl Server {
                 tracker.clone(),
             )));
         }
+        let reload_tx = spawn_reloader(&rt);
         crate::systemd::spawn_watchdog();
         crate::systemd::ready(&format!(
             "listening; {} rules",
-            rt.rules.load().rule_count()
+            rt.policy.current().rule_count()
         ));
         loop {
             tokio::select! {
@@ -172,8 +172,9 @@ impl Server {
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     crate::systemd::reloading();
-                    reload(&rt, &self.certs);
-                    crate::systemd::ready(&format!("reloaded; {} rules", rt.rules.load().rule_count()));
+                    reload_certs(&rt, &self.certs);
+                    // READY=1 follows when the rules reload has finished (see spawn_reloader).
+                    let _ = reload_tx.send(ReloadRequest::Signal);
                 }
             }
         }
@@ -215,18 +216,18 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 
 /// Loads the rules directory; a missing directory is an empty set (with a warning), a
 /// broken one is a start-up error listing every problem.
-pub fn load_rules(dir: &Path) -> Result<RuleSet, StartError> {
+pub fn load_policy(dir: &Path) -> Result<Policy, StartError> {
     if !dir.exists() {
         warn!(dir = %dir.display(), "rules directory does not exist: running without rules");
-        return Ok(RuleSet::empty());
+        return Ok(Policy::with_rules(dir, RuleSet::empty()));
     }
-    RuleSet::load(dir).map_err(|errors| StartError::Rules {
+    Policy::load(dir).map_err(|errors| StartError::Rules {
         dir: dir.display().to_string(),
-        errors: errors.join("\n"),
+        errors: errors.to_string(),
     })
 }
 
-fn record_reload(metrics: &Metrics, health: &Health, rules: &RuleSet) {
+fn record_success(metrics: &Metrics, health: &Health, rules: &RuleSet) {
     metrics
         .rules_reload_total
         .with_label_values(&["success"])
@@ -242,22 +243,42 @@ fn record_reload(metrics: &Metrics, health: &Health, rules: &RuleSet) {
         .store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// SIGHUP: new rules and certificates for new sessions; on any error the old stay.
-fn reload(rt: &Runtime, certs: &[(Arc<ReloadableCert>, crate::config::TlsFiles)]) {
-    match load_rules(&rt.config.rules_dir) {
-        Ok(rules) => {
-            info!(rules = rules.rule_count(), "rules reloaded");
-            record_reload(&rt.metrics, &rt.health, &rules);
-            rt.rules.store(Arc::new(rules));
-        }
-        Err(e) => {
-            rt.metrics
-                .rules_reload_total
-                .with_label_values(&["error"])
-                .inc();
-            error!("rules reload failed, keeping the running set: {e}");
-        }
+/// One reload path for SIGHUP and the file watcher: requests go through one channel,
+/// reloads run one at a time, and each outcome is counted (and, for SIGHUP, reported to
+/// systemd with READY=1).
+fn spawn_reloader(rt: &Arc<Runtime>) -> tokio::sync::mpsc::UnboundedSender<ReloadRequest> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let policy = rt.policy.clone();
+    if policy.dir().exists()
+        && let Err(e) = policy.clone().spawn_watcher(tx.clone())
+    {
+        warn!(dir = %policy.dir().display(), error = %e, "cannot watch the rules directory; reload with SIGHUP");
     }
+    let rt2 = rt.clone();
+    tokio::spawn(policy.run_reloads(rx, move |req, outcome| {
+        match outcome {
+            ReloadOutcome::Applied { .. } => {
+                record_success(&rt2.metrics, &rt2.health, &rt2.policy.current());
+            }
+            ReloadOutcome::Rejected { .. } => {
+                rt2.metrics
+                    .rules_reload_total
+                    .with_label_values(&["error"])
+                    .inc();
+            }
+        }
+        if matches!(req, ReloadRequest::Signal) {
+            crate::systemd::ready(&format!(
+                "reloaded; {} rules",
+                rt2.policy.current().rule_count()
+            ));
+        }
+    }));
+    tx
+}
+
+/// SIGHUP: new certificates for new sessions; a bad one keeps the old, loudly.
+fn reload_certs(rt: &Runtime, certs: &[(Arc<ReloadableCert>, crate::config::TlsFiles)]) {
     for (cert, files) in certs {
         match cert.reload(files) {
             Ok(()) => {

@@ -11,7 +11,7 @@ use tracing::warn;
 use super::mail::{refusal_outcome, upstream_outcome};
 use super::{COMMAND_CHUNK, End, Flow, Session};
 use crate::dotstream::{Anomalies, Decoder};
-use crate::envelope::{MessageView, Stage};
+use crate::envelope::Stage;
 use crate::relay::TraceMode;
 use crate::reply::{Reply, StatusCode, reply};
 use crate::spool::Spool;
@@ -145,11 +145,11 @@ impl Session {
             self.reset_upstream().await;
             return r;
         }
-        let view = message_view(
+        let mut view = crate::policy::message_view(
             spool.head(),
-            got.size,
-            self.rt.config.limits.body_scan_limit,
+            self.rt.config.limits.body_scan_limit as usize,
         );
+        view.size = got.size;
         if let Some(refusal) = self.evaluate_with(Stage::Data, Some(&view)) {
             self.errors += 1;
             self.finish_transaction(refusal_outcome(&refusal), None);
@@ -310,45 +310,6 @@ impl HeaderScan {
     }
 }
 
-/// Header fields (unfolded) and the start of the body, for `data` rules.
-pub fn message_view(head: &[u8], size: u64, body_scan_limit: u64) -> MessageView {
-    let mut headers: Vec<(String, String)> = Vec::new();
-    let mut pos = 0;
-    let mut body_start = head.len();
-    while pos < head.len() {
-        let end = head[pos..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|i| pos + i)
-            .unwrap_or(head.len());
-        let line = &head[pos..end];
-        let next = (end + 2).min(head.len());
-        if line.is_empty() {
-            body_start = next;
-            break;
-        }
-        if (line[0] == b' ' || line[0] == b'\t') && !headers.is_empty() {
-            let last = headers.last_mut().expect("checked non-empty");
-            last.1.push_str(&String::from_utf8_lossy(line));
-        } else if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = String::from_utf8_lossy(&line[..colon]).trim().to_owned();
-            let value = String::from_utf8_lossy(&line[colon + 1..])
-                .trim_start()
-                .to_owned();
-            headers.push((name, value));
-        }
-        pos = next;
-    }
-    let body_end = head
-        .len()
-        .min(body_start.saturating_add(body_scan_limit as usize));
-    MessageView {
-        headers,
-        body_prefix: head[body_start.min(body_end)..body_end].to_vec(),
-        size,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,19 +330,6 @@ mod tests {
         s.scan(b"\r\nbody only");
         assert!(s.done);
         assert_eq!(s.bytes, 2);
-    }
-
-    #[test]
-    fn message_view_unfolds_headers() {
-        let v = message_view(
-            b"Subject: hello\r\n world\r\nFrom: a@b\r\n\r\nbody text\r\n",
-            50,
-            4,
-        );
-        assert_eq!(v.headers[0], ("Subject".into(), "hello world".into()));
-        assert_eq!(v.headers[1], ("From".into(), "a@b".into()));
-        assert_eq!(v.body_prefix, b"body");
-        assert_eq!(v.size, 50);
     }
 
     #[test]

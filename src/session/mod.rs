@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::envelope::{ClientInfo, Decision, Envelope, Facts, MessageView, Stage};
-use crate::policy::RuleSet;
+use crate::policy::{Mode, RuleSet};
 use crate::relay::{ClientIdentity, Upstream};
 use crate::reply::{Reply, StatusCode, reply};
 use crate::runtime::Runtime;
@@ -115,7 +115,7 @@ impl Session {
         stream: Stream,
         client: ClientInfo,
     ) -> Self {
-        let rules = rt.rules.load_full();
+        let rules = rt.policy.current();
         Session {
             id: new_session_id(),
             rules,
@@ -481,10 +481,32 @@ impl Session {
             envelope: &self.env,
             message,
         };
-        let verdict = self.rules.evaluate(&facts);
-        self.pending_headers
-            .extend(verdict.add_headers.iter().cloned());
-        let rule = verdict.rule.clone().unwrap_or_default();
+        let evaluation = self.rules.evaluate(&facts);
+        for hit in &evaluation.hits {
+            self.rt
+                .metrics
+                .verdicts_total
+                .with_label_values(&[
+                    stage.as_str(),
+                    &hit.rule,
+                    hit.action.as_str(),
+                    hit.mode.as_str(),
+                ])
+                .inc();
+            if hit.mode == Mode::Monitor {
+                info!(
+                    session = %self.id,
+                    client = %self.client.ip,
+                    stage = %stage,
+                    rule = %hit.rule,
+                    action = hit.action.as_str(),
+                    "policy monitor: rule matched, not enforced"
+                );
+            }
+        }
+        let verdict = evaluation.verdict;
+        self.pending_headers.extend(verdict.add_headers);
+        let rule = verdict.rule.unwrap_or_default();
         let (action, refusal) = match verdict.decision {
             Decision::Continue => return None,
             Decision::Accept => {
@@ -498,11 +520,6 @@ impl Session {
             Decision::Reject(r) => ("reject", Some(r)),
             Decision::Tempfail(r) => ("tempfail", Some(r)),
         };
-        self.rt
-            .metrics
-            .verdicts_total
-            .with_label_values(&[stage.as_str(), &rule, action, "enforce"])
-            .inc();
         if let Some(r) = &refusal {
             info!(
                 session = %self.id,
