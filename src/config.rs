@@ -64,6 +64,17 @@ pub struct ListenerConfig {
     pub implicit_tls: bool,
     /// Expect a PROXY protocol header from trusted load balancers.
     pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// `mx` (default): port 25, no AUTH. `submission`: mail clients (587/465); AUTH
+    /// is offered after TLS and relayed to the upstream, and MAIL requires it.
+    pub mode: ListenerMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    #[default]
+    Mx,
+    Submission,
 }
 
 /// PROXY protocol settings of a listener behind an L4 load balancer.
@@ -100,6 +111,7 @@ impl Default for ListenerConfig {
             tls: None,
             implicit_tls: false,
             proxy_protocol: None,
+            mode: ListenerMode::Mx,
         }
     }
 }
@@ -196,6 +208,13 @@ pub struct Limits {
     pub hard_error_limit: u32,
     /// Transactions per session.
     pub max_transactions: u32,
+    /// Failed AUTH attempts per client network within `auth_failure_window`; beyond it
+    /// `421 4.7.0` and close.
+    pub auth_failures_per_network: u32,
+    /// Failed AUTH attempts per user name within `auth_failure_window`.
+    pub auth_failures_per_user: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_failure_window: Duration,
     /// Message bytes held in memory before spilling to a file in the state directory.
     #[serde(deserialize_with = "de_size")]
     pub memory_spool_threshold: u64,
@@ -227,6 +246,9 @@ impl Default for Limits {
             junk_command_limit: 100,
             hard_error_limit: 20,
             max_transactions: 10_000,
+            auth_failures_per_network: 20,
+            auth_failures_per_user: 10,
+            auth_failure_window: Duration::from_secs(900),
             memory_spool_threshold: 1024 * 1024,
             body_scan_limit: 64 * 1024,
             greet_pause: Duration::ZERO,

@@ -23,6 +23,8 @@ pub struct Runtime {
     pub shutdown: watch::Receiver<bool>,
     /// Where message bodies spill to.
     pub spool_dir: PathBuf,
+    /// Failed AUTH attempts per network and user.
+    pub auth_guard: crate::auth_guard::AuthGuard,
 }
 
 impl Runtime {

@@ -104,6 +104,7 @@ impl Server {
                 context: ListenerContext {
                     name: l.name.clone(),
                     tls,
+                    submission: l.mode == crate::config::ListenerMode::Submission,
                 },
                 implicit_tls: l.implicit_tls,
                 proxy_protocol: l.proxy_protocol.clone().map(Arc::new),
@@ -117,6 +118,11 @@ impl Server {
             health,
             shutdown: shutdown_rx,
             spool_dir,
+            auth_guard: crate::auth_guard::AuthGuard::new(
+                config.limits.auth_failure_window,
+                config.limits.auth_failures_per_network,
+                config.limits.auth_failures_per_user,
+            ),
         });
         Ok(Server {
             rt,

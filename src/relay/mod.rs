@@ -43,6 +43,8 @@ pub struct Capabilities {
     pub xclient: Option<Vec<String>>,
     /// XFORWARD attributes, when offered.
     pub xforward: Option<Vec<String>>,
+    /// SASL mechanisms offered (upper case).
+    pub auth: Vec<String>,
 }
 
 impl Capabilities {
@@ -65,6 +67,7 @@ impl Capabilities {
                 "DSN" => caps.dsn = true,
                 "XCLIENT" => caps.xclient = Some(args),
                 "XFORWARD" => caps.xforward = Some(args),
+                "AUTH" => caps.auth = args.iter().map(|a| a.to_ascii_uppercase()).collect(),
                 _ => {}
             }
         }
@@ -413,6 +416,12 @@ impl Upstream {
             }
         }
         self.command("mail", mail_line.as_bytes()).await
+    }
+
+    /// One step of a SASL exchange: sends `line` (the AUTH command or a client response)
+    /// and returns the upstream's reply (334 challenge, 235 success, or a refusal).
+    pub async fn auth_step(&mut self, line: &[u8]) -> Result<Reply, RelayError> {
+        self.command("auth", line).await
     }
 
     pub async fn rcpt(&mut self, rcpt_line: &str) -> Result<Reply, RelayError> {

@@ -60,6 +60,23 @@ impl Session {
         if self.listener.tls.is_some() && !self.client.tls {
             ext.push("STARTTLS".into());
         }
+        if let Some(mechs) = self.offered_auth_mechanisms(caps.as_deref()) {
+            ext.push(format!("AUTH {mechs}"));
+        }
         ext
+    }
+
+    /// AUTH is offered on submission listeners, only under TLS (credentials never cross
+    /// in plaintext), with the mechanisms we relay that the upstream offers too.
+    fn offered_auth_mechanisms(&self, caps: Option<&crate::relay::Capabilities>) -> Option<String> {
+        if !self.listener.submission || !self.client.tls || self.client.auth_user.is_some() {
+            return None;
+        }
+        let caps = caps?;
+        let mechs: Vec<&str> = ["PLAIN", "LOGIN"]
+            .into_iter()
+            .filter(|m| caps.auth.iter().any(|a| a == m))
+            .collect();
+        (!mechs.is_empty()).then(|| mechs.join(" "))
     }
 }

@@ -17,6 +17,11 @@ impl Session {
             self.error_reply(reply(503, (5, 5, 1), "Error: nested MAIL command"));
             return Flow::Continue;
         }
+        if self.listener.submission && self.client.auth_user.is_none() {
+            self.rt.metrics.protocol_error("auth_required");
+            self.error_reply(reply(530, (5, 7, 0), "Authentication required"));
+            return Flow::Continue;
+        }
         if self.transactions >= self.rt.config.limits.max_transactions {
             self.rt.metrics.protocol_error("too_many_transactions");
             self.push(&reply(

@@ -6,6 +6,7 @@
 //! preconditions come first. Every limit is enforced here: line length, errors, junk
 //! commands, recipients, message size, per-command deadlines and the minimum data rate.
 
+mod auth;
 mod data;
 mod ehlo;
 mod mail;
@@ -35,6 +36,8 @@ pub struct ListenerContext {
     pub name: String,
     /// Present when the listener has a certificate (STARTTLS or implicit TLS).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// A submission listener: AUTH after TLS, and MAIL only when authenticated.
+    pub submission: bool,
 }
 
 /// What the dispatcher tells the loop to do after a command.
@@ -410,10 +413,10 @@ impl Session {
                 self.push(&reply(502, (5, 5, 1), "Error: BDAT not supported, closing"));
                 Flow::Close
             }
-            Request::Auth { .. } => {
-                self.error_reply(reply(503, (5, 5, 1), "Error: authentication not enabled"));
-                Flow::Continue
-            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
             Request::Lhlo { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
