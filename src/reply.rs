@@ -70,7 +70,11 @@ impl Reply {
         } else {
             StatusCode(esc[0], esc[1] as u16, esc[2] as u16)
         };
-        Reply::multiline(code, status, message.split('\n').map(str::to_owned).collect())
+        Reply::multiline(
+            code,
+            status,
+            message.split('\n').map(str::to_owned).collect(),
+        )
     }
 
     pub fn lines(&self) -> &[String] {
