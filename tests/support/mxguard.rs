@@ -1,0 +1,174 @@
+//! The binary under test: writes a config and rules to a temp directory, starts
+//! `mxguard run` with flags, waits for its greeting, captures stderr (the log) to a file,
+//! stops it with SIGTERM by PID.
+//!
+//! ASSUMED INTERFACE (align with the core when it changes):
+//! - `mxguard run --config FILE --listen ADDR --upstream HOST:PORT --rules DIR --state DIR
+//!   --hostname NAME` (flags from issue 2), logs `listening addr=...` at info, honours
+//!   `RUST_LOG`;
+//! - flags override the file: `--listen` sets the first listener's address (keeping its
+//!   `tls`/`implicit_tls`), `--upstream` the first upstream's address (keeping timeouts);
+//! - YAML keys (from the core's config.rs draft): `listeners: [{address, tls: {cert, key},
+//!   implicit_tls}]`, `upstreams: [{address, command_timeout, data_timeout,
+//!   connect_timeout}]`, `limits: {max_message_size, max_recipients, command_timeout,
+//!   min_data_rate, max_sessions, max_sessions_per_network, greet_pause, ...}`,
+//!   `data: {normalize_networks}`; durations like `2s`, sizes like `10M` or plain numbers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::{ProcGuard, tempdir, wait_banner, wait_for};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mxguard");
+
+#[derive(Clone, Debug)]
+pub struct MxOpts {
+    /// `--upstream HOST:PORT`.
+    pub upstream: SocketAddr,
+    /// `--hostname`.
+    pub hostname: String,
+    /// YAML written to `mxguard.yaml` and passed with `--config` (None: no config file).
+    /// `{listen}` and `{upstream}` are replaced by the addresses.
+    pub config: Option<String>,
+    /// Rule files `(name, yaml)` written into the rules directory.
+    pub rules: Vec<(String, String)>,
+    /// Extra arguments after `run`.
+    pub args: Vec<String>,
+    /// `RUST_LOG` for the process.
+    pub rust_log: String,
+}
+
+impl MxOpts {
+    pub fn new(upstream: SocketAddr) -> MxOpts {
+        MxOpts {
+            upstream,
+            hostname: "mx.proxy.test".into(),
+            config: None,
+            rules: Vec::new(),
+            args: Vec::new(),
+            rust_log: "info".into(),
+        }
+    }
+
+    pub fn config(mut self, yaml: &str) -> MxOpts {
+        self.config = Some(yaml.to_string());
+        self
+    }
+}
+
+pub struct MxGuard {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub log_path: PathBuf,
+    proc: ProcGuard,
+    _tmp: tempfile::TempDir,
+}
+
+impl MxGuard {
+    pub fn start(opts: MxOpts) -> MxGuard {
+        let tmp = tempdir("mxg-run.");
+        let dir = tmp.path().to_path_buf();
+        let rules = dir.join("rules");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&rules).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        for (name, text) in &opts.rules {
+            std::fs::write(rules.join(name), text).unwrap();
+        }
+        let addr: SocketAddr = ([127, 0, 0, 1], super::free_port()).into();
+        let log_path = dir.join("mxguard.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run");
+        if let Some(yaml) = &opts.config {
+            let p = dir.join("mxguard.yaml");
+            let text = yaml
+                .replace("{listen}", &addr.to_string())
+                .replace("{upstream}", &opts.upstream.to_string())
+                .replace("{dir}", &dir.display().to_string());
+            std::fs::write(&p, text).unwrap();
+            cmd.arg("--config").arg(p);
+        }
+        cmd.arg("--listen")
+            .arg(addr.to_string())
+            .arg("--upstream")
+            .arg(opts.upstream.to_string())
+            .arg("--rules")
+            .arg(&rules)
+            .arg("--state")
+            .arg(&state)
+            .arg("--hostname")
+            .arg(&opts.hostname)
+            .args(&opts.args)
+            .env("RUST_LOG", &opts.rust_log)
+            .env_remove("RUST_BACKTRACE")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+        let mut proc = ProcGuard::new(child, "mxguard", false);
+        let lp = log_path.clone();
+        wait_banner(addr, Duration::from_secs(20), "mxguard", || {
+            proc.check_alive().map_err(|e| {
+                format!(
+                    "{e}\n--- mxguard log ---\n{}",
+                    std::fs::read_to_string(&lp).unwrap_or_default()
+                )
+            })
+        });
+        MxGuard {
+            addr,
+            dir,
+            log_path,
+            proc,
+            _tmp: tmp,
+        }
+    }
+
+    /// The log so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        wait_for(
+            timeout,
+            &format!("mxguard log line containing {needle:?}"),
+            || {
+                let l = self.log();
+                l.contains(needle).then_some(l)
+            },
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// (VmHWM, VmRSS) in KiB.
+    pub fn mem_kib(&self) -> (u64, u64) {
+        super::proc_mem_kib(self.pid())
+    }
+
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        self.proc.check_alive()
+    }
+
+    /// SIGTERM by PID; waits up to `wait`. `None` if it had to be killed.
+    pub fn stop(&mut self, wait: Duration) -> Option<ExitStatus> {
+        self.proc.terminate(wait)
+    }
+}
+
+/// A config with a TLS listener (STARTTLS, or implicit TLS when `implicit`).
+pub fn tls_config(cert_chain: &std::path::Path, key: &std::path::Path, implicit: bool) -> String {
+    format!(
+        "listeners:\n  - name: test\n    address: \"{{listen}}\"\n    implicit_tls: {implicit}\n    tls:\n      cert: {}\n      key: {}\nupstreams:\n  - address: \"{{upstream}}\"\n",
+        cert_chain.display(),
+        key.display()
+    )
+}
