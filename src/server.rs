@@ -59,6 +59,8 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
+        let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        metrics.initialize_series(&listener_names, config.upstreams.len());
         let health = Arc::new(Health::default());
         let policy = Arc::new(load_policy(&config.rules_dir)?);
         record_success(&metrics, &health, &policy.current());

@@ -173,6 +173,42 @@ impl Metrics {
         }
     }
 
+    /// Creates the series of every known label combination at zero, so dashboards and
+    /// alerts see `0` rather than "no data" before the first event (Prometheus advice:
+    /// initialise your metrics).
+    pub fn initialize_series(&self, listeners: &[String], upstreams: usize) {
+        for outcome in [
+            "delivered",
+            "rejected",
+            "tempfailed",
+            "upstream_rejected",
+            "upstream_tempfailed",
+            "upstream_failed",
+            "aborted",
+        ] {
+            self.transactions_total.with_label_values(&[outcome]);
+        }
+        for l in listeners {
+            self.sessions_open.with_label_values(&[l]);
+            for tls in ["yes", "no"] {
+                self.sessions_total.with_label_values(&[l, tls]);
+            }
+            for reason in ["max_sessions", "max_sessions_per_network"] {
+                self.sessions_refused_total.with_label_values(&[l, reason]);
+            }
+        }
+        for i in 0..upstreams {
+            for reason in ["timeout", "refused", "error"] {
+                self.upstream_connect_failures_total
+                    .with_label_values(&[&i.to_string(), reason]);
+            }
+        }
+        for result in ["success", "error"] {
+            self.rules_reload_total.with_label_values(&[result]);
+            self.tls_reload_total.with_label_values(&[result]);
+        }
+    }
+
     /// Counts a client protocol error or limit hit (`kind` is from a fixed set).
     pub fn protocol_error(&self, kind: &str) {
         self.protocol_errors_total.with_label_values(&[kind]).inc();
