@@ -29,6 +29,9 @@ pub struct PostfixOpts {
     pub hostname: String,
     /// Extra `main.cf` lines, appended last (later lines win in Postfix).
     pub extra_main_cf: Vec<String>,
+    /// `(user, password)` pairs for AUTH PLAIN/LOGIN through Cyrus SASL with a private
+    /// sasldb (Debian's Postfix reads `smtpd.conf` from `$config_directory/sasl`).
+    pub sasl_users: Vec<(String, String)>,
 }
 
 impl Default for PostfixOpts {
@@ -36,6 +39,7 @@ impl Default for PostfixOpts {
         PostfixOpts {
             hostname: "mx.test".into(),
             extra_main_cf: Vec::new(),
+            sasl_users: Vec::new(),
         }
     }
 }
@@ -384,6 +388,9 @@ relay_transport = error:5.7.1 test instance does not relay
 message_size_limit = 104857600
 "
     );
+    if !opts.sasl_users.is_empty() {
+        main_cf += &write_sasl(dir, opts, pf_gid);
+    }
     for l in &opts.extra_main_cf {
         main_cf += l;
         main_cf += "\n";
@@ -442,4 +449,42 @@ filesink  unix  -       n       n       -       -       pipe
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Writes `etc/sasl/smtpd.conf` and a sasldb with the users; returns the main.cf lines.
+fn write_sasl(dir: &Path, opts: &PostfixOpts, postfix_gid: u32) -> String {
+    let sasl = dir.join("etc/sasl");
+    std::fs::create_dir_all(&sasl).unwrap();
+    let db = sasl.join("sasldb2");
+    write(
+        &sasl.join("smtpd.conf"),
+        &format!(
+            "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {}\n",
+            db.display()
+        ),
+    );
+    for (user, password) in &opts.sasl_users {
+        let mut child = Command::new(super::which("saslpasswd2").expect("saslpasswd2 (sasl2-bin)"))
+            .args(["-p", "-c", "-f"])
+            .arg(&db)
+            .args(["-u", &opts.hostname, user])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("saslpasswd2");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "saslpasswd2 for {user}");
+    }
+    std::os::unix::fs::chown(&db, Some(0), Some(postfix_gid)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+    format!(
+        "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\ncyrus_sasl_config_path = {}\nsmtpd_sasl_local_domain = $myhostname\n",
+        sasl.display()
+    )
 }
