@@ -155,7 +155,15 @@ impl Server {
                 rt.health.clone(),
             ));
         }
-        tokio::spawn(probe_upstreams(rt.clone()));
+        // Learn the upstream's extensions before the first client: EHLO must never offer
+        // what the upstream lacks, nor withhold what it has. If no upstream answers in
+        // time, start anyway (offering only what needs no upstream) and keep trying.
+        let (probed_tx, probed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(probe_upstreams(rt.clone(), probed_tx));
+        let wait = rt.config.upstreams[0]
+            .connect_timeout
+            .min(Duration::from_secs(5));
+        let _ = tokio::time::timeout(wait, probed_rx).await;
         let limits = Arc::new(ConnectionLimits::new(&rt.config.limits));
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
@@ -309,8 +317,9 @@ fn reload_certs(rt: &Runtime, certs: &[(Arc<ReloadableCert>, crate::config::TlsF
     }
 }
 
-/// Learns the upstream's capabilities at start-up, retrying until one answers.
-async fn probe_upstreams(rt: Arc<Runtime>) {
+/// Learns the upstream's capabilities at start-up, retrying until one answers; `probed`
+/// fires on success.
+async fn probe_upstreams(rt: Arc<Runtime>, probed: tokio::sync::oneshot::Sender<()>) {
     let mut delay = Duration::from_millis(500);
     loop {
         match rt.upstreams.probe().await {
@@ -319,6 +328,7 @@ async fn probe_upstreams(rt: Arc<Runtime>) {
                     .upstream_reachable
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 info!(?caps, "upstream capabilities");
+                let _ = probed.send(());
                 return;
             }
             Err(e) => {
