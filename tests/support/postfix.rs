@@ -154,31 +154,7 @@ impl Postfix {
 
     /// Messages delivered so far, oldest first.
     pub fn delivered(&self) -> Vec<Delivered> {
-        let mut out: Vec<(SystemTime, Delivered)> = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.mail_dir()) else {
-            return Vec::new();
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("eml") {
-                continue;
-            }
-            let mtime = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let eml = std::fs::read(&p).unwrap_or_default();
-            let envp = p.with_extension("env");
-            let env = std::fs::read_to_string(&envp)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            out.push((mtime, Delivered { path: p, eml, env }));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.path.cmp(&b.1.path)));
-        out.into_iter().map(|(_, d)| d).collect()
+        read_mail_dir(&self.mail_dir())
     }
 
     /// Waits until at least `n` messages are delivered (panics with the mail log after
@@ -487,4 +463,33 @@ fn write_sasl(dir: &Path, opts: &PostfixOpts, postfix_gid: u32) -> String {
         "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\ncyrus_sasl_config_path = {}\nsmtpd_sasl_local_domain = $myhostname\n",
         sasl.display()
     )
+}
+
+/// The `*.eml` files (with their `.env` envelopes) a delivery script wrote to `dir`,
+/// oldest first. Shared by the Postfix and Sendmail harnesses.
+pub fn read_mail_dir(dir: &Path) -> Vec<Delivered> {
+    let mut out: Vec<(SystemTime, Delivered)> = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("eml") {
+            continue;
+        }
+        let mtime = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let eml = std::fs::read(&p).unwrap_or_default();
+        let env = std::fs::read_to_string(p.with_extension("env"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        out.push((mtime, Delivered { path: p, eml, env }));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.path.cmp(&b.1.path)));
+    out.into_iter().map(|(_, d)| d).collect()
 }
