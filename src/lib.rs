@@ -7,15 +7,37 @@
 //! | [`envelope`] | types every piece shares: stage, client facts, envelope, verdict |
 //! | [`reply`] | SMTP replies as values and their one wire formatter |
 //! | [`config`] | the YAML configuration, its defaults and command-line overrides |
-//! | [`listener`] | accept loops, TLS, connection limits per client network |
+//! | [`auth_guard`] | failed AUTH attempts per network and user |
+//! | [`cli`] | the `run` and `check` commands and their flags |
+//! | [`listener`] | accept loops, connection limits per client network, implicit TLS |
+//! | [`proxy_protocol`] | PROXY v1/v2 headers from trusted load balancers |
 //! | [`session`] | the SMTP server state machine, limits, timeouts |
+//! | [`stream`] | a TCP connection that can become TLS, with its read buffer |
+//! | [`tls`] | certificates (reloadable) and upstream TLS client settings |
 //! | [`dotstream`] | the DATA wire format: end-of-data, (un)stuffing, bare CR/LF |
 //! | [`spool`] | message bodies in memory, spilling to a file in the state directory |
 //! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
 //! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
+//! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
+//! | [`systemd`] | readiness/reload/watchdog notifications, socket activation |
 
+pub mod auth_guard;
+pub mod cli;
+pub mod config;
+pub mod dotstream;
 pub mod envelope;
+pub mod listener;
 pub mod policy;
+pub mod proxy_protocol;
+pub mod relay;
 pub mod reply;
+pub mod runtime;
+pub mod server;
+pub mod session;
+pub mod spool;
+pub mod stream;
+pub mod systemd;
+pub mod telemetry;
+pub mod tls;

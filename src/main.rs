@@ -1,1 +1,115 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use mxguard::cli::{Cli, Command};
+use mxguard::policy::{ExplainInput, RuleSet};
+use mxguard::server::Server;
+use mxguard::telemetry::{LogFormat, init_logging};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_logging(args.log_format);
+            let config = match args.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("mxguard: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mxguard: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result: anyhow::Result<()> = runtime.block_on(async {
+                let server = Server::start(config).await?;
+                server.run().await?;
+                Ok(())
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("mxguard: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check(args) => {
+            init_logging(LogFormat::Text);
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for l in &config.listeners {
+                if let Some(files) = &l.tls
+                    && let Err(e) = mxguard::tls::ReloadableCert::load(files)
+                {
+                    eprintln!("listeners {}: {e}", l.name);
+                    return ExitCode::FAILURE;
+                }
+            }
+            match RuleSet::load(&config.rules_dir) {
+                Ok(rules) => {
+                    println!(
+                        "ok: configuration valid, {} rules in {} (hash {})",
+                        rules.rule_count(),
+                        config.rules_dir.display(),
+                        rules.content_hash()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Explain(args) => explain(args),
+    }
+}
+
+/// `mxguard explain`: the offline run of every stage, printed.
+fn explain(args: mxguard::cli::ExplainArgs) -> ExitCode {
+    let config = match args.common.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rules = match RuleSet::load(&config.rules_dir) {
+        Ok(r) => r,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let message = match &args.message {
+        Some(path) => match std::fs::read(path) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let mut input = ExplainInput::new(args.client_ip, &args.helo, &args.from, args.to.clone());
+    input.message = message.as_deref();
+    input.tls = args.tls;
+    input.auth_user = args.auth_user.as_deref();
+    input.body_scan_limit = config.limits.body_scan_limit as usize;
+    print!("{}", rules.explain_session(&input));
+    ExitCode::SUCCESS
+}

@@ -37,6 +37,9 @@ pub struct Reply {
     pub status: StatusCode,
     /// Text lines without the code prefix; never contain CR or LF.
     lines: Vec<String>,
+    /// Whether the enhanced code is written: RFC 2034 leaves it out of the greeting, the
+    /// EHLO/HELO reply and 3xx intermediate replies.
+    with_status: bool,
 }
 
 impl Reply {
@@ -46,6 +49,7 @@ impl Reply {
             code,
             status,
             lines: vec![sanitize_line(&text.into())],
+            with_status: true,
         }
     }
 
@@ -59,7 +63,14 @@ impl Reply {
             code,
             status,
             lines,
+            with_status: true,
         }
+    }
+
+    /// The same reply without the enhanced code on the wire (greeting, EHLO, 354).
+    pub fn without_status(mut self) -> Self {
+        self.with_status = false;
+        self
     }
 
     /// Builds a reply from an upstream answer as smtp-proto parsed it: lines joined by
@@ -104,11 +115,14 @@ impl Reply {
         let last = self.lines.len() - 1;
         for (i, line) in self.lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            let _ = write!(out, "{}{}{}", self.code, sep, self.status);
-            if !line.is_empty() {
-                out.push(b' ');
-                out.extend_from_slice(line.as_bytes());
+            let _ = write!(out, "{}{}", self.code, sep);
+            if self.with_status {
+                let _ = write!(out, "{}", self.status);
+                if !line.is_empty() {
+                    out.push(b' ');
+                }
             }
+            out.extend_from_slice(line.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -160,6 +174,17 @@ mod tests {
             vec!["mx".into(), "PIPELINING".into()],
         );
         assert_eq!(wire(&r), "250-2.0.0 mx\r\n250 2.0.0 PIPELINING\r\n");
+    }
+
+    #[test]
+    fn greeting_style_reply_has_no_enhanced_code() {
+        let r = Reply::multiline(
+            250,
+            StatusCode(2, 0, 0),
+            vec!["mx".into(), "SIZE 10".into()],
+        )
+        .without_status();
+        assert_eq!(wire(&r), "250-mx\r\n250 SIZE 10\r\n");
     }
 
     #[test]

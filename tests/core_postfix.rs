@@ -47,9 +47,11 @@ fn setup() -> Option<(Postfix, MxGuard)> {
 #[test]
 fn logs_listening_address_on_start() {
     let Some((_pf, mx)) = setup() else { return };
-    mx.wait_log(
-        &format!("listening addr={}", mx.addr),
-        Duration::from_secs(5),
+    let log = mx.wait_log(&format!("addr={}", mx.addr), Duration::from_secs(5));
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" listening ") && l.contains(&format!("addr={}", mx.addr))),
+        "{log}"
     );
 }
 

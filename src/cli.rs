@@ -1,0 +1,138 @@
+//! The command line: `run`, `check`, and `explain`.
+//!
+//! Flags override the configuration file, which overrides the defaults; the flags below
+//! are relied on by operators' scripts and by the test-suite, so their names are stable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, UpstreamConfig};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mxguard",
+    version,
+    about = "SMTP filtering proxy in front of Postfix or Sendmail"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run(RunArgs),
+    /// Validate the configuration and rules; exit 1 with every error located.
+    Check(CommonArgs),
+    /// Run a client, an envelope and optionally a message through the rules offline and
+    /// print every rule evaluated at each stage, whether it matched and why.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The client's address.
+    #[arg(long)]
+    pub client_ip: std::net::IpAddr,
+    /// The HELO/EHLO name.
+    #[arg(long)]
+    pub helo: String,
+    /// The MAIL FROM address (`""` for the null sender).
+    #[arg(long)]
+    pub from: String,
+    /// A recipient (repeat for several).
+    #[arg(long, required = true)]
+    pub to: Vec<String>,
+    /// A message file (.eml) for the `data` stage.
+    #[arg(long)]
+    pub message: Option<PathBuf>,
+    /// Pretend the session is under TLS.
+    #[arg(long)]
+    pub tls: bool,
+    /// Pretend the client authenticated as this user.
+    #[arg(long)]
+    pub auth_user: Option<String>,
+}
+
+/// Options every subcommand shares.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Configuration file (YAML). Without it, built-in defaults apply.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Rules directory (overrides `rules_dir`).
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Listen address (replaces the address of the first listener).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Upstream MTA `host:port` (replaces the configured upstream list).
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// State directory (spool files, embedded store).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Host name for the banner, EHLO and Received headers.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl CommonArgs {
+    /// The configuration file (or defaults) with `--rules` applied.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(rules) = &self.rules {
+            cfg.rules_dir = rules.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+impl RunArgs {
+    /// The effective configuration: file, then flags.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut cfg = self.common.load()?;
+        if let Some(listen) = self.listen {
+            cfg.listeners[0].address = listen;
+        }
+        if let Some(up) = &self.upstream {
+            let template = cfg.upstreams.first().cloned().unwrap_or_default();
+            cfg.upstreams = vec![UpstreamConfig {
+                address: up.clone(),
+                ..template
+            }];
+        }
+        if let Some(state) = &self.state {
+            cfg.state_dir = state.clone();
+        }
+        if let Some(h) = &self.hostname {
+            cfg.hostname = h.clone();
+        }
+        if let Some(m) = self.metrics {
+            cfg.metrics = Some(m);
+        }
+        cfg.validate().map_err(ConfigError)?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,597 @@
+//! The YAML configuration file, its defaults, and command-line overrides.
+//!
+//! Every field has a default that serves, so `mxguard run` with no file works:
+//! listen on `127.0.0.1:2525`, relay to `127.0.0.1:25`, rules in `./rules`, state in
+//! `./state`. Limits mirror Postfix's own defaults where Postfix has one, so mxguard
+//! never becomes the stricter (or the looser) hop by accident.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name used in the banner, EHLO reply, Received headers and replies.
+    pub hostname: String,
+    /// Directory of rule files (`*.yaml`), loaded in file-name order.
+    pub rules_dir: PathBuf,
+    /// Directory for spool files and the embedded store.
+    pub state_dir: PathBuf,
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream MTAs, tried in order (failover).
+    pub upstreams: Vec<UpstreamConfig>,
+    pub limits: Limits,
+    pub data: DataConfig,
+    /// Address for the HTTP metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics: Option<SocketAddr>,
+    /// How long SIGTERM waits for transactions in flight before exiting.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: default_hostname(),
+            rules_dir: PathBuf::from("rules"),
+            state_dir: PathBuf::from("state"),
+            listeners: vec![ListenerConfig::default()],
+            upstreams: vec![UpstreamConfig::default()],
+            limits: Limits::default(),
+            data: DataConfig::default(),
+            metrics: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One listening socket and how it treats its clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerConfig {
+    /// Shown in logs and metric labels.
+    pub name: String,
+    pub address: SocketAddr,
+    /// Certificate chain and key (PEM); enables STARTTLS (or implicit TLS).
+    pub tls: Option<TlsFiles>,
+    /// TLS from the first byte (port 465 style) instead of STARTTLS.
+    pub implicit_tls: bool,
+    /// Expect a PROXY protocol header from trusted load balancers.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// `mx` (default): port 25, no AUTH. `submission`: mail clients (587/465); AUTH
+    /// is offered after TLS and relayed to the upstream, and MAIL requires it.
+    pub mode: ListenerMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    #[default]
+    Mx,
+    Submission,
+}
+
+/// PROXY protocol settings of a listener behind an L4 load balancer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocolConfig {
+    /// Accept the v1 (text) header.
+    pub v1: bool,
+    /// Accept the v2 (binary) header.
+    pub v2: bool,
+    /// Peers that must send a header; anyone else is served as a direct client.
+    pub trusted: Vec<IpNet>,
+    /// How long to wait for the header.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ProxyProtocolConfig {
+    fn default() -> Self {
+        ProxyProtocolConfig {
+            v1: true,
+            v2: true,
+            trusted: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            name: "mx".into(),
+            address: "127.0.0.1:2525".parse().expect("valid default address"),
+            tls: None,
+            implicit_tls: false,
+            proxy_protocol: None,
+            mode: ListenerMode::Mx,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// How mxguard talks to one upstream MTA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `host:port`.
+    pub address: String,
+    /// `none` (default), `starttls` (use it when offered) or `require` (fail over if not offered).
+    pub tls: UpstreamTls,
+    /// Verify the upstream's certificate (against `ca_file`, or the system bundle).
+    pub tls_verify: bool,
+    /// CA bundle for verification; default `/etc/ssl/certs/ca-certificates.crt`.
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify in the certificate; default the host part of `address`.
+    pub tls_name: Option<String>,
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Deadline for each upstream reply (Postfix's `smtp_*_timeout` are 300 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub command_timeout: Duration,
+    /// Deadline for the reply after the final dot (Postfix `smtp_data_done_timeout` 600 s).
+    #[serde(deserialize_with = "de_duration")]
+    pub data_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            address: "127.0.0.1:25".into(),
+            tls: UpstreamTls::None,
+            tls_verify: true,
+            ca_file: None,
+            tls_name: None,
+            connect_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    None,
+    Starttls,
+    Require,
+}
+
+/// Resource bounds. Postfix's defaults where it has one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted (advertised as SIZE, enforced on the real byte count).
+    #[serde(deserialize_with = "de_size")]
+    pub max_message_size: u64,
+    /// Largest header section; a message over it is refused with `552 5.3.4`.
+    #[serde(deserialize_with = "de_size")]
+    pub max_header_size: u64,
+    /// Recipients per transaction (`smtpd_recipient_limit`); the next gets `452 4.5.3`.
+    pub max_recipients: usize,
+    /// Longest command line in octets including CRLF (`line_length_limit`).
+    pub max_line_length: usize,
+    /// Deadline for each command read (`smtpd_timeout`).
+    #[serde(deserialize_with = "de_duration")]
+    pub command_timeout: Duration,
+    /// Minimum DATA transfer rate in bytes/s (`smtpd_min_data_rate`).
+    pub min_data_rate: u64,
+    /// Concurrent sessions in total.
+    pub max_sessions: usize,
+    /// Concurrent sessions per client network (see `ipv4_prefix`/`ipv6_prefix`).
+    pub max_sessions_per_network: usize,
+    /// Networks not subject to `max_sessions_per_network` (Postfix exempts `$mynetworks`
+    /// the same way). Default: loopback.
+    pub exempt_networks: Vec<IpNet>,
+    /// Prefix that groups IPv4 clients into one network.
+    pub ipv4_prefix: u8,
+    /// Prefix that groups IPv6 clients into one network.
+    pub ipv6_prefix: u8,
+    /// NOOP, RSET, VRFY, HELP and unknown commands per session (`smtpd_junk_command_limit`).
+    pub junk_command_limit: u32,
+    /// Errors after which the session is closed (`smtpd_hard_error_limit`).
+    pub hard_error_limit: u32,
+    /// Transactions per session.
+    pub max_transactions: u32,
+    /// Failed AUTH attempts per client network within `auth_failure_window`; beyond it
+    /// `421 4.7.0` and close.
+    pub auth_failures_per_network: u32,
+    /// Failed AUTH attempts per user name within `auth_failure_window`.
+    pub auth_failures_per_user: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_failure_window: Duration,
+    /// Message bytes held in memory before spilling to a file in the state directory.
+    #[serde(deserialize_with = "de_size")]
+    pub memory_spool_threshold: u64,
+    /// Body bytes given to `body` rules.
+    #[serde(deserialize_with = "de_size")]
+    pub body_scan_limit: u64,
+    /// Wait this long before the banner and refuse clients that talk first (`554 5.5.0`).
+    #[serde(deserialize_with = "de_duration")]
+    pub greet_pause: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 25 * 1024 * 1024,
+            max_header_size: 1024 * 1024,
+            max_recipients: 1000,
+            max_line_length: 2048,
+            command_timeout: Duration::from_secs(300),
+            min_data_rate: 500,
+            max_sessions: 10_000,
+            max_sessions_per_network: 50,
+            exempt_networks: vec![
+                "127.0.0.0/8".parse().expect("valid network"),
+                "::1/128".parse().expect("valid network"),
+            ],
+            ipv4_prefix: 24,
+            ipv6_prefix: 64,
+            junk_command_limit: 100,
+            hard_error_limit: 20,
+            max_transactions: 10_000,
+            auth_failures_per_network: 20,
+            auth_failures_per_user: 10,
+            auth_failure_window: Duration::from_secs(900),
+            memory_spool_threshold: 1024 * 1024,
+            body_scan_limit: 64 * 1024,
+            greet_pause: Duration::ZERO,
+        }
+    }
+}
+
+/// How message content with bare CR, bare LF or NUL is treated.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Clients in these networks get bare CR/LF normalised to CRLF instead of `550 5.6.0`.
+    pub normalize_networks: Vec<IpNet>,
+}
+
+/// An IP network in CIDR notation (`192.0.2.0/24`, `2001:db8::/32`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// The network of `ip` with `prefix` bits (IPv4-mapped IPv6 is folded to IPv4 first).
+    pub fn containing(ip: IpAddr, v4_prefix: u8, v6_prefix: u8) -> IpNet {
+        let ip = canonical_ip(ip);
+        let prefix = if ip.is_ipv4() { v4_prefix } else { v6_prefix };
+        IpNet {
+            addr: mask(ip, prefix),
+            prefix,
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("invalid network {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
+            None => max,
+        };
+        Ok(IpNet {
+            addr: mask(addr, prefix),
+            prefix,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for IpNet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are IPv4 clients on a dual-stack socket.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix.min(32))
+            };
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let m = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix.min(128))
+            };
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+/// Parses `300ms`, `30s`, `5m`, `2h`, `35d` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 300s, 5m, 2d)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        "w" => n * 7.0 * 86400.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (ms, s, m, h, d, w)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `25MiB`, `10MB`, `512KiB`, `1G` or a plain number of octets.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (e.g. 25MiB, 10MB, 4096)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "KB" | "kB" => 1000,
+        "KiB" | "Ki" => 1024,
+        "M" | "MB" => 1000 * 1000,
+        "MiB" | "Mi" => 1024 * 1024,
+        "G" | "GB" => 1000 * 1000 * 1000,
+        "GiB" | "Gi" => 1024 * 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "invalid size unit in {s:?} (B, KB, KiB, MB, MiB, GB, GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Numbers are seconds; strings take units.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(f64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Num(n) if n >= 0.0 => Ok(Duration::from_secs_f64(n)),
+        Raw::Num(n) => Err(serde::de::Error::custom(format!("negative duration {n}"))),
+        Raw::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Numbers are octets; strings take units.
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(u64),
+        Str(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Num(n) => Ok(n),
+        Raw::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A configuration error with its place: `file:line:column: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        // An empty file (or one with only comments) means "all defaults".
+        let cfg: Config = if text.trim().lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        }) {
+            Config::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| match e.location() {
+                Some(loc) => ConfigError(format!(
+                    "{origin}:{}:{}: {}",
+                    loc.line(),
+                    loc.column(),
+                    strip_location(&e.to_string())
+                )),
+                None => ConfigError(format!("{origin}: {e}")),
+            })?
+        };
+        cfg.validate()
+            .map_err(|m| ConfigError(format!("{origin}: {m}")))?;
+        Ok(cfg)
+    }
+
+    /// Checks relations between fields that serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.listeners.is_empty() {
+            return Err("listeners: at least one listener is required".into());
+        }
+        if self.upstreams.is_empty() {
+            return Err("upstreams: at least one upstream is required".into());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Some(pp) = &l.proxy_protocol
+                && (pp.trusted.is_empty() || !(pp.v1 || pp.v2))
+            {
+                return Err(format!(
+                    "listeners[{i}].proxy_protocol: needs `trusted` networks and v1 or v2 enabled"
+                ));
+            }
+            if l.implicit_tls && l.tls.is_none() {
+                return Err(format!(
+                    "listeners[{i}].implicit_tls: needs listeners[{i}].tls (cert and key)"
+                ));
+            }
+        }
+        let mut names: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("listeners: duplicate listener name {:?}", w[0]));
+        }
+        let l = &self.limits;
+        if l.max_line_length < 512 {
+            return Err("limits.max_line_length: must be at least 512 (RFC 5321)".into());
+        }
+        if l.ipv4_prefix > 32 || l.ipv6_prefix > 128 {
+            return Err("limits.ipv4_prefix/ipv6_prefix: out of range".into());
+        }
+        if l.max_recipients == 0 || l.max_sessions == 0 || l.max_sessions_per_network == 0 {
+            return Err(
+                "limits: max_recipients, max_sessions and max_sessions_per_network must be > 0"
+                    .into(),
+            );
+        }
+        if self.hostname.is_empty() || self.hostname.chars().any(|c| c.is_whitespace()) {
+            return Err(format!("hostname: invalid host name {:?}", self.hostname));
+        }
+        Ok(())
+    }
+}
+
+/// serde_yaml_ng ends messages with "at line L column C"; we print the place first instead.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse("# nothing\n", "x.yaml").unwrap();
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:2525");
+        assert_eq!(c.upstreams[0].address, "127.0.0.1:25");
+        assert_eq!(c.limits.max_line_length, 2048);
+    }
+
+    #[test]
+    fn unknown_field_is_located() {
+        let e = Config::parse("hostname: mx.test\nlimits:\n  max_recipent: 5\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("c.yaml:3:3: limits: unknown field `max_recipent`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn units_parse() {
+        assert_eq!(parse_size("25MiB").unwrap(), 25 * 1024 * 1024);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5x").is_err());
+        let c = Config::parse(
+            "limits:\n  max_message_size: 1MiB\n  command_timeout: 2s\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_message_size, 1 << 20);
+        assert_eq!(c.limits.command_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn networks_fold_mapped_ipv4() {
+        let mapped: IpAddr = "::ffff:192.0.2.77".parse().unwrap();
+        let net = IpNet::containing(mapped, 24, 64);
+        assert_eq!(net.to_string(), "192.0.2.0/24");
+        let v6: IpAddr = "2001:db8:1:2:3::9".parse().unwrap();
+        assert_eq!(
+            IpNet::containing(v6, 24, 64).to_string(),
+            "2001:db8:1:2::/64"
+        );
+        let n: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.1.2.3".parse().unwrap()));
+        assert!("10.0.0/8".parse::<IpNet>().is_err());
+    }
+}

@@ -1,0 +1,384 @@
+//! The DATA wire format, without I/O: end-of-data recognition and un-stuffing on the way
+//! in, re-stuffing on the way out.
+//!
+//! This is where SMTP smuggling (CVE-2023-51764/5/6) is stopped. DATA ends only at
+//! `CRLF.CRLF`; a bare CR, a bare LF or a NUL never takes part in recognising a line or
+//! the end of data, and each is reported so the session can refuse the message (or, for
+//! trusted networks, normalise the bare line ends to CRLF). The relay never copies client
+//! bytes: it re-encodes the canonical message with [`Encoder`], so the upstream sees
+//! exactly one message, whatever its own parser's quirks.
+
+/// What the decoder found in the message apart from its content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Anomalies {
+    pub bare_lf: bool,
+    pub bare_cr: bool,
+    pub nul: bool,
+}
+
+impl Anomalies {
+    pub fn any(&self) -> bool {
+        self.bare_lf || self.bare_cr || self.nul
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// After CRLF (or at the start of DATA).
+    LineStart,
+    /// A `.` at the start of a line.
+    Dot,
+    /// `.` then CR at the start of a line: a LF here ends DATA.
+    DotCr,
+    /// Inside a line.
+    Mid,
+    /// A CR inside a line: a LF here ends the line.
+    MidCr,
+    /// `CRLF.CRLF` seen.
+    Done,
+}
+
+/// Incremental DATA decoder: feed it wire bytes in any chunks; it appends the message
+/// (un-stuffed, CRLF line ends) to the output and says when the terminator was seen.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    state: State,
+    normalize: bool,
+    anomalies: Anomalies,
+}
+
+impl Decoder {
+    /// `normalize`: turn bare CR and bare LF into CRLF (trusted networks only).
+    /// Otherwise they are kept as they are and reported in [`Decoder::anomalies`].
+    pub fn new(normalize: bool) -> Self {
+        Decoder {
+            state: State::LineStart,
+            normalize,
+            anomalies: Anomalies::default(),
+        }
+    }
+
+    pub fn anomalies(&self) -> Anomalies {
+        self.anomalies
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Decodes from `input`, appending message bytes to `out`. Returns how many input
+    /// bytes were consumed: all of them, or up to and including the terminator (the rest
+    /// belongs to the next command).
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
+        let mut i = 0;
+        while i < input.len() && self.state != State::Done {
+            if self.state == State::Mid {
+                // Fast path: copy the run of plain bytes up to the next CR, LF or NUL.
+                let run = input[i..]
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n' || b == 0)
+                    .unwrap_or(input.len() - i);
+                out.extend_from_slice(&input[i..i + run]);
+                i += run;
+                if i == input.len() {
+                    break;
+                }
+            }
+            let b = input[i];
+            i += 1;
+            self.step(b, out);
+        }
+        i
+    }
+
+    fn step(&mut self, b: u8, out: &mut Vec<u8>) {
+        match self.state {
+            State::LineStart => match b {
+                b'.' => self.state = State::Dot,
+                _ => self.content(b, out),
+            },
+            State::Dot => match b {
+                b'\r' => self.state = State::DotCr,
+                // A stuffed line: the leading dot is dropped, the rest is content.
+                _ => {
+                    self.state = State::Mid;
+                    self.content(b, out);
+                }
+            },
+            State::DotCr => {
+                if b == b'\n' {
+                    self.state = State::Done;
+                } else {
+                    // ".<CR>x": a lone dot was stuffed, then a bare CR inside the line.
+                    self.bare_cr(out);
+                    self.state = State::Mid;
+                    self.content(b, out);
+                }
+            }
+            State::Mid => self.content(b, out),
+            State::MidCr => {
+                if b == b'\n' {
+                    out.extend_from_slice(b"\r\n");
+                    self.state = State::LineStart;
+                } else {
+                    self.bare_cr(out);
+                    self.state = State::Mid;
+                    self.content(b, out);
+                }
+            }
+            State::Done => {}
+        }
+    }
+
+    /// A byte inside a line (the state is Mid afterwards unless it is CR).
+    fn content(&mut self, b: u8, out: &mut Vec<u8>) {
+        match b {
+            b'\r' => self.state = State::MidCr,
+            b'\n' => {
+                self.anomalies.bare_lf = true;
+                // A bare LF never starts a line: a following dot is content, not a terminator.
+                if self.normalize {
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.push(b'\n');
+                }
+                self.state = State::Mid;
+            }
+            0 => {
+                self.anomalies.nul = true;
+                out.push(0);
+                self.state = State::Mid;
+            }
+            _ => {
+                out.push(b);
+                self.state = State::Mid;
+            }
+        }
+    }
+
+    fn bare_cr(&mut self, out: &mut Vec<u8>) {
+        self.anomalies.bare_cr = true;
+        if self.normalize {
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.push(b'\r');
+        }
+    }
+}
+
+/// Incremental DATA encoder: canonical message bytes in, dot-stuffed wire bytes out.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    at_line_start: bool,
+    /// The previous chunk ended in CR: its LF (or a bare CR) is decided by the next byte.
+    pending_cr: bool,
+    written: u64,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Encoder {
+    pub fn new() -> Self {
+        Encoder {
+            at_line_start: true,
+            pending_cr: false,
+            written: 0,
+        }
+    }
+
+    /// Appends the stuffed form of `chunk` to `out`. Every bare CR or LF that is still in
+    /// the content (it can only be there if the session chose to relay it) is written as
+    /// CRLF, so the upstream's parser never sees a bare line end.
+    pub fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        out.reserve(chunk.len() + chunk.len() / 64 + 2);
+        let mut i = 0;
+        while i < chunk.len() {
+            let b = chunk[i];
+            if self.pending_cr {
+                self.pending_cr = false;
+                out.extend_from_slice(b"\r\n");
+                self.at_line_start = true;
+                if b == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            match b {
+                b'\r' => {
+                    self.pending_cr = true;
+                    i += 1;
+                }
+                b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    self.at_line_start = true;
+                    i += 1;
+                }
+                _ => {
+                    if self.at_line_start && b == b'.' {
+                        out.push(b'.');
+                    }
+                    let run = chunk[i..]
+                        .iter()
+                        .position(|&c| c == b'\r' || c == b'\n')
+                        .unwrap_or(chunk.len() - i);
+                    out.extend_from_slice(&chunk[i..i + run]);
+                    i += run;
+                    self.at_line_start = false;
+                }
+            }
+        }
+        self.written += chunk.len() as u64;
+    }
+
+    /// Appends the terminator, preceded by CRLF if the content did not end with one.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.pending_cr || (self.written > 0 && !self.at_line_start) {
+            out.extend_from_slice(b"\r\n");
+        }
+        self.pending_cr = false;
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// Encodes a whole message in one call (tests and small messages).
+pub fn encode_all(message: &[u8]) -> Vec<u8> {
+    let mut e = Encoder::new();
+    let mut out = Vec::with_capacity(message.len() + 8);
+    e.encode(message, &mut out);
+    e.finish(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `wire` fed in every possible split into two chunks, and checks all splits
+    /// agree with the one-shot result.
+    fn decode_all_splits(wire: &[u8], normalize: bool) -> (Vec<u8>, bool, usize, Anomalies) {
+        let mut d = Decoder::new(normalize);
+        let mut out = Vec::new();
+        let used = d.decode(wire, &mut out);
+        let whole = (out, d.is_done(), used, d.anomalies());
+        for cut in 0..=wire.len() {
+            let mut d = Decoder::new(normalize);
+            let mut out = Vec::new();
+            let mut used = d.decode(&wire[..cut], &mut out);
+            if !d.is_done() {
+                used = cut + d.decode(&wire[cut..], &mut out);
+            }
+            assert_eq!(
+                (&out, d.is_done(), used, d.anomalies()),
+                (&whole.0, whole.1, whole.2, whole.3),
+                "split at {cut}"
+            );
+        }
+        // Byte by byte, too.
+        let mut d = Decoder::new(normalize);
+        let mut out = Vec::new();
+        let mut used = 0;
+        for b in wire {
+            if d.is_done() {
+                break;
+            }
+            used += d.decode(std::slice::from_ref(b), &mut out);
+        }
+        assert_eq!((&out, used), (&whole.0, whole.2), "byte by byte");
+        whole
+    }
+
+    #[test]
+    fn plain_message_and_terminator() {
+        let (out, done, used, a) =
+            decode_all_splits(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n", false);
+        assert!(done);
+        assert_eq!(out, b"Subject: x\r\n\r\nhello\r\n");
+        assert_eq!(used, 24);
+        assert!(!a.any());
+    }
+
+    #[test]
+    fn empty_message() {
+        let (out, done, used, _) = decode_all_splits(b".\r\n", false);
+        assert!(done);
+        assert!(out.is_empty());
+        assert_eq!(used, 3);
+    }
+
+    #[test]
+    fn dot_lines_are_unstuffed() {
+        let (out, done, _, _) = decode_all_splits(b"..x\r\n...\r\n.y\r\n..\r\n.\r\n", false);
+        assert!(done);
+        assert_eq!(out, b".x\r\n..\r\ny\r\n.\r\n");
+    }
+
+    #[test]
+    fn smuggling_variants_never_end_data() {
+        let variants: [&[u8]; 8] = [
+            b"a\n.\nMAIL FROM:<evil@x>\r\n",
+            b"a\n.\r\nMAIL FROM:<evil@x>\r\n",
+            b"a\r.\rMAIL FROM:<evil@x>\r\n",
+            b"a\r\n.\nMAIL FROM:<evil@x>\r\n",
+            b"a\r\n\x00.\r\nMAIL FROM:<evil@x>\r\n",
+            b"a\r.\r\nMAIL FROM:<evil@x>\r\n",
+            b"a\n.\rMAIL FROM:<evil@x>\r\n",
+            b"a\r\n.\rMAIL FROM:<evil@x>\r\n",
+        ];
+        for v in variants {
+            let (out, done, used, a) = decode_all_splits(v, false);
+            assert!(!done, "{v:?} ended DATA");
+            assert_eq!(used, v.len());
+            assert!(a.any(), "{v:?} not flagged");
+            // The smuggled command is still part of the content.
+            assert!(out.windows(10).any(|w| w == b"MAIL FROM:"));
+        }
+    }
+
+    #[test]
+    fn normalize_turns_bare_line_ends_into_crlf() {
+        let (out, done, _, a) = decode_all_splits(b"a\nb\rc\r\n.\r\n", true);
+        assert!(done);
+        assert!(a.bare_lf && a.bare_cr);
+        assert_eq!(out, b"a\r\nb\r\nc\r\n");
+    }
+
+    #[test]
+    fn encoder_restuffs_and_terminates_once() {
+        assert_eq!(
+            encode_all(b".x\r\n..\r\ny\r\n"),
+            b"..x\r\n...\r\ny\r\n.\r\n"
+        );
+        assert_eq!(encode_all(b""), b".\r\n");
+        assert_eq!(encode_all(b"no newline"), b"no newline\r\n.\r\n");
+        // Bare line ends that reach the encoder leave as CRLF; a dot after one is stuffed.
+        assert_eq!(encode_all(b"a\n.\nb\r\n"), b"a\r\n..\r\nb\r\n.\r\n");
+    }
+
+    #[test]
+    fn encoder_handles_crlf_split_across_chunks() {
+        let msg = b"line1\r\n.dot\r\nline3\r\n";
+        let whole = encode_all(msg);
+        for cut in 0..=msg.len() {
+            let mut e = Encoder::new();
+            let mut out = Vec::new();
+            e.encode(&msg[..cut], &mut out);
+            e.encode(&msg[cut..], &mut out);
+            e.finish(&mut out);
+            assert_eq!(out, whole, "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn round_trip_is_identity_for_canonical_messages() {
+        let msg = b"From: a\r\n\r\n.\r\n..\r\n.x\r\n\tend  \r\n";
+        let wire = encode_all(msg);
+        let (out, done, used, a) = decode_all_splits(&wire, false);
+        assert!(done && !a.any());
+        assert_eq!(used, wire.len());
+        assert_eq!(out, msg);
+    }
+}

@@ -1,0 +1,272 @@
+//! Accept loops: one per configured listener, with connection limits in total and per
+//! client network, and the TLS handshake for implicit-TLS listeners.
+//!
+//! A refused connection still gets an SMTP answer (`421 4.7.0`), never a silent reset,
+//! so a legitimate sender knows to retry later.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{IpNet, Limits, ProxyProtocolConfig, canonical_ip};
+use crate::envelope::ClientInfo;
+use crate::runtime::Runtime;
+use crate::session::{ListenerContext, Session};
+use crate::stream::Stream;
+
+/// Session limits shared by every listener of the process.
+pub struct ConnectionLimits {
+    total: Arc<Semaphore>,
+    per_network: Arc<Mutex<HashMap<IpNet, usize>>>,
+    max_per_network: usize,
+    exempt: Vec<IpNet>,
+    v4_prefix: u8,
+    v6_prefix: u8,
+}
+
+/// Holds one client network's slot until the session ends.
+pub struct NetworkSlot {
+    net: IpNet,
+    table: Arc<Mutex<HashMap<IpNet, usize>>>,
+}
+
+impl Drop for NetworkSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = table.get_mut(&self.net) {
+            *n -= 1;
+            if *n == 0 {
+                table.remove(&self.net);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    pub fn new(limits: &Limits) -> Self {
+        ConnectionLimits {
+            total: Arc::new(Semaphore::new(limits.max_sessions)),
+            per_network: Arc::new(Mutex::new(HashMap::new())),
+            max_per_network: limits.max_sessions_per_network,
+            exempt: limits.exempt_networks.clone(),
+            v4_prefix: limits.ipv4_prefix,
+            v6_prefix: limits.ipv6_prefix,
+        }
+    }
+
+    fn session_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.total.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for the client's network; `Some(None)` for exempt networks.
+    fn network_slot(&self, ip: IpAddr) -> Option<Option<NetworkSlot>> {
+        if self.exempt.iter().any(|n| n.contains(ip)) {
+            return Some(None);
+        }
+        let net = IpNet::containing(ip, self.v4_prefix, self.v6_prefix);
+        let mut table = self.per_network.lock().unwrap_or_else(|p| p.into_inner());
+        let n = table.entry(net).or_insert(0);
+        if *n >= self.max_per_network {
+            return None;
+        }
+        *n += 1;
+        Some(Some(NetworkSlot {
+            net,
+            table: self.per_network.clone(),
+        }))
+    }
+}
+
+/// A bound listening socket and what its sessions need.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub context: ListenerContext,
+    pub implicit_tls: bool,
+    pub proxy_protocol: Option<Arc<ProxyProtocolConfig>>,
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// Accepts until shutdown; every session is spawned on `tracker`.
+    pub async fn run(self, rt: Arc<Runtime>, limits: Arc<ConnectionLimits>, tracker: TaskTracker) {
+        let mut shutdown = rt.shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                a = self.tcp.accept() => a,
+                _ = crate::runtime::shutdown_signalled(&mut shutdown) => break,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(listener = %self.context.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let Some(permit) = limits.session_permit() else {
+                // Answered off the accept loop, so a client that does not read cannot stall it.
+                tokio::spawn(refuse(
+                    rt.clone(),
+                    self.context.name.clone(),
+                    tcp,
+                    peer.ip(),
+                    "max_sessions",
+                    "Error: too many connections",
+                ));
+                continue;
+            };
+            let conn = Accepted {
+                rt: rt.clone(),
+                context: self.context.clone(),
+                implicit_tls: self.implicit_tls,
+                proxy_protocol: self.proxy_protocol.clone(),
+                limits: limits.clone(),
+                tcp,
+                peer,
+            };
+            tracker.spawn(async move {
+                let _permit = permit;
+                conn.serve().await;
+            });
+        }
+        info!(listener = %self.context.name, "listener stopped accepting");
+    }
+}
+
+/// Answers `421 4.7.0` and closes, without waiting long for a client that does not read.
+async fn refuse(
+    rt: Arc<Runtime>,
+    listener: String,
+    mut tcp: TcpStream,
+    ip: IpAddr,
+    reason: &'static str,
+    text: &'static str,
+) {
+    rt.metrics
+        .sessions_refused_total
+        .with_label_values(&[&listener, reason])
+        .inc();
+    info!(listener = %listener, client = %ip, reason, "connection refused");
+    let line = format!("421 4.7.0 {} {text}\r\n", rt.config.hostname);
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let _ = tcp.write_all(line.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+/// One accepted connection, before its session starts.
+struct Accepted {
+    rt: Arc<Runtime>,
+    context: ListenerContext,
+    implicit_tls: bool,
+    proxy_protocol: Option<Arc<ProxyProtocolConfig>>,
+    limits: Arc<ConnectionLimits>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+}
+
+impl Accepted {
+    /// The PROXY header (from trusted balancers), the per-network limit on the real
+    /// client address, the TLS handshake for implicit TLS, then the session.
+    async fn serve(mut self) {
+        let rt = self.rt.clone();
+        let Some(client) = self.client_address().await else {
+            return;
+        };
+        let ip = canonical_ip(client.ip());
+        let Some(_slot) = self.limits.network_slot(ip) else {
+            refuse(
+                rt.clone(),
+                self.context.name.clone(),
+                self.tcp,
+                ip,
+                "max_sessions_per_network",
+                "Error: too many connections from your network",
+            )
+            .await;
+            return;
+        };
+        let gauge = rt
+            .metrics
+            .sessions_open
+            .with_label_values(&[&self.context.name]);
+        gauge.inc();
+        if let Some(stream) =
+            handshake(&rt, &self.context, self.implicit_tls, self.tcp, self.peer).await
+        {
+            let client = ClientInfo {
+                ip,
+                port: client.port(),
+                listener: self.context.name.clone(),
+                tls: stream.is_tls(),
+                auth_user: None,
+            };
+            Session::new(rt.clone(), self.context, stream, client)
+                .run()
+                .await;
+        }
+        gauge.dec();
+    }
+
+    /// The client's address: from the PROXY header when the peer is a trusted balancer
+    /// (which must send one), else the peer itself.
+    async fn client_address(&mut self) -> Option<SocketAddr> {
+        let Some(pp) = &self.proxy_protocol else {
+            return Some(self.peer);
+        };
+        if !crate::proxy_protocol::expected_from(pp, canonical_ip(self.peer.ip())) {
+            return Some(self.peer);
+        }
+        match crate::proxy_protocol::read_header(&mut self.tcp, pp).await {
+            Ok(Some(addr)) => Some(addr),
+            Ok(None) => Some(self.peer),
+            Err(e) => {
+                self.rt.metrics.protocol_error("proxy_protocol");
+                warn!(listener = %self.context.name, peer = %self.peer, error = %e, "PROXY header refused; closing");
+                None
+            }
+        }
+    }
+}
+
+/// The TLS handshake of an implicit-TLS listener; plain listeners pass through.
+async fn handshake(
+    rt: &Runtime,
+    context: &ListenerContext,
+    implicit_tls: bool,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<Stream> {
+    if !implicit_tls {
+        return Some(Stream::Plain(tcp));
+    }
+    let acceptor = context
+        .tls
+        .clone()
+        .expect("validated: implicit TLS has a certificate");
+    match tokio::time::timeout(rt.config.limits.command_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
+        Ok(Err(e)) => {
+            rt.metrics.protocol_error("tls_handshake");
+            debug!(client = %peer.ip(), error = %e, "implicit TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            rt.metrics.protocol_error("timeout");
+            None
+        }
+    }
+}

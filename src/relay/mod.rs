@@ -1,0 +1,521 @@
+//! The upstream side: connect (with failover), EHLO, optional STARTTLS, XCLIENT or
+//! XFORWARD, then replay the client's transaction in lockstep and hand back the
+//! upstream's own replies.
+//!
+//! Nothing here decides policy; the session calls [`Upstream::mail`], [`Upstream::rcpt`]
+//! and [`Upstream::data`] only after the rules have passed the command, and every
+//! [`RelayError`] becomes a 4xx for the client: our trouble or the upstream's is never the
+//! sender's fault.
+
+pub mod trace;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use smtp_proto::response::parser::ResponseReceiver;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::dotstream::Encoder;
+use crate::reply::Reply;
+use crate::spool::Spool;
+use crate::stream::{BufferedConn, ReadError, Stream};
+use crate::telemetry::Metrics;
+pub use trace::ClientIdentity;
+
+/// What an upstream offered in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    /// `SIZE n`; `Some(0)` means "SIZE without a limit".
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub starttls: bool,
+    pub enhanced_status_codes: bool,
+    pub dsn: bool,
+    /// XCLIENT attributes, when offered.
+    pub xclient: Option<Vec<String>>,
+    /// XFORWARD attributes, when offered.
+    pub xforward: Option<Vec<String>>,
+    /// SASL mechanisms offered (upper case).
+    pub auth: Vec<String>,
+}
+
+impl Capabilities {
+    /// Parses the lines of an EHLO reply (the first line is the greeting).
+    pub fn parse(message: &str) -> Self {
+        let mut caps = Capabilities::default();
+        for line in message.split('\n').skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            let args: Vec<String> = words.map(str::to_owned).collect();
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = Some(args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "STARTTLS" => caps.starttls = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "DSN" => caps.dsn = true,
+                "XCLIENT" => caps.xclient = Some(args),
+                "XFORWARD" => caps.xforward = Some(args),
+                "AUTH" => caps.auth = args.iter().map(|a| a.to_ascii_uppercase()).collect(),
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// Why the upstream could not do what we asked. Always a 4xx for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("no upstream reachable: {0}")]
+    Unavailable(String),
+    #[error("upstream timed out during {0}")]
+    Timeout(&'static str),
+    #[error("upstream connection lost during {stage}: {reason}")]
+    Lost { stage: &'static str, reason: String },
+    #[error("upstream sent an unparsable reply during {0}")]
+    Protocol(&'static str),
+    #[error("upstream refused {stage}: {reply}")]
+    Refused { stage: &'static str, reply: Reply },
+    #[error("reading the spooled message: {0}")]
+    Spool(std::io::Error),
+}
+
+/// How the real client's identity reaches the upstream on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceMode {
+    Xclient,
+    Xforward,
+    ReceivedHeader,
+}
+
+/// The configured upstreams, their TLS settings and the last capabilities seen.
+pub struct Upstreams {
+    configs: Vec<UpstreamConfig>,
+    tls: Vec<Option<Arc<ClientConfig>>>,
+    hostname: String,
+    caps: ArcSwapOption<Capabilities>,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstreams {
+    pub fn new(
+        configs: Vec<UpstreamConfig>,
+        hostname: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::tls::TlsError> {
+        let tls = configs
+            .iter()
+            .map(|c| match c.tls {
+                UpstreamTls::None => Ok(None),
+                _ => {
+                    crate::tls::upstream_client_config(c.tls_verify, c.ca_file.as_deref()).map(Some)
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Upstreams {
+            configs,
+            tls,
+            hostname,
+            caps: ArcSwapOption::empty(),
+            metrics,
+        })
+    }
+
+    /// The capabilities seen at the last successful EHLO, if any.
+    pub fn capabilities(&self) -> Option<Arc<Capabilities>> {
+        self.caps.load_full()
+    }
+
+    /// Connects, reads the EHLO capabilities, and says goodbye: run at start-up so the
+    /// first client is offered only what the upstream supports.
+    pub async fn probe(&self) -> Result<Arc<Capabilities>, RelayError> {
+        let up = self.open_any().await?;
+        let caps = Arc::new(up.caps.clone());
+        up.quit().await;
+        Ok(caps)
+    }
+
+    /// Opens a session for one client: the first upstream that answers, with XCLIENT
+    /// (or XFORWARD) set up for `client`.
+    pub async fn connect(&self, client: &ClientIdentity) -> Result<Upstream, RelayError> {
+        let mut up = self.open_any().await?;
+        up.identify(client).await?;
+        Ok(up)
+    }
+
+    async fn open_any(&self) -> Result<Upstream, RelayError> {
+        let mut reasons = Vec::new();
+        for index in 0..self.configs.len() {
+            match self.open(index).await {
+                Ok(up) => {
+                    self.caps.store(Some(Arc::new(up.caps.clone())));
+                    return Ok(up);
+                }
+                Err(e) => {
+                    let reason = match &e {
+                        RelayError::Timeout(_) => "timeout",
+                        RelayError::Refused { .. } => "refused",
+                        _ => "error",
+                    };
+                    self.metrics
+                        .upstream_connect_failures_total
+                        .with_label_values(&[&index.to_string(), reason])
+                        .inc();
+                    warn!(upstream = %self.configs[index].address, error = %e, "upstream connect failed");
+                    reasons.push(format!("{}: {e}", self.configs[index].address));
+                }
+            }
+        }
+        Err(RelayError::Unavailable(reasons.join("; ")))
+    }
+
+    /// Connects to one upstream: banner, EHLO, and STARTTLS when configured.
+    async fn open(&self, index: usize) -> Result<Upstream, RelayError> {
+        let cfg = &self.configs[index];
+        let tcp = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&cfg.address))
+            .await
+            .map_err(|_| RelayError::Timeout("connect"))?
+            .map_err(|e| RelayError::Lost {
+                stage: "connect",
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let mut up = Upstream {
+            conn: BufferedConn::new(Stream::Plain(tcp), 4096),
+            rx: ResponseReceiver::default(),
+            caps: Capabilities::default(),
+            trace: TraceMode::ReceivedHeader,
+            command_timeout: cfg.command_timeout,
+            data_timeout: cfg.data_timeout,
+            metrics: self.metrics.clone(),
+            address: cfg.address.clone(),
+        };
+        let banner = up.read_reply("banner", cfg.command_timeout).await?;
+        if banner.code != 220 {
+            return Err(RelayError::Refused {
+                stage: "banner",
+                reply: banner,
+            });
+        }
+        up.ehlo(&self.hostname).await?;
+        if let Some(tls) = &self.tls[index] {
+            if up.caps.starttls {
+                let name = cfg
+                    .tls_name
+                    .clone()
+                    .unwrap_or_else(|| host_part(&cfg.address).to_owned());
+                up.starttls(tls.clone(), &name).await?;
+                up.ehlo(&self.hostname).await?;
+            } else if cfg.tls == UpstreamTls::Require {
+                return Err(RelayError::Refused {
+                    stage: "starttls",
+                    reply: Reply::new(
+                        454,
+                        crate::reply::StatusCode(4, 7, 0),
+                        "STARTTLS required but not offered",
+                    ),
+                });
+            }
+        }
+        Ok(up)
+    }
+}
+
+fn host_part(address: &str) -> &str {
+    let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// One open upstream session, used for the transactions of one client session.
+pub struct Upstream {
+    conn: BufferedConn,
+    rx: ResponseReceiver,
+    pub caps: Capabilities,
+    pub trace: TraceMode,
+    command_timeout: Duration,
+    data_timeout: Duration,
+    metrics: Arc<Metrics>,
+    pub address: String,
+}
+
+impl Upstream {
+    /// Reads one (possibly multi-line) reply.
+    async fn read_reply(
+        &mut self,
+        stage: &'static str,
+        timeout: Duration,
+    ) -> Result<Reply, RelayError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let input = self.conn.buffered();
+            let mut it = input.iter();
+            let parsed = self.rx.parse(&mut it);
+            let used = input.len() - it.as_slice().len();
+            self.conn.consume(used);
+            match parsed {
+                Ok(resp) => {
+                    self.rx.reset();
+                    return Ok(Reply::from_upstream(resp.code, resp.esc, &resp.message));
+                }
+                Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
+                Err(_) => {
+                    self.rx.reset();
+                    return Err(RelayError::Protocol(stage));
+                }
+            }
+            match self.conn.fill(deadline).await {
+                Ok(_) => {}
+                Err(ReadError::Timeout) => return Err(RelayError::Timeout(stage)),
+                Err(e) => {
+                    return Err(RelayError::Lost {
+                        stage,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self, stage: &'static str, bytes: &[u8]) -> Result<(), RelayError> {
+        self.conn
+            .send(bytes, self.command_timeout)
+            .await
+            .map_err(|e| RelayError::Lost {
+                stage,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Sends one command line and returns the reply, timing it.
+    async fn command(&mut self, stage: &'static str, line: &[u8]) -> Result<Reply, RelayError> {
+        let started = Instant::now();
+        self.write(stage, line).await?;
+        let reply = self.read_reply(stage, self.command_timeout).await?;
+        self.metrics
+            .upstream_reply_seconds
+            .with_label_values(&[stage])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.upstream_reply(stage, reply.code);
+        Ok(reply)
+    }
+
+    async fn ehlo(&mut self, name: &str) -> Result<(), RelayError> {
+        let reply = self
+            .command("ehlo", format!("EHLO {name}\r\n").as_bytes())
+            .await?;
+        if reply.code != 250 {
+            return Err(RelayError::Refused {
+                stage: "ehlo",
+                reply,
+            });
+        }
+        self.caps = Capabilities::parse(&reply.lines().join("\n"));
+        Ok(())
+    }
+
+    async fn starttls(&mut self, config: Arc<ClientConfig>, name: &str) -> Result<(), RelayError> {
+        let reply = self.command("starttls", b"STARTTLS\r\n").await?;
+        if reply.code != 220 {
+            return Err(RelayError::Refused {
+                stage: "starttls",
+                reply,
+            });
+        }
+        let server_name = ServerName::try_from(name.to_owned()).map_err(|_| RelayError::Lost {
+            stage: "starttls",
+            reason: format!("invalid TLS server name {name:?}"),
+        })?;
+        self.conn.discard_buffered();
+        let tcp = self
+            .conn
+            .stream
+            .take_plain()
+            .ok_or(RelayError::Protocol("starttls"))?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = tokio::time::timeout(self.command_timeout, connector.connect(server_name, tcp))
+            .await
+            .map_err(|_| RelayError::Timeout("starttls"))?
+            .map_err(|e| RelayError::Lost {
+                stage: "starttls",
+                reason: e.to_string(),
+            })?;
+        self.conn.stream = Stream::ClientTls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Tells the upstream who the client is: XCLIENT (then EHLO again with the client's
+    /// own HELO name, as Postfix restarts the session), else XFORWARD, else nothing here
+    /// and a Received header at DATA.
+    async fn identify(&mut self, client: &ClientIdentity) -> Result<(), RelayError> {
+        if let Some(attrs) = self.caps.xclient.clone() {
+            let cmd = trace::xclient_command(client, &attrs);
+            let reply = self.command("xclient", cmd.as_bytes()).await?;
+            // Postfix restarts the session with a new 220; smtp-sink just says 250.
+            if reply.code != 220 && reply.code != 250 {
+                return Err(RelayError::Refused {
+                    stage: "xclient",
+                    reply,
+                });
+            }
+            let helo = if client.helo.is_empty() {
+                "unknown"
+            } else {
+                &client.helo
+            };
+            let verb = if client.esmtp { "EHLO" } else { "HELO" };
+            let reply = self
+                .command("ehlo", format!("{verb} {helo}\r\n").as_bytes())
+                .await?;
+            if reply.code != 250 {
+                return Err(RelayError::Refused {
+                    stage: "ehlo",
+                    reply,
+                });
+            }
+            if client.esmtp {
+                self.caps = Capabilities::parse(&reply.lines().join("\n"));
+            }
+            self.trace = TraceMode::Xclient;
+        } else if self.caps.xforward.is_some() {
+            self.trace = TraceMode::Xforward;
+        }
+        Ok(())
+    }
+
+    /// MAIL FROM, preceded by XFORWARD when that is how this upstream learns the client.
+    pub async fn mail(
+        &mut self,
+        client: &ClientIdentity,
+        mail_line: &str,
+    ) -> Result<Reply, RelayError> {
+        if self.trace == TraceMode::Xforward {
+            let attrs = self.caps.xforward.clone().unwrap_or_default();
+            let reply = self
+                .command(
+                    "xforward",
+                    trace::xforward_command(client, &attrs).as_bytes(),
+                )
+                .await?;
+            if reply.code != 250 {
+                return Err(RelayError::Refused {
+                    stage: "xforward",
+                    reply,
+                });
+            }
+        }
+        self.command("mail", mail_line.as_bytes()).await
+    }
+
+    /// One step of a SASL exchange: sends `line` (the AUTH command or a client response)
+    /// and returns the upstream's reply (334 challenge, 235 success, or a refusal).
+    pub async fn auth_step(&mut self, line: &[u8]) -> Result<Reply, RelayError> {
+        self.command("auth", line).await
+    }
+
+    pub async fn rcpt(&mut self, rcpt_line: &str) -> Result<Reply, RelayError> {
+        self.command("rcpt", rcpt_line.as_bytes()).await
+    }
+
+    /// DATA, then the message re-encoded from the spool (with `prepend` header lines
+    /// above it), then the final reply. A non-354 answer to DATA is returned as the final
+    /// reply: the upstream refused the message.
+    pub async fn data(&mut self, prepend: &[u8], spool: &mut Spool) -> Result<Reply, RelayError> {
+        let reply = self.command("data", b"DATA\r\n").await?;
+        if reply.code != 354 {
+            return Ok(reply);
+        }
+        let started = Instant::now();
+        let mut encoder = Encoder::new();
+        let mut out = Vec::with_capacity(64 * 1024 + 1024);
+        encoder.encode(prepend, &mut out);
+        let mut pos = 0;
+        let mut scratch = Vec::new();
+        loop {
+            let chunk = spool
+                .next_chunk(&mut pos, &mut scratch)
+                .await
+                .map_err(RelayError::Spool)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for piece in chunk.chunks(32 * 1024) {
+                encoder.encode(piece, &mut out);
+                if out.len() >= 32 * 1024 {
+                    self.write("data", &out).await?;
+                    out.clear();
+                }
+            }
+        }
+        encoder.finish(&mut out);
+        self.write("data", &out).await?;
+        let reply = self.read_reply("end_of_data", self.data_timeout).await?;
+        self.metrics
+            .upstream_reply_seconds
+            .with_label_values(&["end_of_data"])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.upstream_reply("end_of_data", reply.code);
+        Ok(reply)
+    }
+
+    /// Aborts the upstream transaction so the session can be reused.
+    pub async fn rset(&mut self) -> Result<(), RelayError> {
+        let reply = self.command("rset", b"RSET\r\n").await?;
+        if reply.code == 250 {
+            Ok(())
+        } else {
+            Err(RelayError::Refused {
+                stage: "rset",
+                reply,
+            })
+        }
+    }
+
+    /// Says goodbye politely, without waiting long for the answer.
+    pub async fn quit(mut self) {
+        if self.write("quit", b"QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply("quit", Duration::from_secs(2)).await;
+        }
+        tracing::debug!(upstream = %self.address, "upstream session closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_postfix_ehlo() {
+        let msg = "mx.test\nPIPELINING\nSIZE 10240000\nVRFY\nETRN\nSTARTTLS\nXCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT\nXFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT\nENHANCEDSTATUSCODES\n8BITMIME\nDSN\nSMTPUTF8\nCHUNKING";
+        let c = Capabilities::parse(msg);
+        assert!(c.pipelining && c.starttls && c.smtputf8 && c.eight_bit_mime && c.dsn);
+        assert_eq!(c.size, Some(10240000));
+        assert_eq!(c.xclient.as_ref().unwrap().len(), 9);
+        assert!(c.xforward.is_some());
+    }
+
+    #[test]
+    fn parses_sendmail_ehlo() {
+        let msg = "sm.test Hello localhost [127.0.0.1], pleased to meet you\nENHANCEDSTATUSCODES\nPIPELINING\nEXPN\nVERB\n8BITMIME\nSIZE\nDSN\nETRN\nDELIVERBY\nHELP";
+        let c = Capabilities::parse(msg);
+        assert_eq!(c.size, Some(0));
+        assert!(!c.smtputf8 && c.xclient.is_none() && c.xforward.is_none());
+    }
+
+    #[test]
+    fn host_part_strips_port_and_brackets() {
+        assert_eq!(host_part("mail.example:25"), "mail.example");
+        assert_eq!(host_part("[::1]:25"), "::1");
+    }
+}

@@ -1,0 +1,191 @@
+//! How the upstream learns who the real client is: XCLIENT, XFORWARD, or a `Received:`
+//! header of our own — each value encoded for its place.
+
+use std::net::IpAddr;
+
+use crate::config::canonical_ip;
+
+/// The client's identity as the upstream should see it.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// The client's HELO/EHLO argument.
+    pub helo: String,
+    /// Whether the client used EHLO (ESMTP) rather than HELO.
+    pub esmtp: bool,
+    pub tls: bool,
+    pub auth_user: Option<String>,
+    /// Our session id, used as the `id` of a Received header.
+    pub session_id: String,
+}
+
+impl ClientIdentity {
+    /// The protocol name Postfix would log: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA.
+    pub fn protocol(&self) -> String {
+        if !self.esmtp {
+            return "SMTP".into();
+        }
+        let mut p = String::from("ESMTP");
+        if self.tls {
+            p.push('S');
+        }
+        if self.auth_user.is_some() {
+            p.push('A');
+        }
+        p
+    }
+
+    /// `192.0.2.1` or `IPV6:2001:db8::1` as XCLIENT and XFORWARD want it.
+    fn addr_attribute(&self) -> String {
+        match canonical_ip(self.ip) {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("IPV6:{v6}"),
+        }
+    }
+}
+
+/// Encodes a value as xtext (RFC 3461 §4): `+` and `=` and anything outside `!`..`~`
+/// become `+XX`. The result is at most `max` octets, cut at a character boundary of the
+/// encoding (never in the middle of a `+XX`).
+pub fn xtext(value: &str, max: usize) -> String {
+    let mut out = String::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        let piece_len = if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            1
+        } else {
+            3
+        };
+        if out.len() + piece_len > max {
+            break;
+        }
+        if piece_len == 1 {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The XCLIENT command for the attributes the upstream advertised (ADDR, PORT, NAME,
+/// HELO, PROTO and LOGIN when known). Each value ≤ 255 octets.
+pub fn xclient_command(id: &ClientIdentity, offered: &[String]) -> String {
+    let offers = |a: &str| offered.iter().any(|o| o.eq_ignore_ascii_case(a));
+    let mut cmd = String::from("XCLIENT");
+    let mut add = |name: &str, value: String| {
+        if offers(name) {
+            cmd.push(' ');
+            cmd.push_str(name);
+            cmd.push('=');
+            cmd.push_str(&value);
+        }
+    };
+    add("ADDR", xtext(&id.addr_attribute(), 255));
+    add("PORT", id.port.to_string());
+    // We do no reverse lookup ourselves here: let the upstream show "unknown".
+    add("NAME", "[UNAVAILABLE]".into());
+    add("HELO", xtext(&id.helo, 255));
+    add("PROTO", if id.esmtp { "ESMTP" } else { "SMTP" }.into());
+    if let Some(user) = &id.auth_user {
+        add("LOGIN", xtext(user, 255));
+    }
+    cmd.push_str("\r\n");
+    cmd
+}
+
+/// The XFORWARD command (Postfix XFORWARD_README), sent before each MAIL.
+pub fn xforward_command(id: &ClientIdentity, offered: &[String]) -> String {
+    let offers = |a: &str| offered.iter().any(|o| o.eq_ignore_ascii_case(a));
+    let mut cmd = String::from("XFORWARD");
+    let mut add = |name: &str, value: String| {
+        if offers(name) {
+            cmd.push(' ');
+            cmd.push_str(name);
+            cmd.push('=');
+            cmd.push_str(&value);
+        }
+    };
+    add("ADDR", xtext(&id.addr_attribute(), 255));
+    add("PORT", id.port.to_string());
+    add("NAME", "[UNAVAILABLE]".into());
+    add("HELO", xtext(&id.helo, 255));
+    add("PROTO", if id.esmtp { "ESMTP" } else { "SMTP" }.into());
+    cmd.push_str("\r\n");
+    cmd
+}
+
+/// A `Received:` trace header for the client hop, for upstreams that take neither XCLIENT
+/// nor XFORWARD (e.g. Sendmail). The HELO name is reduced to printable non-space ASCII so a
+/// client cannot fold new header fields into ours.
+pub fn received_header(id: &ClientIdentity, our_hostname: &str, unix_time: i64) -> String {
+    let helo: String = id
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '(' && *c != ')')
+        .take(255)
+        .collect();
+    let helo = if helo.is_empty() {
+        "unknown".to_owned()
+    } else {
+        helo
+    };
+    let literal = match canonical_ip(id.ip) {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    };
+    let date = mail_parser::DateTime::from_timestamp(unix_time).to_rfc822();
+    format!(
+        "Received: from {helo} ({literal})\r\n\tby {our_hostname} (mxguard) with {} id {};\r\n\t{date}\r\n",
+        id.protocol(),
+        id.session_id
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(ip: &str, helo: &str) -> ClientIdentity {
+        ClientIdentity {
+            ip: ip.parse().unwrap(),
+            port: 40000,
+            helo: helo.into(),
+            esmtp: true,
+            tls: false,
+            auth_user: None,
+            session_id: "abc123".into(),
+        }
+    }
+
+    #[test]
+    fn xtext_escapes_plus_equals_and_controls() {
+        assert_eq!(xtext("a+b=c d\u{7f}", 255), "a+2Bb+3Dc+20d+7F");
+        assert_eq!(xtext("ok.example", 255), "ok.example");
+        // Never cuts an escape in half.
+        assert_eq!(xtext("ab+", 4), "ab");
+        assert_eq!(xtext(&"x".repeat(300), 255).len(), 255);
+    }
+
+    #[test]
+    fn xclient_sends_only_offered_attributes() {
+        let offered: Vec<String> = ["NAME", "ADDR", "PORT", "PROTO", "HELO"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let cmd = xclient_command(&ident("::ffff:192.0.2.7", "mail x=y"), &offered);
+        assert_eq!(
+            cmd,
+            "XCLIENT ADDR=192.0.2.7 PORT=40000 NAME=[UNAVAILABLE] HELO=mail+20x+3Dy PROTO=ESMTP\r\n"
+        );
+        let v6 = xclient_command(&ident("2001:db8::1", "h"), &["ADDR".to_string()]);
+        assert_eq!(v6, "XCLIENT ADDR=IPV6:2001:db8::1\r\n");
+    }
+
+    #[test]
+    fn received_header_cannot_be_folded_by_helo() {
+        let h = received_header(&ident("192.0.2.1", "evil\r\nX-Injected: 1"), "mx.test", 0);
+        assert!(h.starts_with("Received: from evilX-Injected:1 ([192.0.2.1])\r\n\tby mx.test (mxguard) with ESMTP id abc123;\r\n\t"));
+        assert_eq!(h.matches("\r\n").count(), 3);
+    }
+}

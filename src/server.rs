@@ -1,0 +1,344 @@
+//! Wiring: builds the runtime from a configuration, binds every listener, and runs until
+//! SIGTERM, reloading rules on SIGHUP.
+//!
+//! Start-up order matters to an administrator: rules are validated and sockets bound
+//! before the process says it is listening, so a bad rule file or a taken port stops the
+//! start instead of producing a proxy that refuses everything.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::listener::{ConnectionLimits, Listener};
+use crate::policy::{Policy, ReloadOutcome, ReloadRequest, RuleSet};
+use crate::relay::Upstreams;
+use crate::runtime::Runtime;
+use crate::session::ListenerContext;
+use crate::telemetry::{Health, Metrics};
+use crate::tls::ReloadableCert;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("rules in {dir}:\n{errors}")]
+    Rules { dir: String, errors: String },
+    #[error("state directory {dir}: {source}")]
+    State { dir: String, source: std::io::Error },
+    #[error("listener {name} ({addr}): {source}")]
+    Bind {
+        name: String,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("metrics listener {addr}: {source}")]
+    Metrics {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A started server: listeners bound, rules loaded, not yet accepting.
+pub struct Server {
+    rt: Arc<Runtime>,
+    listeners: Vec<Listener>,
+    certs: Vec<(Arc<ReloadableCert>, crate::config::TlsFiles)>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Loads rules, prepares the state directory, binds every socket.
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+        metrics.initialize_series(&listener_names, config.upstreams.len());
+        let health = Arc::new(Health::default());
+        let policy = Arc::new(load_policy(&config.rules_dir)?);
+        record_success(&metrics, &health, &policy.current());
+        let spool_dir = config.state_dir.join("spool");
+        prepare_spool_dir(&spool_dir).map_err(|source| StartError::State {
+            dir: spool_dir.display().to_string(),
+            source,
+        })?;
+        let upstreams = Upstreams::new(
+            config.upstreams.clone(),
+            config.hostname.clone(),
+            metrics.clone(),
+        )?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut listeners = Vec::new();
+        let mut certs = Vec::new();
+        let mut activated = crate::systemd::activated_listeners();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let tls = match &l.tls {
+                Some(files) => {
+                    let cert = Arc::new(ReloadableCert::load(files)?);
+                    certs.push((cert.clone(), files.clone()));
+                    Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                        cert,
+                    )?))
+                }
+                None => None,
+            };
+            let inherited = activated
+                .remove(&l.name)
+                .or_else(|| activated.remove(&i.to_string()));
+            let tcp = match inherited {
+                Some(std_listener) => tokio::net::TcpListener::from_std(std_listener),
+                None => bind(l.address),
+            }
+            .map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.address.to_string(),
+                source,
+            })?;
+            listeners.push(Listener {
+                tcp,
+                context: ListenerContext {
+                    name: l.name.clone(),
+                    tls,
+                    submission: l.mode == crate::config::ListenerMode::Submission,
+                },
+                implicit_tls: l.implicit_tls,
+                proxy_protocol: l.proxy_protocol.clone().map(Arc::new),
+            });
+        }
+        let rt = Arc::new(Runtime {
+            config: config.clone(),
+            policy,
+            upstreams,
+            metrics,
+            health,
+            shutdown: shutdown_rx,
+            spool_dir,
+            auth_guard: crate::auth_guard::AuthGuard::new(
+                config.limits.auth_failure_window,
+                config.limits.auth_failures_per_network,
+                config.limits.auth_failures_per_user,
+            ),
+        });
+        Ok(Server {
+            rt,
+            listeners,
+            certs,
+            shutdown_tx,
+        })
+    }
+
+    /// Runs until SIGTERM/SIGINT, then drains.
+    pub async fn run(self) -> Result<(), StartError> {
+        let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signal)?;
+        let rt = self.rt.clone();
+        if let Some(addr) = rt.config.metrics {
+            let http =
+                crate::telemetry::bind_http(addr)
+                    .await
+                    .map_err(|source| StartError::Metrics {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+            info!(addr = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+            tokio::spawn(crate::telemetry::serve_http(
+                http,
+                rt.metrics.clone(),
+                rt.health.clone(),
+            ));
+        }
+        tokio::spawn(probe_upstreams(rt.clone()));
+        let limits = Arc::new(ConnectionLimits::new(&rt.config.limits));
+        let tracker = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        for l in self.listeners {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            info!(listener = %l.context.name, addr = %addr, tls = l.context.tls.is_some(), implicit_tls = l.implicit_tls, "listening");
+            accept_loops.push(tokio::spawn(l.run(
+                rt.clone(),
+                limits.clone(),
+                tracker.clone(),
+            )));
+        }
+        let reload_tx = spawn_reloader(&rt);
+        crate::systemd::spawn_watchdog();
+        crate::systemd::ready(&format!(
+            "listening; {} rules",
+            rt.policy.current().rule_count()
+        ));
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    crate::systemd::reloading();
+                    reload_certs(&rt, &self.certs);
+                    // READY=1 follows when the rules reload has finished (see spawn_reloader).
+                    let _ = reload_tx.send(ReloadRequest::Signal);
+                }
+            }
+        }
+        crate::systemd::stopping();
+        info!(
+            grace_s = rt.config.shutdown_grace.as_secs(),
+            "shutting down: draining sessions"
+        );
+        let _ = self.shutdown_tx.send(true);
+        for a in accept_loops {
+            let _ = a.await;
+        }
+        tracker.close();
+        if tokio::time::timeout(rt.config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = tracker.len(),
+                "shutdown grace period over; closing remaining sessions"
+            );
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Loads the rules directory; a missing directory is an empty set (with a warning), a
+/// broken one is a start-up error listing every problem.
+pub fn load_policy(dir: &Path) -> Result<Policy, StartError> {
+    if !dir.exists() {
+        warn!(dir = %dir.display(), "rules directory does not exist: running without rules");
+        return Ok(Policy::with_rules(dir, RuleSet::empty()));
+    }
+    Policy::load(dir).map_err(|errors| StartError::Rules {
+        dir: dir.display().to_string(),
+        errors: errors.to_string(),
+    })
+}
+
+fn record_success(metrics: &Metrics, health: &Health, rules: &RuleSet) {
+    metrics
+        .rules_reload_total
+        .with_label_values(&["success"])
+        .inc();
+    metrics.rules_loaded.set(rules.rule_count() as i64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    metrics.rules_last_reload_success_timestamp_seconds.set(now);
+    health
+        .rules_loaded
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One reload path for SIGHUP and the file watcher: requests go through one channel,
+/// reloads run one at a time, and each outcome is counted (and, for SIGHUP, reported to
+/// systemd with READY=1).
+fn spawn_reloader(rt: &Arc<Runtime>) -> tokio::sync::mpsc::UnboundedSender<ReloadRequest> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let policy = rt.policy.clone();
+    if policy.dir().exists()
+        && let Err(e) = policy.clone().spawn_watcher(tx.clone())
+    {
+        warn!(dir = %policy.dir().display(), error = %e, "cannot watch the rules directory; reload with SIGHUP");
+    }
+    let rt2 = rt.clone();
+    tokio::spawn(policy.run_reloads(rx, move |req, outcome| {
+        match outcome {
+            ReloadOutcome::Applied { .. } => {
+                record_success(&rt2.metrics, &rt2.health, &rt2.policy.current());
+            }
+            ReloadOutcome::Rejected { .. } => {
+                rt2.metrics
+                    .rules_reload_total
+                    .with_label_values(&["error"])
+                    .inc();
+            }
+        }
+        if matches!(req, ReloadRequest::Signal) {
+            crate::systemd::ready(&format!(
+                "reloaded; {} rules",
+                rt2.policy.current().rule_count()
+            ));
+        }
+    }));
+    tx
+}
+
+/// SIGHUP: new certificates for new sessions; a bad one keeps the old, loudly.
+fn reload_certs(rt: &Runtime, certs: &[(Arc<ReloadableCert>, crate::config::TlsFiles)]) {
+    for (cert, files) in certs {
+        match cert.reload(files) {
+            Ok(()) => {
+                rt.metrics
+                    .tls_reload_total
+                    .with_label_values(&["success"])
+                    .inc();
+                info!(cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                rt.metrics
+                    .tls_reload_total
+                    .with_label_values(&["error"])
+                    .inc();
+                error!(
+                    "TLS certificate reload FAILED, keeping the old certificate (STARTTLS stays on with it): {e}"
+                );
+            }
+        }
+    }
+}
+
+/// Learns the upstream's capabilities at start-up, retrying until one answers.
+async fn probe_upstreams(rt: Arc<Runtime>) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match rt.upstreams.probe().await {
+            Ok(caps) => {
+                rt.health
+                    .upstream_reachable
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                info!(?caps, "upstream capabilities");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_s = delay.as_secs_f32(), "upstream probe failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Creates the spool directory and removes files a crashed run left behind: a spool
+/// file never outlives its transaction, so any found at start-up is garbage.
+fn prepare_spool_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "spool") {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,620 @@
+//! The SMTP server side: one [`Session`] per client connection.
+//!
+//! The session reads command lines out of its own buffer (so it knows exactly what was
+//! pipelined), answers each in order, and flushes the replies as a group when the input
+//! runs dry (RFC 2920). Each verb lives in its own file as an `impl Session` block whose
+//! preconditions come first. Every limit is enforced here: line length, errors, junk
+//! commands, recipients, message size, per-command deadlines and the minimum data rate.
+
+mod auth;
+mod data;
+mod ehlo;
+mod mail;
+mod misc;
+mod rcpt;
+
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use smtp_proto::Request;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::envelope::{ClientInfo, Decision, Envelope, Facts, MessageView, Stage};
+use crate::policy::{Mode, RuleSet};
+use crate::relay::{ClientIdentity, Upstream};
+use crate::reply::{Reply, StatusCode, reply};
+use crate::runtime::Runtime;
+use crate::stream::{BufferedConn, ReadError, Stream};
+
+/// Read size while commands are expected; DATA reads in larger chunks.
+const COMMAND_CHUNK: usize = 1024;
+
+/// Per-listener settings the session needs.
+#[derive(Clone)]
+pub struct ListenerContext {
+    pub name: String,
+    /// Present when the listener has a certificate (STARTTLS or implicit TLS).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// A submission listener: AUTH after TLS, and MAIL only when authenticated.
+    pub submission: bool,
+}
+
+/// What the dispatcher tells the loop to do after a command.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Flush the replies, then close the connection.
+    Close,
+    /// QUIT: flush `221`, then close.
+    Quit,
+    /// Flush `220`, then run the TLS handshake.
+    StartTls,
+    /// Flush `354`, then receive the message.
+    Data,
+}
+
+/// Why a session ended (for the disconnect log line).
+#[derive(Debug)]
+enum End {
+    Quit,
+    ClientClosed,
+    Timeout,
+    Shutdown,
+    Limit(&'static str),
+    Io(String),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Quit => f.write_str("quit"),
+            End::ClientClosed => f.write_str("client closed"),
+            End::Timeout => f.write_str("timeout"),
+            End::Shutdown => f.write_str("shutdown"),
+            End::Limit(what) => write!(f, "{what}"),
+            End::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+/// One client connection from accept to close.
+pub struct Session {
+    rt: Arc<Runtime>,
+    listener: ListenerContext,
+    rules: Arc<RuleSet>,
+    conn: BufferedConn,
+    out: Vec<u8>,
+    id: String,
+    client: ClientInfo,
+    env: Envelope,
+    esmtp: bool,
+    /// An `accept` verdict at connect/helo: no more rules this session.
+    session_accepted: bool,
+    /// An `accept` verdict at mail or later: no more rules this transaction.
+    transaction_accepted: bool,
+    /// Headers that rules asked to add to the current message.
+    pending_headers: Vec<String>,
+    /// Recipients tried in this transaction (accepted or not), for "no valid recipients".
+    rcpts_tried: usize,
+    upstream: Option<Upstream>,
+    /// The upstream has MAIL of an unfinished transaction and needs RSET before reuse.
+    upstream_in_transaction: bool,
+    errors: u32,
+    junk: u32,
+    transactions: u32,
+    /// Octets of the last message received (for the transaction log line).
+    message_size: u64,
+    /// A command line overflowed the limit: discard up to its end, then answer 500 5.5.2.
+    discarding_long_line: bool,
+    started: StdInstant,
+    transaction_started: StdInstant,
+}
+
+impl Session {
+    pub fn new(
+        rt: Arc<Runtime>,
+        listener: ListenerContext,
+        stream: Stream,
+        client: ClientInfo,
+    ) -> Self {
+        let rules = rt.policy.current();
+        Session {
+            id: new_session_id(),
+            rules,
+            listener,
+            conn: BufferedConn::new(stream, COMMAND_CHUNK),
+            out: Vec::with_capacity(256),
+            client,
+            env: Envelope::default(),
+            esmtp: false,
+            session_accepted: false,
+            transaction_accepted: false,
+            pending_headers: Vec::new(),
+            rcpts_tried: 0,
+            upstream: None,
+            upstream_in_transaction: false,
+            errors: 0,
+            junk: 0,
+            transactions: 0,
+            message_size: 0,
+            discarding_long_line: false,
+            started: StdInstant::now(),
+            transaction_started: StdInstant::now(),
+            rt,
+        }
+    }
+
+    /// Runs the session to its end; never panics on client input.
+    pub async fn run(mut self) {
+        let end = self.serve().await;
+        if self.env.sender.is_some() {
+            self.rt.metrics.transaction("aborted");
+            self.log_transaction("aborted", None);
+        }
+        if let Some(up) = self.upstream.take() {
+            up.quit().await;
+        }
+        let tls = if self.client.tls { "yes" } else { "no" };
+        self.rt
+            .metrics
+            .sessions_total
+            .with_label_values(&[&self.listener.name, tls])
+            .inc();
+        info!(
+            session = %self.id,
+            client = %self.client.ip,
+            helo = self.env.helo.as_deref().unwrap_or(""),
+            transactions = self.transactions,
+            errors = self.errors,
+            reason = %end,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "disconnect"
+        );
+    }
+
+    async fn serve(&mut self) -> End {
+        if let Err(end) = self.greet().await {
+            return end;
+        }
+        loop {
+            while let Some(line) = self.next_line() {
+                let flow = self.handle_line(&line).await;
+                let flow = if flow == Flow::Continue {
+                    self.check_limits()
+                } else {
+                    flow
+                };
+                match flow {
+                    Flow::Continue => {}
+                    Flow::Close => {
+                        let _ = self.flush().await;
+                        return End::Limit("closed by server");
+                    }
+                    Flow::Quit => {
+                        let _ = self.flush().await;
+                        return End::Quit;
+                    }
+                    Flow::StartTls => {
+                        if let Err(end) = self.start_tls().await {
+                            return end;
+                        }
+                    }
+                    Flow::Data => {
+                        if let Err(end) = self.receive_data().await {
+                            return end;
+                        }
+                    }
+                }
+            }
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+            self.conn.shrink_if_idle();
+            if let Err(end) = self.wait_for_input().await {
+                return end;
+            }
+        }
+    }
+
+    /// Connect-stage rules, the pre-greeting check, and the banner.
+    async fn greet(&mut self) -> Result<(), End> {
+        if let Some(refusal) = self.evaluate(Stage::Connect) {
+            // A refusal at connect is the greeting itself: 554 (or 421), then close.
+            let code = if refusal.is_permanent() { 554 } else { 421 };
+            let r = Reply::new(code, refusal.status, refusal.text());
+            self.push(&r);
+            let _ = self.flush().await;
+            return Err(End::Limit("refused at connect"));
+        }
+        if self.talked_before_greeting().await {
+            self.rt.metrics.protocol_error("pregreet");
+            warn!(session = %self.id, client = %self.client.ip, "client talked before the greeting");
+            self.push(&reply(
+                554,
+                (5, 5, 0),
+                "Error: SMTP protocol synchronization",
+            ));
+            let _ = self.flush().await;
+            return Err(End::Limit("pregreet"));
+        }
+        let banner = Reply::new(
+            220,
+            StatusCode(2, 0, 0),
+            format!("{} ESMTP", self.rt.config.hostname),
+        )
+        .without_status();
+        self.push(&banner);
+        self.flush().await
+    }
+
+    /// Whether the client sent anything before the banner (within `greet_pause`).
+    async fn talked_before_greeting(&mut self) -> bool {
+        let pause = self.rt.config.limits.greet_pause;
+        let Stream::Plain(tcp) = &self.conn.stream else {
+            return false;
+        };
+        if !pause.is_zero() {
+            let _ = tokio::time::timeout(pause, tcp.readable()).await;
+        }
+        // A non-blocking peek: the socket is non-blocking, so "nothing yet" is WouldBlock.
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(tcp).peek(&mut probe), Ok(n) if n > 0)
+    }
+
+    /// Takes the next complete command line out of the buffer, enforcing the length limit.
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let max = self.rt.config.limits.max_line_length;
+        loop {
+            let buf = self.conn.buffered();
+            match memchr_lf(buf) {
+                Some(pos) => {
+                    let line = buf[..=pos].to_vec();
+                    self.conn.consume(pos + 1);
+                    if self.discarding_long_line || line.len() > max {
+                        self.discarding_long_line = false;
+                        self.line_too_long();
+                        continue;
+                    }
+                    return Some(line);
+                }
+                None if buf.len() > max => {
+                    // No end in sight: drop what we have and skip to the end of the line.
+                    let n = buf.len();
+                    self.conn.consume(n);
+                    self.discarding_long_line = true;
+                    return None;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    fn line_too_long(&mut self) {
+        self.rt.metrics.protocol_error("line_too_long");
+        self.error_reply(reply(500, (5, 5, 2), "Error: line too long"));
+    }
+
+    /// Waits for more input under the command deadline, or for shutdown.
+    async fn wait_for_input(&mut self) -> Result<(), End> {
+        let deadline = Instant::now() + self.rt.config.limits.command_timeout;
+        let mut shutdown = self.rt.shutdown.clone();
+        let in_transaction = self.env.sender.is_some();
+        let result = tokio::select! {
+            r = self.conn.fill(deadline) => r,
+            _ = crate::runtime::shutdown_signalled(&mut shutdown), if !in_transaction => {
+                self.push(&reply(421, (4, 3, 2), format!("{} Service shutting down, closing transmission channel", self.rt.config.hostname)));
+                let _ = self.flush().await;
+                return Err(End::Shutdown);
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(ReadError::Timeout) => {
+                self.rt.metrics.protocol_error("timeout");
+                self.push(&reply(
+                    421,
+                    (4, 4, 2),
+                    format!("{} Error: timeout exceeded", self.rt.config.hostname),
+                ));
+                let _ = self.flush().await;
+                Err(End::Timeout)
+            }
+            Err(ReadError::Closed) => Err(End::ClientClosed),
+            Err(ReadError::Io(e)) => Err(End::Io(e.to_string())),
+        }
+    }
+
+    /// Writes the queued replies.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.rt.config.limits.command_timeout;
+        let res = self.conn.send(&self.out, timeout).await;
+        self.out.clear();
+        if self.out.capacity() > 4096 {
+            self.out = Vec::with_capacity(256);
+        }
+        res.map_err(|e| End::Io(e.to_string()))
+    }
+
+    fn push(&mut self, r: &Reply) {
+        r.write_to(&mut self.out);
+    }
+
+    /// Queues a reply that counts as a client error.
+    fn error_reply(&mut self, r: Reply) {
+        self.errors += 1;
+        self.push(&r);
+    }
+
+    /// Closes the session when a per-session limit is reached.
+    fn check_limits(&mut self) -> Flow {
+        let limits = &self.rt.config.limits;
+        let host = &self.rt.config.hostname;
+        if self.errors >= limits.hard_error_limit {
+            self.rt.metrics.protocol_error("too_many_errors");
+            let r = reply(421, (4, 7, 0), format!("{host} Error: too many errors"));
+            self.push(&r);
+            return Flow::Close;
+        }
+        if self.junk > limits.junk_command_limit {
+            self.rt.metrics.protocol_error("too_many_junk_commands");
+            let r = reply(
+                421,
+                (4, 7, 0),
+                format!("{host} Error: too many junk commands"),
+            );
+            self.push(&r);
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// Parses and answers one command line.
+    async fn handle_line(&mut self, line: &[u8]) -> Flow {
+        if line.contains(&0) {
+            self.rt.metrics.protocol_error("nul_in_command");
+            self.error_reply(reply(500, (5, 5, 2), "Error: NUL character in command"));
+            return Flow::Continue;
+        }
+        let verb = verb_of(line);
+        let control = [&b"XCLIENT"[..], b"XFORWARD", b"PROXY"];
+        if control.iter().any(|c| verb.eq_ignore_ascii_case(c)) {
+            self.rt.metrics.protocol_error("control_command");
+            warn!(session = %self.id, client = %self.client.ip, "client sent {}", String::from_utf8_lossy(verb));
+            self.error_reply(reply(550, (5, 7, 0), "Error: insufficient authorization"));
+            return Flow::Continue;
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(req) => req.into_owned(),
+            Err(e) => {
+                self.syntax_error(e);
+                return Flow::Continue;
+            }
+        };
+        match request {
+            Request::Ehlo { host } => self.ehlo(host, true).await,
+            Request::Helo { host } => self.ehlo(host, false).await,
+            Request::Mail { from } => self.mail(from).await,
+            Request::Rcpt { to } => self.rcpt(to).await,
+            Request::Data => self.data().await,
+            Request::Rset => self.rset().await,
+            Request::Noop { .. } => self.noop(),
+            Request::Quit => self.quit(),
+            Request::Vrfy { .. } => self.vrfy(),
+            Request::Expn { .. } => self.expn(),
+            Request::Help { .. } => self.help(),
+            Request::StartTls => self.starttls_command(),
+            Request::Bdat { .. } => {
+                // Chunk bytes would follow; without CHUNKING we cannot stay in sync.
+                self.rt.metrics.protocol_error("bdat");
+                self.push(&reply(502, (5, 5, 1), "Error: BDAT not supported, closing"));
+                Flow::Close
+            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
+            Request::Lhlo { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. } => {
+                self.error_reply(reply(502, (5, 5, 1), "Error: command not implemented"));
+                Flow::Continue
+            }
+        }
+    }
+
+    fn syntax_error(&mut self, e: smtp_proto::Error) {
+        use smtp_proto::Error as E;
+        let r = match e {
+            E::UnknownCommand => {
+                self.junk += 1;
+                self.rt.metrics.protocol_error("unknown_command");
+                reply(500, (5, 5, 1), "Error: command not recognized")
+            }
+            E::InvalidSenderAddress => {
+                self.rt.metrics.protocol_error("syntax");
+                reply(501, (5, 1, 7), "Error: bad sender address syntax")
+            }
+            E::InvalidRecipientAddress => {
+                self.rt.metrics.protocol_error("syntax");
+                reply(501, (5, 1, 3), "Error: bad recipient address syntax")
+            }
+            E::SyntaxError { syntax } => {
+                self.rt.metrics.protocol_error("syntax");
+                reply(501, (5, 5, 4), format!("Syntax: {syntax}"))
+            }
+            E::InvalidParameter { param } => {
+                self.rt.metrics.protocol_error("syntax");
+                reply(501, (5, 5, 4), format!("Error: invalid parameter {param}"))
+            }
+            E::UnsupportedParameter { param } => {
+                self.rt.metrics.protocol_error("unsupported_parameter");
+                reply(
+                    555,
+                    (5, 5, 4),
+                    format!("Error: unsupported parameter {param}"),
+                )
+            }
+            _ => {
+                self.rt.metrics.protocol_error("syntax");
+                reply(501, (5, 5, 4), "Error: syntax error")
+            }
+        };
+        self.error_reply(r);
+    }
+
+    /// Runs this stage's rules unless an earlier `accept` ended evaluation. Returns the
+    /// refusal to send, if any; `add_header` results are kept for the relay.
+    fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
+        self.evaluate_with(stage, None)
+    }
+
+    fn evaluate_with(&mut self, stage: Stage, message: Option<&MessageView>) -> Option<Reply> {
+        let skipped = self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail);
+        if skipped {
+            return None;
+        }
+        let facts = Facts {
+            stage,
+            client: &self.client,
+            envelope: &self.env,
+            message,
+        };
+        let evaluation = self.rules.evaluate(&facts);
+        for hit in &evaluation.hits {
+            self.rt
+                .metrics
+                .verdicts_total
+                .with_label_values(&[
+                    stage.as_str(),
+                    &hit.rule,
+                    hit.action.as_str(),
+                    hit.mode.as_str(),
+                ])
+                .inc();
+            if hit.mode == Mode::Monitor {
+                info!(
+                    session = %self.id,
+                    client = %self.client.ip,
+                    stage = %stage,
+                    rule = %hit.rule,
+                    action = hit.action.as_str(),
+                    "policy monitor: rule matched, not enforced"
+                );
+            }
+        }
+        let verdict = evaluation.verdict;
+        self.pending_headers.extend(verdict.add_headers);
+        let rule = verdict.rule.unwrap_or_default();
+        let (action, refusal) = match verdict.decision {
+            Decision::Continue => return None,
+            Decision::Accept => {
+                if stage <= Stage::Helo {
+                    self.session_accepted = true;
+                } else {
+                    self.transaction_accepted = true;
+                }
+                ("accept", None)
+            }
+            Decision::Reject(r) => ("reject", Some(r)),
+            Decision::Tempfail(r) => ("tempfail", Some(r)),
+        };
+        if let Some(r) = &refusal {
+            info!(
+                session = %self.id,
+                client = %self.client.ip,
+                stage = %stage,
+                rule = %rule,
+                action,
+                reply = %r,
+                "policy refusal"
+            );
+        } else {
+            debug!(session = %self.id, stage = %stage, rule = %rule, "policy accept");
+        }
+        refusal
+    }
+
+    /// The identity the upstream should see for this client.
+    fn identity(&self) -> ClientIdentity {
+        ClientIdentity {
+            ip: self.client.ip,
+            port: self.client.port,
+            helo: self.env.helo.clone().unwrap_or_default(),
+            esmtp: self.esmtp,
+            tls: self.client.tls,
+            auth_user: self.client.auth_user.clone(),
+            session_id: self.id.clone(),
+        }
+    }
+
+    /// Ends the current transaction: log line, counters, envelope reset.
+    fn finish_transaction(&mut self, outcome: &'static str, upstream_reply: Option<&Reply>) {
+        self.rt.metrics.transaction(outcome);
+        self.log_transaction(outcome, upstream_reply);
+        self.env.reset_transaction();
+        self.transaction_accepted = false;
+        self.pending_headers.clear();
+        self.rcpts_tried = 0;
+        self.message_size = 0;
+    }
+
+    /// One structured line per transaction outcome.
+    fn log_transaction(&self, outcome: &str, upstream_reply: Option<&Reply>) {
+        info!(
+            session = %self.id,
+            client = %self.client.ip,
+            helo = self.env.helo.as_deref().unwrap_or(""),
+            from = self.env.sender.as_deref().unwrap_or(""),
+            rcpts = %self.env.recipients.join(","),
+            size = self.message_size,
+            upstream_reply = %upstream_reply.map(|r| r.to_string()).unwrap_or_default(),
+            duration_ms = self.transaction_started.elapsed().as_millis() as u64,
+            outcome,
+            "transaction"
+        );
+    }
+
+    /// Aborts the upstream side of a transaction so the connection can be reused; a
+    /// connection that cannot be reset is dropped.
+    async fn reset_upstream(&mut self) {
+        if !self.upstream_in_transaction {
+            return;
+        }
+        self.upstream_in_transaction = false;
+        if let Some(up) = self.upstream.as_mut()
+            && up.rset().await.is_err()
+        {
+            self.upstream = None;
+        }
+    }
+}
+
+/// The first word of a command line.
+fn verb_of(line: &[u8]) -> &[u8] {
+    let end = line
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(line.len());
+    &line[..end]
+}
+
+fn memchr_lf(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n')
+}
+
+/// A short random id for log correlation.
+fn new_session_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    format!("{:X}{:04X}", t & 0x00FF_FFFF_FFFF, seq & 0xFFFF)
+}

@@ -1,0 +1,184 @@
+//! Message bodies between the final dot and the upstream's answer.
+//!
+//! mxguard has no queue: a body lives only for the duration of its transaction. Small
+//! messages stay in memory; past a threshold the body spills to a file in the state
+//! directory, so a 50 MB message costs 50 MB of disk, not of memory. The file is
+//! removed when the spool is dropped, whatever the outcome.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::fs::File;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+
+/// Bytes kept in memory from the start of a spilled message, for header and body rules.
+const HEAD_KEEP: usize = 256 * 1024;
+
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// One message body, in memory or in a spool file.
+#[derive(Debug)]
+pub struct Spool {
+    head: Vec<u8>,
+    file: Option<SpoolFile>,
+    len: u64,
+    threshold: usize,
+    dir: PathBuf,
+}
+
+#[derive(Debug)]
+struct SpoolFile {
+    path: PathBuf,
+    writer: BufWriter<File>,
+}
+
+impl Spool {
+    /// An empty spool that spills to `dir` past `threshold` bytes.
+    pub fn new(dir: &Path, threshold: u64) -> Self {
+        Spool {
+            head: Vec::new(),
+            file: None,
+            len: 0,
+            threshold: threshold.min(usize::MAX as u64) as usize,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// The first bytes of the message (all of it unless spilled).
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// Appends message bytes, spilling to a file when the threshold is crossed.
+    pub async fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.len += bytes.len() as u64;
+        if let Some(f) = &mut self.file {
+            let keep = HEAD_KEEP.saturating_sub(self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..keep]);
+            return f.writer.write_all(bytes).await;
+        }
+        self.head.extend_from_slice(bytes);
+        if self.head.len() > self.threshold {
+            self.spill().await?;
+        }
+        Ok(())
+    }
+
+    async fn spill(&mut self) -> std::io::Result<()> {
+        tokio::fs::create_dir_all(&self.dir).await?;
+        let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("msg-{}-{seq}.spool", std::process::id()));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
+        let mut writer = BufWriter::with_capacity(64 * 1024, file);
+        let written = writer.write_all(&self.head).await;
+        // Register the file before checking the write, so Drop removes it either way.
+        self.file = Some(SpoolFile { path, writer });
+        written?;
+        self.head.truncate(HEAD_KEEP);
+        self.head.shrink_to_fit();
+        Ok(())
+    }
+
+    /// Returns the next piece of the message after `*pos` (empty at the end) and
+    /// advances `pos`. Reading from position 0 starts over, so a message can be sent
+    /// twice (e.g. to a second upstream).
+    pub async fn next_chunk<'a>(
+        &'a mut self,
+        pos: &mut u64,
+        scratch: &'a mut Vec<u8>,
+    ) -> std::io::Result<&'a [u8]> {
+        match &mut self.file {
+            None => {
+                let start = (*pos).min(self.head.len() as u64) as usize;
+                *pos = self.head.len() as u64;
+                Ok(&self.head[start..])
+            }
+            Some(sf) => {
+                if *pos == 0 {
+                    sf.writer.flush().await?;
+                    sf.writer.get_mut().seek(SeekFrom::Start(0)).await?;
+                }
+                scratch.resize(64 * 1024, 0);
+                let n = sf.writer.get_mut().read(scratch).await?;
+                *pos += n as u64;
+                Ok(&scratch[..n])
+            }
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            let _ = std::fs::remove_file(&f.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(s: &mut Spool) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut pos = 0;
+        let mut scratch = Vec::new();
+        loop {
+            let chunk = s.next_chunk(&mut pos, &mut scratch).await.unwrap();
+            if chunk.is_empty() {
+                return all;
+            }
+            all.extend_from_slice(chunk);
+        }
+    }
+
+    #[tokio::test]
+    async fn small_message_stays_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path(), 1024);
+        s.append(b"hello ").await.unwrap();
+        s.append(b"world").await.unwrap();
+        assert!(!s.is_spilled());
+        assert_eq!(collect(&mut s).await, b"hello world");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn large_message_spills_and_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..500_000u32).map(|i| (i % 251) as u8).collect();
+        let mut s = Spool::new(dir.path(), 1000);
+        for chunk in data.chunks(7777) {
+            s.append(chunk).await.unwrap();
+        }
+        assert!(s.is_spilled());
+        assert_eq!(s.len(), data.len() as u64);
+        assert_eq!(s.head(), &data[..HEAD_KEEP]);
+        assert_eq!(collect(&mut s).await, data);
+        // Reading twice works (a retry to a second upstream would do this).
+        assert_eq!(collect(&mut s).await, data);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(s);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

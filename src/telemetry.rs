@@ -1,0 +1,366 @@
+//! Metrics, health endpoints and logging.
+//!
+//! Metrics are one struct of families registered into a registry that is passed in (no
+//! global statics), so tests encode a fresh registry and assert exact lines. Label values
+//! are bounded sets (stage, outcome, rule name, listener name), never an address.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+/// Every metric family mxguard exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub sessions_total: IntCounterVec,
+    pub sessions_open: IntGaugeVec,
+    pub sessions_refused_total: IntCounterVec,
+    pub transactions_total: IntCounterVec,
+    pub protocol_errors_total: IntCounterVec,
+    pub upstream_replies_total: IntCounterVec,
+    pub upstream_connect_failures_total: IntCounterVec,
+    pub upstream_reply_seconds: HistogramVec,
+    pub end_of_data_seconds: Histogram,
+    pub message_size_bytes: Histogram,
+    pub verdicts_total: IntCounterVec,
+    pub rules_reload_total: IntCounterVec,
+    pub rules_loaded: IntGauge,
+    pub rules_last_reload_success_timestamp_seconds: IntGauge,
+    pub starttls_injection_total: IntCounter,
+    pub tls_reload_total: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates every family and registers it into a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            sessions_total: counter_vec(
+                "mxguard_sessions_total",
+                "SMTP sessions accepted, by listener and whether TLS was used at the end",
+                &["listener", "tls"],
+            ),
+            sessions_open: gauge_vec(
+                "mxguard_sessions_open",
+                "SMTP sessions open now, by listener",
+                &["listener"],
+            ),
+            sessions_refused_total: counter_vec(
+                "mxguard_sessions_refused_total",
+                "Connections refused before the banner, by reason",
+                &["listener", "reason"],
+            ),
+            transactions_total: counter_vec(
+                "mxguard_transactions_total",
+                "Transactions by outcome (delivered, rejected, tempfailed, upstream_rejected, upstream_failed, aborted)",
+                &["outcome"],
+            ),
+            protocol_errors_total: counter_vec(
+                "mxguard_protocol_errors_total",
+                "Client protocol errors and limit hits, by kind",
+                &["kind"],
+            ),
+            upstream_replies_total: counter_vec(
+                "mxguard_upstream_replies_total",
+                "Upstream replies by command stage and class (2xx, 3xx, 4xx, 5xx)",
+                &["stage", "class"],
+            ),
+            upstream_connect_failures_total: counter_vec(
+                "mxguard_upstream_connect_failures_total",
+                "Failed connections to an upstream, by upstream index and reason",
+                &["upstream", "reason"],
+            ),
+            upstream_reply_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "mxguard_upstream_reply_seconds",
+                    "Time from sending a command upstream to its reply, by stage",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+                ]),
+                &["stage"],
+            )
+            .expect("valid histogram"),
+            end_of_data_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "mxguard_end_of_data_seconds",
+                    "Time from the client's final dot to our reply (checks and relay)",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+                ]),
+            )
+            .expect("valid histogram"),
+            message_size_bytes: Histogram::with_opts(
+                HistogramOpts::new("mxguard_message_size_bytes", "Size of messages received")
+                    .buckets(prometheus::exponential_buckets(1024.0, 4.0, 10).expect("buckets")),
+            )
+            .expect("valid histogram"),
+            verdicts_total: counter_vec(
+                "mxguard_verdicts_total",
+                "Rule verdicts by stage, rule, action and mode (monitor = would have acted)",
+                &["stage", "rule", "action", "mode"],
+            ),
+            rules_reload_total: counter_vec(
+                "mxguard_rules_reload_total",
+                "Rule reloads by result (success, error)",
+                &["result"],
+            ),
+            rules_loaded: IntGauge::new("mxguard_rules_loaded", "Rules in the live set")
+                .expect("valid gauge"),
+            rules_last_reload_success_timestamp_seconds: IntGauge::new(
+                "mxguard_rules_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful rules load",
+            )
+            .expect("valid gauge"),
+            starttls_injection_total: IntCounter::new(
+                "mxguard_starttls_injection_total",
+                "Plaintext pipelined after STARTTLS and discarded",
+            )
+            .expect("valid counter"),
+            tls_reload_total: counter_vec(
+                "mxguard_tls_reload_total",
+                "Certificate reloads on SIGHUP by result (success, error: the old certificate stays)",
+                &["result"],
+            ),
+            build_info: gauge_vec("mxguard_build_info", "Build information", &["version"]),
+            registry,
+        };
+        m.register_all();
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    fn register_all(&self) {
+        let r = &self.registry;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.sessions_total.clone()),
+            Box::new(self.sessions_open.clone()),
+            Box::new(self.sessions_refused_total.clone()),
+            Box::new(self.transactions_total.clone()),
+            Box::new(self.protocol_errors_total.clone()),
+            Box::new(self.upstream_replies_total.clone()),
+            Box::new(self.upstream_connect_failures_total.clone()),
+            Box::new(self.upstream_reply_seconds.clone()),
+            Box::new(self.end_of_data_seconds.clone()),
+            Box::new(self.message_size_bytes.clone()),
+            Box::new(self.verdicts_total.clone()),
+            Box::new(self.rules_reload_total.clone()),
+            Box::new(self.rules_loaded.clone()),
+            Box::new(self.rules_last_reload_success_timestamp_seconds.clone()),
+            Box::new(self.starttls_injection_total.clone()),
+            Box::new(self.tls_reload_total.clone()),
+            Box::new(self.build_info.clone()),
+        ];
+        for c in collectors {
+            r.register(c).expect("metric names are unique");
+        }
+    }
+
+    /// Creates the series of every known label combination at zero, so dashboards and
+    /// alerts see `0` rather than "no data" before the first event (Prometheus advice:
+    /// initialise your metrics).
+    pub fn initialize_series(&self, listeners: &[String], upstreams: usize) {
+        for outcome in [
+            "delivered",
+            "rejected",
+            "tempfailed",
+            "upstream_rejected",
+            "upstream_tempfailed",
+            "upstream_failed",
+            "aborted",
+        ] {
+            self.transactions_total.with_label_values(&[outcome]);
+        }
+        for l in listeners {
+            self.sessions_open.with_label_values(&[l]);
+            for tls in ["yes", "no"] {
+                self.sessions_total.with_label_values(&[l, tls]);
+            }
+            for reason in ["max_sessions", "max_sessions_per_network"] {
+                self.sessions_refused_total.with_label_values(&[l, reason]);
+            }
+        }
+        for i in 0..upstreams {
+            for reason in ["timeout", "refused", "error"] {
+                self.upstream_connect_failures_total
+                    .with_label_values(&[&i.to_string(), reason]);
+            }
+        }
+        for result in ["success", "error"] {
+            self.rules_reload_total.with_label_values(&[result]);
+            self.tls_reload_total.with_label_values(&[result]);
+        }
+    }
+
+    /// Counts a client protocol error or limit hit (`kind` is from a fixed set).
+    pub fn protocol_error(&self, kind: &str) {
+        self.protocol_errors_total.with_label_values(&[kind]).inc();
+    }
+
+    pub fn transaction(&self, outcome: &str) {
+        self.transactions_total.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn upstream_reply(&self, stage: &str, code: u16) {
+        let class = match code / 100 {
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        self.upstream_replies_total
+            .with_label_values(&[stage, class])
+            .inc();
+    }
+
+    /// The text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge")
+}
+
+/// Readiness as the health endpoint reports it: rules loaded and upstream reachable.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub rules_loaded: AtomicBool,
+    pub upstream_reachable: AtomicBool,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.rules_loaded.load(Ordering::Relaxed) && self.upstream_reachable.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let metrics = metrics.clone();
+                let health = health.clone();
+                async move { Ok::<_, Infallible>(route(&req, &metrics, &health)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn route<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.encode(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" if health.ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!(
+                "not ready: rules_loaded={} upstream_reachable={}\n",
+                health.rules_loaded.load(Ordering::Relaxed),
+                health.upstream_reachable.load(Ordering::Relaxed)
+            ),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` overrides the `info` default).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Binds the metrics listener (separate so the caller can report the bound address).
+pub async fn bind_http(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_encode_exact_lines() {
+        let m = Metrics::new();
+        m.transaction("delivered");
+        m.transaction("delivered");
+        m.upstream_reply("rcpt", 550);
+        let text = m.encode();
+        assert!(text.contains("mxguard_transactions_total{outcome=\"delivered\"} 2\n"));
+        assert!(text.contains("mxguard_upstream_replies_total{class=\"5xx\",stage=\"rcpt\"} 1\n"));
+        assert!(text.contains("mxguard_build_info{version=\""));
+    }
+}
