@@ -15,6 +15,7 @@ PACKAGES=(
     curl python3 openssl ca-certificates
     haproxy                 # benchmark baseline (TCP mode)
     redis-server            # shared store tests
+    prometheus              # metrics tests scrape mxguard with a real Prometheus
     dnsmasq-base            # DNS for policy checks (binary only, no service)
     procps iproute2
 )
