@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Benchmark for issue 2: messages/s through mxguard vs directly to Postfix's smtp-sink vs
+# HAProxy in TCP mode (the cost of merely copying bytes), driven by Postfix's smtp-source.
+#
+#   bash benches/bench.sh            # full run (a few minutes), markdown on stdout
+#   REPS=5 SCALE=2 bash benches/bench.sh
+#   QUICK=1 bash benches/bench.sh    # one repetition, small counts (smoke test)
+#
+# Matrix: message size 1 KiB and 100 KiB x 1/10/100 parallel sessions x one message per
+# connection / many per connection (smtp-source -d) x the three targets, interleaved in
+# one run (target order rotates per repetition), REPS repetitions, medians reported.
+# CPU per message comes from /proc/PID/stat (utime+stime) of mxguard / haproxy; resident
+# memory per idle session from VmRSS before and after opening IDLE idle sessions.
+# Loopback only; every loop is bounded; every process started here is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+REPS=${REPS:-3}
+SCALE=${SCALE:-1}
+IDLE=${IDLE:-1000}
+if [ -n "${QUICK:-}" ]; then REPS=1; SCALE=0.2; IDLE=200; fi
+for t in smtp-sink smtp-source haproxy python3 cargo; do
+    command -v "$t" >/dev/null || { echo "bench: $t missing (bash scripts/install-test-deps.sh)" >&2; exit 1; }
+done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+echo "bench: building mxguard (release)" >&2
+cargo build --release --bin mxguard >&2
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+MXGUARD="$TARGET_DIR/release/mxguard"
+[ -x "$MXGUARD" ] || { echo "bench: $MXGUARD not built" >&2; exit 1; }
+
+W=$(mktemp -d /tmp/mxg-bench.XXXXXX)
+chmod 755 "$W"
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    [ -n "${KEEP:-}" ] || rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# readiness: a 220 greeting (bounded)
+wait_banner() {
+    python3 - "$1" <<'PY'
+import socket, sys, time
+port = int(sys.argv[1])
+deadline = time.time() + 10
+while time.time() < deadline:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=2)
+        line = s.makefile("rb").readline()
+        if line.startswith(b"220 "):
+            s.sendall(b"QUIT\r\n"); s.close(); sys.exit(0)
+        s.close()
+    except OSError:
+        pass
+    time.sleep(0.02)  # poll interval while the server is not yet listening
+sys.exit("bench: nothing greets on port %d" % port)
+PY
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- the sink --------------------------------------------------------------------------
+SINK_PORT=$(free_port)
+smtp-sink -4 -a -u nobody -h sink.test "127.0.0.1:$SINK_PORT" 4096 >/dev/null 2>"$W/sink.err" &
+SINK_PID=$!; PIDS+=("$SINK_PID")
+wait_banner "$SINK_PORT"
+
+# --- HAProxy in TCP mode ---------------------------------------------------------------
+HAP_PORT=$(free_port)
+cat > "$W/haproxy.cfg" <<CFG
+global
+    maxconn 9000
+    nbthread 2
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+frontend smtp
+    bind 127.0.0.1:$HAP_PORT
+    default_backend sink
+backend sink
+    server sink 127.0.0.1:$SINK_PORT
+CFG
+haproxy -f "$W/haproxy.cfg" -db >"$W/haproxy.log" 2>&1 &
+HAP_PID=$!; PIDS+=("$HAP_PID")
+wait_banner "$HAP_PORT"
+
+# --- mxguard (BENCH_TARGETS without mxguard skips it: a smoke test of the harness) --------
+read -r -a TARGETS <<< "${BENCH_TARGETS:-sink haproxy mxguard}"
+has_mx=; [[ " ${TARGETS[*]} " == *" mxguard "* ]] && has_mx=1
+# ASSUMED config keys (the core's config draft): per-network limit raised, since every
+# benchmark client comes from 127.0.0.1.
+MX_PORT=0; MX_PID=$SINK_PID
+if [ -n "$has_mx" ]; then
+MX_PORT=$(free_port)
+mkdir -p "$W/rules" "$W/state"
+cat > "$W/mxguard.yaml" <<CFG
+limits:
+  max_sessions: 20000
+  max_sessions_per_network: 20000
+CFG
+RUST_LOG=${RUST_LOG:-warn} "$MXGUARD" run --config "$W/mxguard.yaml" --listen "127.0.0.1:$MX_PORT" \
+    --upstream "127.0.0.1:$SINK_PORT" --rules "$W/rules" --state "$W/state" \
+    --hostname bench.test >"$W/mxguard.log" 2>&1 &
+MX_PID=$!; PIDS+=("$MX_PID")
+wait_banner "$MX_PORT" || { cat "$W/mxguard.log" >&2; exit 1; }
+fi
+
+declare -A PORT=([sink]=$SINK_PORT [haproxy]=$HAP_PORT [mxguard]=$MX_PORT)
+declare -A PID=([sink]=$SINK_PID [haproxy]=$HAP_PID [mxguard]=$MX_PID)
+
+# messages per run: enough for ~1 s at the expected rates, bounded
+count_for() { # size sessions
+    local base
+    if [ "$1" -le 1024 ]; then base=3000; else base=600; fi
+    [ "$2" -eq 1 ] && base=$((base / 2))
+    python3 -c "print(max(50, int($base * $SCALE)))"
+}
+
+# one run: prints "msgs_per_s cpu_us_per_msg"
+run_one() { # target size sessions pattern count
+    local target=$1 size=$2 sess=$3 pattern=$4 n=$5 d=() t0 t1 c0 c1 pid
+    [ "$pattern" = reuse ] && d=(-d)
+    pid=${PID[$target]}
+    c0=$(cpu_ticks "$pid")
+    t0=$(date +%s%N)
+    timeout 600 smtp-source "${d[@]}" -s "$sess" -m "$n" -l "$size" -f bench@example.org \
+        -t rcpt@example.net -M client.bench "127.0.0.1:${PORT[$target]}" 2>>"$W/source.err" \
+        || echo "bench: smtp-source to $target failed (see $W/source.err)" >&2
+    t1=$(date +%s%N)
+    c1=$(cpu_ticks "$pid")
+    python3 -c "
+n=$n; dt=($t1-$t0)/1e9; cpu=($c1-$c0)/$CLK_TCK
+print('%.1f %.1f' % (n/dt, cpu/n*1e6))"
+}
+
+echo "bench: running (REPS=$REPS SCALE=$SCALE)" >&2
+RES="$W/results.txt"; : > "$RES"
+for rep in $(seq 1 "$REPS"); do
+    for size in 1024 102400; do
+        for sess in 1 10 100; do
+            for pattern in conn reuse; do
+                n=$(count_for "$size" "$sess")
+                # rotate the target order each repetition (interleaved, no fixed order bias)
+                nt=${#TARGETS[@]}
+                for k in $(seq 0 $((nt - 1))); do
+                    target=${TARGETS[$(( (k + rep) % nt ))]}
+                    read -r rate cpu < <(run_one "$target" "$size" "$sess" "$pattern" "$n")
+                    echo "$size $sess $pattern $target $rate $cpu" >> "$RES"
+                    echo "  rep $rep size=$size sessions=$sess $pattern $target: $rate msg/s, $cpu us CPU/msg" >&2
+                done
+            done
+        done
+    done
+done
+
+# --- memory per idle session ----------------------------------------------------------
+idle_kib() { # port pid n
+    python3 - "$1" "$2" "$3" <<'PY'
+import socket, sys, time
+port, pid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def rss():
+    for l in open(f"/proc/{pid}/status"):
+        if l.startswith("VmRSS:"):
+            return int(l.split()[1])
+before = rss()
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    f = s.makefile("rb")
+    line = f.readline()
+    assert line.startswith(b"220"), line
+    socks.append((s, f))
+deadline = time.time() + 5
+after = rss()
+print("%.1f" % ((after - before) / n))
+for s, f in socks:
+    s.close()
+PY
+}
+MX_IDLE=n/a
+[ -n "$has_mx" ] && MX_IDLE=$(idle_kib "$MX_PORT" "$MX_PID" "$IDLE")
+HAP_IDLE=$(idle_kib "$HAP_PORT" "$HAP_PID" "$IDLE")
+
+# --- report ---------------------------------------------------------------------------
+python3 - "$RES" "$MX_IDLE" "$HAP_IDLE" "$IDLE" "$REPS" <<'PY'
+import sys, statistics, collections
+res, mx_idle, hap_idle, idle, reps = sys.argv[1:6]
+runs = collections.defaultdict(list)
+for line in open(res):
+    size, sess, pattern, target, rate, cpu = line.split()
+    runs[(int(size), int(sess), pattern, target)].append((float(rate), float(cpu)))
+def med(key, i):
+    v = runs.get(key)
+    return statistics.median(x[i] for x in v) if v else float("nan")
+print(f"Medians of {reps} repetition(s); msg/s (ratio to HAProxy); CPU us/msg of the proxy process.\n")
+print("| size | sessions | connection | smtp-sink direct | HAProxy TCP | mxguard | mxguard/HAProxy | CPU HAProxy | CPU mxguard |")
+print("|---|---|---|---|---|---|---|---|---|")
+for size in (1024, 102400):
+    for sess in (1, 10, 100):
+        for pattern in ("conn", "reuse"):
+            k = lambda t: (size, sess, pattern, t)
+            s, h, m = med(k("sink"), 0), med(k("haproxy"), 0), med(k("mxguard"), 0)
+            label = "1 msg/conn" if pattern == "conn" else "many/conn (-d)"
+            ratio = m / h * 100 if h == h and h > 0 else float("nan")
+            print(f"| {size//1024} KiB | {sess} | {label} | {s:.0f} | {h:.0f} | {m:.0f} | {ratio:.0f} % | {med(k('haproxy'),1):.0f} | {med(k('mxguard'),1):.0f} |")
+print(f"\nResident memory per idle session ({idle} sessions after the banner): "
+      f"mxguard {mx_idle} KiB, HAProxy {hap_idle} KiB (HAProxy's figure includes nothing of the sink).")
+PY

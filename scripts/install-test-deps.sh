@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs the real components the tests and the benchmark use, on Debian 12, as root.
+# Idempotent: installs only what is missing. Starts no daemon and writes no
+# /etc/postfix/main.cf (debconf "No configuration"): the tests run private instances.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-test-deps: must run as root" >&2
+    exit 1
+fi
+
+PACKAGES=(
+    postfix                 # upstream MTA, smtp-sink, smtp-source
+    swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
+    curl python3 openssl ca-certificates
+    haproxy                 # benchmark baseline (TCP mode)
+    redis-server            # shared store tests
+    prometheus              # metrics tests scrape mxguard with a real Prometheus
+    dnsmasq-base            # DNS for policy checks (binary only, no service)
+    procps iproute2
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-test-deps: all present"
+    exit 0
+fi
+echo "install-test-deps: installing ${missing[*]}"
+
+# No maintainer script may start a daemon (redis, haproxy) while we install.
+added_policy=
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    added_policy=1
+fi
+cleanup() { if [ -n "$added_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+trap cleanup EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get install -y --no-install-recommends "${missing[@]}"
+echo "install-test-deps: done"
