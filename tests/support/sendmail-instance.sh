@@ -30,8 +30,10 @@ unpack() {
         command -v m4 >/dev/null || die "apt-get install m4"
         local tmp; tmp=$(mktemp -d)
         chown _apt "$tmp" 2>/dev/null || true
-        (cd "$tmp" && apt-get download -q sendmail-bin sendmail-base sendmail-cf >/dev/null) \
-            || die "apt-get download failed (run apt-get update first)"
+        # A machine whose package lists were never fetched cannot download: fetch them once.
+        (cd "$tmp" && apt-get download -q sendmail-bin sendmail-base sendmail-cf >/dev/null 2>&1) \
+            || { apt-get update -q >/dev/null && (cd "$tmp" && apt-get download -q sendmail-bin sendmail-base sendmail-cf >/dev/null); } \
+            || die "apt-get download of the sendmail packages failed"
         rm -rf "$SM_ROOT.new"
         mkdir -p "$SM_ROOT.new"
         for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$SM_ROOT.new"; done
