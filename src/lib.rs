@@ -22,6 +22,7 @@
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
 //! | [`systemd`] | readiness/reload/watchdog notifications, socket activation |
 
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod dotstream;
@@ -35,6 +36,7 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod store;
 pub mod stream;
 pub mod systemd;
 pub mod telemetry;

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::relay::Upstreams;
+use crate::store::Store;
 use crate::telemetry::{Health, Metrics};
 
 pub struct Runtime {
@@ -23,6 +24,8 @@ pub struct Runtime {
     pub shutdown: watch::Receiver<bool>,
     /// Where message bodies spill to.
     pub spool_dir: PathBuf,
+    /// Greylist and rate-limit state (memory, file or Redis); it carries the clock.
+    pub store: Arc<dyn Store>,
 }
 
 impl Runtime {
