@@ -17,6 +17,8 @@
 //! | [`spool`] | message bodies in memory, spilling to a file in the state directory |
 //! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
+//! | [`checks`] | store-backed checks the session resolves: greylist, rate limit |
+//! | [`store`] | greylist and rate state: memory, embedded file (redb), Redis |
 //! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
