@@ -76,6 +76,80 @@ fn main() -> ExitCode {
             }
         }
         Command::Explain(args) => explain(args),
+        Command::Greylist(args) => greylist(args),
+    }
+}
+
+/// `mxguard greylist list|allow|purge`.
+fn greylist(args: mxguard::cli::GreylistArgs) -> ExitCode {
+    use mxguard::cli::GreylistCommand;
+    use mxguard::store::{AllowTarget, GreyEntry, SystemClock};
+    let (store_cfg, state) = match args.store() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mxguard: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let store = store_cfg
+            .open(&state, std::sync::Arc::new(SystemClock))
+            .await
+            .map_err(|e| anyhow::anyhow!("store {store_cfg}: {e}"))?;
+        match &args.command {
+            GreylistCommand::List => {
+                let mut entries = store.list().await?;
+                entries.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+                for e in entries {
+                    match e {
+                        GreyEntry::Triplet { key, record } => println!(
+                            "triplet {key} {} first_seen={} expires={}",
+                            if record.passed { "passed" } else { "pending" },
+                            record.first_seen / 1_000_000,
+                            record.expires / 1_000_000
+                        ),
+                        GreyEntry::Network { net, record } => println!(
+                            "network {net} passes={} expires={}",
+                            record.passes,
+                            record.expires / 1_000_000
+                        ),
+                    }
+                }
+            }
+            GreylistCommand::Allow { key, ttl } => {
+                let target = if key.contains('|') {
+                    AllowTarget::Triplet(key.clone())
+                } else {
+                    let net: mxguard::config::IpNet =
+                        key.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    AllowTarget::Network(net.to_string())
+                };
+                store.allow(&target, *ttl).await?;
+                println!("allowed {key}");
+            }
+            GreylistCommand::Purge { pattern } => {
+                let n = store.purge(pattern.as_deref().unwrap_or("")).await?;
+                println!("purged {n} entries");
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mxguard: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

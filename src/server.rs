@@ -44,6 +44,11 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("state store {store}: {source}")]
+    Store {
+        store: String,
+        source: crate::store::StoreError,
+    },
 }
 
 /// A started server: listeners bound, rules loaded, not yet accepting.
@@ -74,6 +79,14 @@ impl Server {
             config.hostname.clone(),
             metrics.clone(),
         )?;
+        let store = config
+            .store
+            .open(&config.state_dir, Arc::new(crate::store::SystemClock))
+            .await
+            .map_err(|source| StartError::Store {
+                store: config.store.to_string(),
+                source,
+            })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut certs = Vec::new();
@@ -125,6 +138,7 @@ impl Server {
                 config.limits.auth_failures_per_network,
                 config.limits.auth_failures_per_user,
             ),
+            store,
         });
         Ok(Server {
             rt,
@@ -164,6 +178,7 @@ impl Server {
             .connect_timeout
             .min(Duration::from_secs(5));
         let _ = tokio::time::timeout(wait, probed_rx).await;
+        tokio::spawn(sweep_store(rt.clone()));
         let limits = Arc::new(ConnectionLimits::new(&rt.config.limits));
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
@@ -312,6 +327,27 @@ fn reload_certs(rt: &Runtime, certs: &[(Arc<ReloadableCert>, crate::config::TlsF
                 error!(
                     "TLS certificate reload FAILED, keeping the old certificate (STARTTLS stays on with it): {e}"
                 );
+            }
+        }
+    }
+}
+
+/// Deletes expired greylist records and idle rate keys every minute, so the state is
+/// bounded by the traffic of the last `expire`, not by all traffic ever seen.
+async fn sweep_store(rt: Arc<Runtime>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match rt.store.sweep().await {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "state store swept"),
+            Ok(_) => {}
+            Err(e) => {
+                rt.metrics
+                    .store_errors_total
+                    .with_label_values(&["sweep"])
+                    .inc();
+                warn!(error = %e, "state store sweep failed");
             }
         }
     }

@@ -148,7 +148,7 @@ impl Session {
             self.rt.config.limits.body_scan_limit as usize,
         );
         view.size = got.size;
-        if let Some(refusal) = self.evaluate_with(Stage::Data, Some(&view)) {
+        if let Some(refusal) = self.evaluate_with(Stage::Data, Some(&view)).await {
             self.errors += 1;
             self.finish_transaction(refusal_outcome(&refusal), None);
             self.reset_upstream().await;

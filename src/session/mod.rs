@@ -219,7 +219,7 @@ impl Session {
 
     /// Connect-stage rules, the pre-greeting check, and the banner.
     async fn greet(&mut self) -> Result<(), End> {
-        if let Some(refusal) = self.evaluate(Stage::Connect) {
+        if let Some(refusal) = self.evaluate(Stage::Connect).await {
             // A refusal at connect is the greeting itself: 554 (or 421), then close.
             let code = if refusal.is_permanent() { 554 } else { 421 };
             let r = Reply::new(code, refusal.status, refusal.text());
@@ -483,11 +483,17 @@ impl Session {
 
     /// Runs this stage's rules unless an earlier `accept` ended evaluation. Returns the
     /// refusal to send, if any; `add_header` results are kept for the relay.
-    fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
-        self.evaluate_with(stage, None)
+    async fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
+        self.evaluate_with(stage, None).await
     }
 
-    fn evaluate_with(&mut self, stage: Stage, message: Option<&MessageView>) -> Option<Reply> {
+    /// A `greylist`/`rate_limit` rule ends an evaluation with [`Decision::Check`]: one
+    /// store call ([`crate::checks::resolve`]) refuses, or the stage's later rules run.
+    async fn evaluate_with(
+        &mut self,
+        stage: Stage,
+        message: Option<&MessageView>,
+    ) -> Option<Reply> {
         let skipped = self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail);
         if skipped {
             return None;
@@ -498,8 +504,24 @@ impl Session {
             envelope: &self.env,
             message,
         };
-        let evaluation = self.rules.evaluate(&facts);
-        for hit in &evaluation.hits {
+        let mut evaluation = self.rules.evaluate(&facts);
+        let mut hits = std::mem::take(&mut evaluation.hits);
+        let mut add_headers = Vec::new();
+        while let Decision::Check(pending) = &evaluation.verdict.decision {
+            let rule = evaluation.verdict.rule.as_deref().unwrap_or_default();
+            let refusal =
+                crate::checks::resolve(&*self.rt.store, &self.rt.metrics, stage, rule, pending)
+                    .await;
+            add_headers.append(&mut evaluation.verdict.add_headers);
+            if let Some(r) = refusal {
+                evaluation.verdict.decision = Decision::Tempfail(r);
+                break;
+            }
+            let resume = pending.resume;
+            evaluation = self.rules.evaluate_from(&facts, resume);
+            hits.append(&mut evaluation.hits);
+        }
+        for hit in &hits {
             self.rt
                 .metrics
                 .verdicts_total
@@ -522,6 +544,7 @@ impl Session {
             }
         }
         let verdict = evaluation.verdict;
+        self.pending_headers.extend(add_headers);
         self.pending_headers.extend(verdict.add_headers);
         let rule = verdict.rule.unwrap_or_default();
         let (action, refusal) = match verdict.decision {
@@ -536,6 +559,7 @@ impl Session {
             }
             Decision::Reject(r) => ("reject", Some(r)),
             Decision::Tempfail(r) => ("tempfail", Some(r)),
+            Decision::Check(_) => unreachable!("checks are resolved above"),
         };
         if let Some(r) = &refusal {
             info!(
