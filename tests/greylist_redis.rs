@@ -5,9 +5,11 @@
 //! Starts a real `redis-server` on a free port. Without one the tests are skipped
 //! locally and FAIL under `CI=true`.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
+
+use support::redis::RedisServer;
 
 use mxguard::checks::{Check, FailMode, Pending, RateLimitCheck, resolve};
 use mxguard::envelope::Stage;
@@ -16,72 +18,6 @@ use mxguard::store::{
     AllowTarget, FakeClock, GreyOutcome, GreyParams, RateOutcome, RateParams, Store,
 };
 use mxguard::telemetry::Metrics;
-
-const REDIS: &str = "/usr/bin/redis-server";
-
-/// A private redis-server, killed by its own PID on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    /// `None` when redis-server is not installed (and CI is not set).
-    fn start_on(port: Option<u16>) -> Option<RedisServer> {
-        let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| REDIS.into());
-        if !std::path::Path::new(&bin).exists() {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("redis-server not found at {bin} (CI=true: this test must run)");
-            }
-            eprintln!("SKIPPED: redis-server not found at {bin}");
-            return None;
-        }
-        let port = port.unwrap_or_else(|| {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        });
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let server = RedisServer { child, port };
-        server.wait_ready();
-        Some(server)
-    }
-
-    /// Waits until redis answers PING (polling its port; it needs a few ms to start).
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(c) = redis::Client::open(self.url())
-                && let Ok(mut con) = c.get_connection()
-                && redis::cmd("PING").query::<String>(&mut con).is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn grey() -> GreyParams {
     GreyParams {
