@@ -228,6 +228,18 @@ impl Metrics {
             self.rules_reload_total.with_label_values(&[result]);
             self.tls_reload_total.with_label_values(&[result]);
         }
+        for outcome in ["new", "too_early", "passed", "known", "auto_allowed"] {
+            self.greylist_decisions_total.with_label_values(&[outcome]);
+        }
+        for count in ["connections", "messages", "recipients", "bytes"] {
+            for result in ["allowed", "limited"] {
+                self.rate_limit_decisions_total
+                    .with_label_values(&[count, result]);
+            }
+        }
+        for op in ["greylist", "rate_limit", "sweep"] {
+            self.store_errors_total.with_label_values(&[op]);
+        }
     }
 
     /// Counts a client protocol error or limit hit (`kind` is from a fixed set).
