@@ -27,7 +27,7 @@ pub enum Command {
     /// Run the proxy.
     Run(RunArgs),
     /// Validate the configuration and rules; exit 1 with every error located.
-    Check(CommonArgs),
+    Check(CheckArgs),
     /// Run a client, an envelope and optionally a message through the rules offline and
     /// print every rule evaluated at each stage, whether it matched and why.
     Explain(ExplainArgs),
@@ -62,6 +62,9 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub auth_user: Option<String>,
 }
+
+/// `mxguard check` takes the options every subcommand shares.
+pub type CheckArgs = CommonArgs;
 
 /// Options every subcommand shares.
 #[derive(Debug, Args, Clone)]
