@@ -41,6 +41,9 @@ pub struct MxOpts {
     /// The listener speaks TLS from the first byte: readiness is a TLS handshake (with
     /// this client config, name `mx.test`) and then the `220 ` greeting.
     pub implicit_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Pass `--upstream` (it replaces the configured upstream list); off for tests whose
+    /// config lists several upstreams.
+    pub upstream_flag: bool,
 }
 
 impl MxOpts {
@@ -53,6 +56,7 @@ impl MxOpts {
             args: Vec::new(),
             rust_log: "info".into(),
             implicit_tls: None,
+            upstream_flag: true,
         }
     }
 
@@ -95,10 +99,11 @@ impl MxGuard {
             std::fs::write(&p, text).unwrap();
             cmd.arg("--config").arg(p);
         }
+        if opts.upstream_flag {
+            cmd.arg("--upstream").arg(opts.upstream.to_string());
+        }
         cmd.arg("--listen")
             .arg(addr.to_string())
-            .arg("--upstream")
-            .arg(opts.upstream.to_string())
             .arg("--rules")
             .arg(&rules)
             .arg("--state")
