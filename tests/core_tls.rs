@@ -163,3 +163,87 @@ fn implicit_tls_listener() {
     );
     assert_eq!(d[0].env("client_address"), "127.0.0.6");
 }
+
+fn postfix_with_tls(certs: &TestCerts) -> Postfix {
+    Postfix::start_with(support::postfix::PostfixOpts {
+        extra_main_cf: vec![
+            "smtpd_tls_security_level = may".into(),
+            format!(
+                "smtpd_tls_chain_files = {}, {}",
+                certs.leaf_key.display(),
+                certs.leaf_chain.display()
+            ),
+            "smtpd_tls_received_header = yes".into(),
+            "smtpd_tls_loglevel = 1".into(),
+        ],
+        ..Default::default()
+    })
+}
+
+/// ASSUMED upstream keys (core config draft): tls, tls_verify, ca_file, tls_name.
+fn upstream_tls_config(certs: &TestCerts, name: &str) -> String {
+    format!(
+        "upstreams:\n  - address: \"{{upstream}}\"\n    tls: require\n    tls_verify: true\n    ca_file: {}\n    tls_name: {name}\n    command_timeout: 5s\n",
+        certs.ca_cert.display()
+    )
+}
+
+#[test]
+fn starttls_to_the_upstream_with_verification() {
+    if !support::require(TOOLS, true) {
+        return;
+    }
+    let certs = TestCerts::generate();
+    let pf = postfix_with_tls(&certs);
+    let mx = MxGuard::start(MxOpts::new(pf.addr).config(&upstream_tls_config(&certs, "mx.test")));
+    let msg = message("upstream-tls");
+    let mut c = support::client::RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    let r = c.transaction(
+        "a@example.org",
+        &["alice@test.example"],
+        &support::client::dot_stuff(&msg),
+    );
+    assert_eq!(r.last().unwrap().code, 250, "{r:?}\n{}", mx.log());
+    let d = pf.wait_delivered(1, Duration::from_secs(20));
+    support::assert_bytes_eq(
+        d[0].without_first_received(),
+        &support::crlf_to_lf(&msg),
+        "delivered",
+    );
+    let received = d[0].first_received();
+    assert!(
+        received.contains("using TLS"),
+        "Postfix saw a TLS session: {received}"
+    );
+    assert_eq!(d[0].env("client_address"), "127.0.0.2");
+}
+
+#[test]
+fn upstream_certificate_name_mismatch_gives_4xx_never_250() {
+    if !support::require(TOOLS, true) {
+        return;
+    }
+    let certs = TestCerts::generate();
+    let pf = postfix_with_tls(&certs);
+    let mx =
+        MxGuard::start(MxOpts::new(pf.addr).config(&upstream_tls_config(&certs, "wrong.example")));
+    let mut c = support::client::RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    let r = c.transaction(
+        "a@example.org",
+        &["alice@test.example"],
+        b"Subject: x\r\n\r\nx\r\n",
+    );
+    let last = r.last().unwrap();
+    assert_eq!(
+        last.class(),
+        4,
+        "an unverifiable upstream is a temporary failure: {r:?}"
+    );
+    let d = pf.settle(Duration::from_secs(20));
+    assert!(
+        d.is_empty(),
+        "nothing may be delivered over an unverified upstream"
+    );
+}
