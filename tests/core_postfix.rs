@@ -281,3 +281,45 @@ fn sigterm_gives_idle_sessions_421_4_3_2_and_exits_0() {
         mx.log()
     );
 }
+
+#[test]
+fn smtputf8_addresses_pass_through_to_postfix() {
+    let Some((pf, mx)) = setup() else { return };
+    let mut c = RawClient::connect(mx.addr);
+    let e = c.ehlo("client.example");
+    assert!(
+        e.lines.iter().any(|l| l.eq_ignore_ascii_case("SMTPUTF8")),
+        "{e}"
+    );
+    let r = c.cmd("MAIL FROM:<zoë@example.org> SMTPUTF8 BODY=8BITMIME");
+    assert_eq!(r.code, 250, "{r}");
+    let r = c.cmd("RCPT TO:<zoë@any.example>");
+    assert_eq!(r.code, 250, "{r}");
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send("Subject: ünïcödé\r\n\r\nGrüße\r\n.\r\n".as_bytes());
+    assert_eq!(c.reply().code, 250);
+    let d = pf.wait_delivered(1, Duration::from_secs(20));
+    assert_eq!(d[0].env("sender"), "zoë@example.org");
+    assert_eq!(d[0].env("recipient"), "zoë@any.example");
+    assert!(
+        d[0].first_received().contains("UTF8SMTP"),
+        "{}",
+        d[0].first_received()
+    );
+    support::assert_bytes_eq(
+        d[0].without_first_received(),
+        "Subject: ünïcödé\n\nGrüße\n".as_bytes(),
+        "8-bit body",
+    );
+}
+
+#[test]
+fn null_sender_bounce_reaches_postfix() {
+    let Some((pf, mx)) = setup() else { return };
+    let mut c = RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    let r = c.transaction("", &["bob@test.example"], b"Subject: DSN\r\n\r\nbounce\r\n");
+    assert_eq!(r.last().unwrap().code, 250, "{r:?}");
+    let d = pf.wait_delivered(1, Duration::from_secs(20));
+    assert_eq!(d[0].env("sender"), "");
+}

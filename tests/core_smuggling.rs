@@ -5,10 +5,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
-use support::client::{RawClient, Reply};
+use support::client::{RawClient, Reply, read_reply_from};
 use support::fake_upstream::{FakeUpstream, Script};
 use support::mxguard::{MxGuard, MxOpts};
 use support::postfix::Postfix;
@@ -242,26 +242,6 @@ fn dot_lines_survive_the_round_trip() {
 
 // ---------------------------------------------------------------- STARTTLS injection
 
-fn read_reply<S: Read>(s: &mut S, buf: &mut Vec<u8>) -> Option<Reply> {
-    let mut lines = Vec::new();
-    loop {
-        while let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
-            let l: Vec<u8> = buf.drain(..p + 2).collect();
-            let l = String::from_utf8_lossy(&l[..p]).into_owned();
-            let code: u16 = l.get(..3)?.parse().ok()?;
-            lines.push(l.get(4..).unwrap_or("").to_string());
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return Some(Reply { code, lines });
-            }
-        }
-        let mut tmp = [0u8; 4096];
-        match s.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    }
-}
-
 #[test]
 fn plaintext_injected_after_starttls_is_discarded() {
     let certs = support::certs::TestCerts::generate();
@@ -294,7 +274,7 @@ fn plaintext_injected_after_starttls_is_discarded() {
         assert!(up.messages().is_empty());
         return;
     }
-    let Some(r) = read_reply(&mut tls, &mut buf) else {
+    let Some(r) = read_reply_from(&mut tls, &mut buf) else {
         return;
     };
     assert_eq!(
@@ -310,13 +290,13 @@ fn plaintext_injected_after_starttls_is_discarded() {
         "STARTTLS offered again inside TLS: {r}"
     );
     tls.write_all(b"RCPT TO:<b@example.net>\r\n").unwrap();
-    let r = read_reply(&mut tls, &mut buf).expect("reply to RCPT");
+    let r = read_reply_from(&mut tls, &mut buf).expect("reply to RCPT");
     assert!(
         r.is("503 5.5.1"),
         "the injected MAIL must not be in effect after STARTTLS: {r}"
     );
     tls.write_all(b"STARTTLS\r\n").unwrap();
-    let r = read_reply(&mut tls, &mut buf).expect("reply to second STARTTLS");
+    let r = read_reply_from(&mut tls, &mut buf).expect("reply to second STARTTLS");
     assert_eq!(r.class(), 5, "a second STARTTLS is refused: {r}");
     // a real transaction works inside TLS
     for (cmd, want) in [
@@ -325,12 +305,12 @@ fn plaintext_injected_after_starttls_is_discarded() {
         ("DATA", 354),
     ] {
         tls.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
-        let r = read_reply(&mut tls, &mut buf).expect("reply");
+        let r = read_reply_from(&mut tls, &mut buf).expect("reply");
         assert_eq!(r.code, want, "{cmd}: {r}");
     }
     tls.write_all(b"Subject: tls\r\n\r\nover tls\r\n.\r\n")
         .unwrap();
-    let r = read_reply(&mut tls, &mut buf).expect("final reply");
+    let r = read_reply_from(&mut tls, &mut buf).expect("final reply");
     assert_eq!(r.code, 250, "{r}");
     let cmds: Vec<String> = up
         .connections()

@@ -344,3 +344,51 @@ pub fn swaks_send(
     );
     (out.status.success(), text)
 }
+
+/// Reads one SMTP reply from any stream (e.g. a TLS stream); `None` on EOF or error.
+/// `buf` carries bytes read past the reply to the next call.
+pub fn read_reply_from<S: Read>(s: &mut S, buf: &mut Vec<u8>) -> Option<Reply> {
+    let mut lines = Vec::new();
+    loop {
+        while let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+            let l: Vec<u8> = buf.drain(..p + 2).collect();
+            let l = String::from_utf8_lossy(&l[..p]).into_owned();
+            let code: u16 = l.get(..3)?.parse().ok()?;
+            lines.push(l.get(4..).unwrap_or("").to_string());
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return Some(Reply { code, lines });
+            }
+        }
+        let mut tmp = [0u8; 16384];
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Starts TLS on an open TCP stream, checking the certificate for `name`.
+pub fn start_tls(
+    tcp: TcpStream,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    name: &str,
+) -> std::io::Result<TlsStream> {
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let conn = rustls::ClientConnection::new(cfg, server_name).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Sends `line` + CRLF over any stream and reads the reply.
+pub fn cmd_on<S: Read + Write>(s: &mut S, buf: &mut Vec<u8>, line: &str) -> Option<Reply> {
+    s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+    s.flush().ok()?;
+    read_reply_from(s, buf)
+}

@@ -38,6 +38,12 @@ pub struct MxOpts {
     pub args: Vec<String>,
     /// `RUST_LOG` for the process.
     pub rust_log: String,
+    /// The listener speaks TLS from the first byte: readiness is a TLS handshake (with
+    /// this client config, name `mx.test`) and then the `220 ` greeting.
+    pub implicit_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Pass `--upstream` (it replaces the configured upstream list); off for tests whose
+    /// config lists several upstreams.
+    pub upstream_flag: bool,
 }
 
 impl MxOpts {
@@ -49,6 +55,8 @@ impl MxOpts {
             rules: Vec::new(),
             args: Vec::new(),
             rust_log: "info".into(),
+            implicit_tls: None,
+            upstream_flag: true,
         }
     }
 
@@ -91,10 +99,11 @@ impl MxGuard {
             std::fs::write(&p, text).unwrap();
             cmd.arg("--config").arg(p);
         }
+        if opts.upstream_flag {
+            cmd.arg("--upstream").arg(opts.upstream.to_string());
+        }
         cmd.arg("--listen")
             .arg(addr.to_string())
-            .arg("--upstream")
-            .arg(opts.upstream.to_string())
             .arg("--rules")
             .arg(&rules)
             .arg("--state")
@@ -111,14 +120,18 @@ impl MxGuard {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
         let mut proc = ProcGuard::new(child, "mxguard", false);
         let lp = log_path.clone();
-        wait_banner(addr, Duration::from_secs(20), "mxguard", || {
+        let alive = || {
             proc.check_alive().map_err(|e| {
                 format!(
                     "{e}\n--- mxguard log ---\n{}",
                     std::fs::read_to_string(&lp).unwrap_or_default()
                 )
             })
-        });
+        };
+        match &opts.implicit_tls {
+            None => wait_banner(addr, Duration::from_secs(20), "mxguard", alive),
+            Some(cfg) => wait_banner_tls(addr, cfg.clone(), alive),
+        }
         MxGuard {
             addr,
             dir,
@@ -171,4 +184,42 @@ pub fn tls_config(cert_chain: &std::path::Path, key: &std::path::Path, implicit:
         cert_chain.display(),
         key.display()
     )
+}
+
+/// Readiness of an implicit-TLS listener: handshake, then a `220 ` greeting.
+fn wait_banner_tls(
+    addr: SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+    mut alive: impl FnMut() -> Result<(), String>,
+) {
+    let mut last = String::new();
+    wait_for(Duration::from_secs(20), "mxguard's TLS greeting", || {
+        if let Err(e) = alive() {
+            panic!("mxguard died before greeting on {addr}: {e}");
+        }
+        let tcp = match std::net::TcpStream::connect(addr) {
+            Ok(t) => t,
+            Err(e) => {
+                last = e.to_string();
+                return None;
+            }
+        };
+        match super::client::start_tls(tcp, cfg.clone(), "mx.test") {
+            Ok(mut tls) => {
+                let mut buf = Vec::new();
+                let r = super::client::read_reply_from(&mut tls, &mut buf);
+                if r.as_ref().is_some_and(|r| r.code == 220) {
+                    let _ = std::io::Write::write_all(&mut tls, b"QUIT\r\n");
+                    return Some(());
+                }
+                last = format!("{r:?}");
+                None
+            }
+            Err(e) => {
+                last = e.to_string();
+                None
+            }
+        }
+    });
+    let _ = last;
 }
