@@ -58,6 +58,10 @@ pub struct ExplainArgs {
     /// Pretend the client authenticated as this user.
     #[arg(long)]
     pub auth_user: Option<String>,
+    /// DNS server `ADDR:PORT` for the checks (replaces `dns.servers`); with it, every
+    /// check runs and is printed, not only those the rules test.
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
 }
 
 /// Options every subcommand shares.
@@ -93,6 +97,9 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// DNS server `ADDR:PORT` for every check (replaces `dns.servers`).
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
 }
 
 impl CommonArgs {
@@ -131,6 +138,9 @@ impl RunArgs {
         }
         if let Some(m) = self.metrics {
             cfg.metrics = Some(m);
+        }
+        if let Some(dns) = self.dns {
+            cfg.dns.servers = vec![dns];
         }
         cfg.validate().map_err(ConfigError)?;
         Ok(cfg)

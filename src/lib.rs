@@ -18,14 +18,18 @@
 //! | [`spool`] | message bodies in memory, spilling to a file in the state directory |
 //! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
+//! | [`dns`] | the one resolver and cache every check shares |
+//! | [`checks`] | SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS, Authentication-Results |
 //! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
 //! | [`systemd`] | readiness/reload/watchdog notifications, socket activation |
 
 pub mod auth_guard;
+pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod dotstream;
 pub mod envelope;
 pub mod listener;

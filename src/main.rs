@@ -81,13 +81,16 @@ fn main() -> ExitCode {
 
 /// `mxguard explain`: the offline run of every stage, printed.
 fn explain(args: mxguard::cli::ExplainArgs) -> ExitCode {
-    let config = match args.common.load() {
+    let mut config = match args.common.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(dns) = args.dns {
+        config.dns.servers = vec![dns];
+    }
     let rules = match RuleSet::load(&config.rules_dir) {
         Ok(r) => r,
         Err(errors) => {
@@ -110,6 +113,59 @@ fn explain(args: mxguard::cli::ExplainArgs) -> ExitCode {
     input.tls = args.tls;
     input.auth_user = args.auth_user.as_deref();
     input.body_scan_limit = config.limits.body_scan_limit as usize;
+    match explain_checks(&config, &rules, &args, message.as_deref()) {
+        Ok(auth) => input.auth = auth,
+        Err(e) => {
+            eprintln!("mxguard: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     print!("{}", rules.explain_session(&input));
     ExitCode::SUCCESS
+}
+
+/// The DNS checks for `explain`: every check with `--dns`, otherwise those the rules
+/// test. Runs them once, for all stages.
+fn explain_checks(
+    config: &mxguard::config::Config,
+    rules: &RuleSet,
+    args: &mxguard::cli::ExplainArgs,
+    message: Option<&[u8]>,
+) -> anyhow::Result<mxguard::envelope::AuthFacts> {
+    use mxguard::envelope::{AuthFacts, Checks, Stage};
+    let mut want = Stage::ALL
+        .into_iter()
+        .fold(Checks::NONE, |w, s| w | rules.needs(s));
+    if args.dns.is_some() {
+        want = Checks(0x3f);
+    }
+    let mut facts = AuthFacts::default();
+    if want.is_empty() {
+        return Ok(facts);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let config = std::sync::Arc::new(config.clone());
+        let metrics = std::sync::Arc::new(mxguard::telemetry::Metrics::new());
+        let dns = mxguard::dns::Dns::new(&config.dns, metrics.clone())?;
+        let checker = mxguard::checks::Checker::new(config.clone(), dns, metrics);
+        // Files on disk often have LF line ends; DKIM hashes the CRLF form.
+        let crlf = message.map(mxguard::checks::dkim::to_crlf);
+        let from = args.from.trim();
+        let from = from
+            .strip_prefix('<')
+            .and_then(|f| f.strip_suffix('>'))
+            .unwrap_or(from);
+        let input = mxguard::checks::CheckInput {
+            ip: args.client_ip,
+            helo: Some(&args.helo),
+            sender: Some(from),
+            message: crlf.as_deref(),
+        };
+        checker.run(want, &input, &mut facts).await;
+        anyhow::Ok(())
+    })?;
+    Ok(facts)
 }

@@ -25,6 +25,8 @@ pub struct Runtime {
     pub spool_dir: PathBuf,
     /// Failed AUTH attempts per network and user.
     pub auth_guard: crate::auth_guard::AuthGuard,
+    /// SPF, DKIM, DMARC, ARC, DNS lists and reverse DNS over the shared resolver.
+    pub checker: Arc<crate::checks::Checker>,
 }
 
 impl Runtime {

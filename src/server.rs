@@ -44,6 +44,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsSetupError),
 }
 
 /// A started server: listeners bound, rules loaded, not yet accepting.
@@ -74,6 +76,12 @@ impl Server {
             config.hostname.clone(),
             metrics.clone(),
         )?;
+        let dns = crate::dns::Dns::new(&config.dns, metrics.clone())?;
+        let checker = Arc::new(crate::checks::Checker::new(
+            config.clone(),
+            dns,
+            metrics.clone(),
+        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut certs = Vec::new();
@@ -125,6 +133,7 @@ impl Server {
                 config.limits.auth_failures_per_network,
                 config.limits.auth_failures_per_user,
             ),
+            checker,
         });
         Ok(Server {
             rt,

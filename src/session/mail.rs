@@ -49,7 +49,7 @@ impl Session {
         self.transaction_started = std::time::Instant::now();
         self.env.declared_size = (from.size > 0).then_some(from.size as u64);
         self.env.sender = Some(from.address.clone());
-        if let Some(refusal) = self.evaluate(Stage::Mail) {
+        if let Some(refusal) = self.evaluate(Stage::Mail).await {
             self.finish_transaction(refusal_outcome(&refusal), None);
             self.error_reply(refusal);
             return Flow::Continue;

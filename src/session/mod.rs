@@ -20,7 +20,10 @@ use smtp_proto::Request;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::envelope::{ClientInfo, Decision, Envelope, Facts, MessageView, Stage};
+use crate::checks::CheckInput;
+use crate::envelope::{
+    AuthFacts, Checks, ClientInfo, Decision, Envelope, Facts, MessageView, Stage,
+};
 use crate::policy::{Mode, RuleSet};
 use crate::relay::{ClientIdentity, Upstream};
 use crate::reply::{Reply, StatusCode, reply};
@@ -109,6 +112,9 @@ pub struct Session {
     discarding_long_line: bool,
     started: StdInstant,
     transaction_started: StdInstant,
+    /// What the DNS checks found: the client's for the session, the sender's and the
+    /// message's for the current transaction.
+    auth_facts: AuthFacts,
 }
 
 impl Session {
@@ -141,6 +147,7 @@ impl Session {
             discarding_long_line: false,
             started: StdInstant::now(),
             transaction_started: StdInstant::now(),
+            auth_facts: AuthFacts::default(),
             rt,
         }
     }
@@ -219,7 +226,7 @@ impl Session {
 
     /// Connect-stage rules, the pre-greeting check, and the banner.
     async fn greet(&mut self) -> Result<(), End> {
-        if let Some(refusal) = self.evaluate(Stage::Connect) {
+        if let Some(refusal) = self.evaluate(Stage::Connect).await {
             // A refusal at connect is the greeting itself: 554 (or 421), then close.
             let code = if refusal.is_permanent() { 554 } else { 421 };
             let r = Reply::new(code, refusal.status, refusal.text());
@@ -467,10 +474,45 @@ impl Session {
         self.error_reply(r);
     }
 
-    /// Runs this stage's rules unless an earlier `accept` ended evaluation. Returns the
-    /// refusal to send, if any; `add_header` results are kept for the relay.
-    fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
+    /// Runs the checks this stage needs, then its rules, unless an earlier `accept`
+    /// ended evaluation. Returns the refusal to send, if any; `add_header` results are
+    /// kept for the relay.
+    async fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
+        let want = self.checks_wanted(stage);
+        self.run_checks(want, None).await;
         self.evaluate_with(stage, None)
+    }
+
+    /// The checks to run before `stage`'s rules: those its rules test and, at `mail`
+    /// and `data`, those the Authentication-Results header reports. None after an
+    /// `accept` (nothing left to decide), except what the header needs.
+    fn checks_wanted(&self, stage: Stage) -> Checks {
+        let skipped = self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail);
+        let rules = if skipped {
+            Checks::NONE
+        } else {
+            self.rules.needs(stage)
+        };
+        self.rt
+            .checker
+            .wanted(rules, stage == Stage::Data, stage == Stage::Mail)
+    }
+
+    /// Runs the checks in `want` that have not run yet; `message` is the whole message
+    /// at end of data.
+    async fn run_checks(&mut self, want: Checks, message: Option<&[u8]>) {
+        if want.is_empty() {
+            return;
+        }
+        let mut facts = std::mem::take(&mut self.auth_facts);
+        let input = CheckInput {
+            ip: self.client.ip,
+            helo: self.env.helo.as_deref(),
+            sender: self.env.sender.as_deref(),
+            message,
+        };
+        self.rt.checker.run(want, &input, &mut facts).await;
+        self.auth_facts = facts;
     }
 
     fn evaluate_with(&mut self, stage: Stage, message: Option<&MessageView>) -> Option<Reply> {
@@ -483,6 +525,7 @@ impl Session {
             client: &self.client,
             envelope: &self.env,
             message,
+            auth: &self.auth_facts,
         };
         let evaluation = self.rules.evaluate(&facts);
         for hit in &evaluation.hits {
@@ -557,6 +600,15 @@ impl Session {
         self.rt.metrics.transaction(outcome);
         self.log_transaction(outcome, upstream_reply);
         self.env.reset_transaction();
+        // The sender's and the message's results belong to this transaction only; the
+        // client's (DNS lists, reverse DNS) stay for the session.
+        let a = &mut self.auth_facts;
+        a.spf = None;
+        a.spf_helo = None;
+        a.dkim = None;
+        a.dmarc = None;
+        a.arc = None;
+        a.degraded = Checks(a.degraded.0 & (Checks::DNSBL | Checks::RDNS).0);
         self.transaction_accepted = false;
         self.pending_headers.clear();
         self.rcpts_tried = 0;
@@ -574,6 +626,7 @@ impl Session {
             size = self.message_size,
             upstream_reply = %upstream_reply.map(|r| r.to_string()).unwrap_or_default(),
             duration_ms = self.transaction_started.elapsed().as_millis() as u64,
+            auth = %self.auth_facts.summary(),
             outcome,
             "transaction"
         );

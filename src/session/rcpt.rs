@@ -25,7 +25,7 @@ impl Session {
         }
         self.rcpts_tried += 1;
         self.env.current_recipient = Some(to.address.clone());
-        let refusal = self.evaluate(Stage::Rcpt);
+        let refusal = self.evaluate(Stage::Rcpt).await;
         self.env.current_recipient = None;
         if let Some(refusal) = refusal {
             self.error_reply(refusal);
