@@ -1,7 +1,7 @@
 //! DMARC (RFC 7489): evaluated by mail-auth in [`super::mailauth`] from the DKIM and
 //! SPF results. mail-auth 0.13.3 follows DMARCbis: the organisational domain comes
-//! from the DNS tree walk, and `t=y` (testing) replaces `pct` — a record in testing
-//! mode counts one policy step lower (`reject` → `quarantine` → `none`).
+//! from the DNS tree walk, and `t=y` (testing) replaces `pct` — mail-auth lowers the
+//! policy of a record in testing mode one step (`reject` → `quarantine` → `none`).
 
 use crate::envelope::{AuthFacts, AuthStatus};
 

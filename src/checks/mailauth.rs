@@ -5,16 +5,20 @@
 //! mail-auth 0.13 takes our resolver (`MessageAuthenticator` has a public field), so
 //! its SPF/DKIM/DMARC lookups share the cache of [`crate::dns::Dns`].
 
-use std::net::IpAddr;
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use mail_auth::common::cache::NoCache;
 use mail_auth::dkim::Canonicalization;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, Error, MessageAuthenticator,
-    SpfOutput, SpfResult,
+    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, Error, MX, MessageAuthenticator,
+    Parameters, RecordSet, ResolverCache, SpfOutput, SpfResult, Txt,
 };
 
 use super::dkim::strip_trailing_blank_lines;
@@ -38,21 +42,23 @@ impl Authenticator {
 
     /// SPF `check_host()` for the HELO identity.
     pub async fn spf_helo(&self, ip: IpAddr, helo: &str, host: &str) -> SpfFact {
+        let voids = VoidLookups::default();
         let out = self
             .0
-            .verify_spf(SpfParameters::verify_ehlo(ip, helo, host))
+            .verify_spf(voids.attach(SpfParameters::verify_ehlo(ip, helo, host)))
             .await;
-        spf_fact(&out, helo)
+        spf_fact(&out, helo, &voids)
     }
 
     /// SPF `check_host()` for a MAIL FROM address (`local@domain`).
     pub async fn spf_mail_from(&self, ip: IpAddr, helo: &str, host: &str, from: &str) -> SpfFact {
+        let voids = VoidLookups::default();
         let out = self
             .0
-            .verify_spf(SpfParameters::verify_mail_from(ip, helo, host, from))
+            .verify_spf(voids.attach(SpfParameters::verify_mail_from(ip, helo, host, from)))
             .await;
         let domain = from.rsplit_once('@').map_or(from, |(_, d)| d);
-        spf_fact(&out, domain)
+        spf_fact(&out, domain, &voids)
     }
 
     /// DKIM (at most `max_signatures`), then DMARC and ARC when asked, on a raw message
@@ -134,11 +140,11 @@ impl Authenticator {
                 DmarcResult::PermError(_) => AuthStatus::PermError,
                 DmarcResult::None => AuthStatus::None,
             };
-            let testing = out.dmarc_record().is_some_and(|r| r.t);
-            let policy = match (out.policy(), testing) {
-                (Policy::Reject, false) => "reject",
-                (Policy::Reject, true) | (Policy::Quarantine, false) => "quarantine",
-                _ => "none",
+            // mail-auth already lowers the policy one step for `t=y` (testing).
+            let policy = match out.policy() {
+                Policy::Reject => "reject",
+                Policy::Quarantine => "quarantine",
+                Policy::None | Policy::Unspecified => "none",
             };
             let domain = msg
                 .from
@@ -173,8 +179,89 @@ fn body_hash_only_failure(o: &DkimOutput<'_>) -> bool {
         .is_some_and(|s| s.cb == Canonicalization::Relaxed && s.l == 0)
 }
 
-fn spf_fact(out: &SpfOutput, domain: &str) -> SpfFact {
-    let status = match out.result() {
+/// Counts the DNS lookups of one SPF evaluation that found nothing (RFC 7208 §4.6.4
+/// "void lookups": NXDOMAIN or an empty answer), which mail-auth 0.13 does not limit.
+/// It sits in mail-auth's per-lookup cache hooks: every lookup first asks the cache
+/// (`get`, always a miss here, so the shared resolver still answers) and stores an
+/// answer it got (`insert`); a lookup without an answer never stores one.
+#[derive(Default)]
+struct VoidLookups {
+    asked: AtomicU32,
+    answered: AtomicU32,
+}
+
+/// More than this many void lookups make the SPF result `permerror`.
+const MAX_VOID_LOOKUPS: u32 = 2;
+
+impl VoidLookups {
+    fn attach<'x>(
+        &'x self,
+        p: SpfParameters<'x>,
+    ) -> Parameters<
+        'x,
+        SpfParameters<'x>,
+        VoidLookups,
+        VoidLookups,
+        VoidLookups,
+        VoidLookups,
+        NoCache<IpAddr, RecordSet<Box<str>>>,
+    > {
+        Parameters::new(p)
+            .with_txt_cache(self)
+            .with_mx_cache(self)
+            .with_ipv4_cache(self)
+            .with_ipv6_cache(self)
+    }
+
+    fn voids(&self) -> u32 {
+        let asked = self.asked.load(Ordering::Relaxed);
+        asked.saturating_sub(self.answered.load(Ordering::Relaxed))
+    }
+
+    fn miss<V>(&self) -> Option<V> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+macro_rules! void_counting_cache {
+    ($v:ty, $empty:expr) => {
+        impl ResolverCache<Box<str>, $v> for VoidLookups {
+            fn get<Q>(&self, _: &Q) -> Option<$v>
+            where
+                Box<str>: Borrow<Q>,
+                Q: Hash + Eq + ?Sized,
+            {
+                self.miss()
+            }
+            fn remove<Q>(&self, _: &Q) -> Option<$v>
+            where
+                Box<str>: Borrow<Q>,
+                Q: Hash + Eq + ?Sized,
+            {
+                None
+            }
+            fn insert(&self, _: Box<str>, value: $v, _: std::time::Instant) {
+                let empty: fn(&$v) -> bool = $empty;
+                if !empty(&value) {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+}
+
+void_counting_cache!(Txt, |_| false);
+void_counting_cache!(RecordSet<MX>, |r| r.rrset.is_empty());
+void_counting_cache!(RecordSet<Ipv4Addr>, |r| r.rrset.is_empty());
+void_counting_cache!(RecordSet<Ipv6Addr>, |r| r.rrset.is_empty());
+
+fn spf_fact(out: &SpfOutput, domain: &str, voids: &VoidLookups) -> SpfFact {
+    let mut result = out.result();
+    if voids.voids() > MAX_VOID_LOOKUPS && result != SpfResult::TempError {
+        result = SpfResult::PermError;
+    }
+    let status = match result {
         SpfResult::Pass => AuthStatus::Pass,
         SpfResult::Fail => AuthStatus::Fail,
         SpfResult::SoftFail => AuthStatus::SoftFail,
