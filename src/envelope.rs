@@ -158,6 +158,10 @@ impl Checks {
     pub const ARC: Checks = Checks(8);
     pub const DNSBL: Checks = Checks(16);
     pub const RDNS: Checks = Checks(32);
+    /// SPF of the HELO identity: computed with [`Checks::SPF`], but its DNS trouble
+    /// only affects rules that test it.
+    pub const SPF_HELO: Checks = Checks(64);
+    pub const ALL: Checks = Checks(127);
 
     pub const fn union(self, o: Checks) -> Checks {
         Checks(self.0 | o.0)

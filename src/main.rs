@@ -137,7 +137,7 @@ fn explain_checks(
         .into_iter()
         .fold(Checks::NONE, |w, s| w | rules.needs(s));
     if args.dns.is_some() {
-        want = Checks(0x3f);
+        want = Checks::ALL;
     }
     let mut facts = AuthFacts::default();
     if want.is_empty() {

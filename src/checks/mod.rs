@@ -160,7 +160,7 @@ impl Checker {
             }
             facts.rdns = Some(fact);
         }
-        let wants_spf = want.intersects(Checks::SPF | Checks::DMARC);
+        let wants_spf = want.intersects(Checks::SPF | Checks::SPF_HELO | Checks::DMARC);
         if wants_spf
             && facts.spf.is_none()
             && let (Some(helo), Some(sender)) = (input.helo, input.sender)
@@ -176,10 +176,13 @@ impl Checker {
                 .unwrap_or_else(|| (temp(), temp()));
             self.record("spf_helo", h.status.as_str(), started);
             self.record("spf", m.status.as_str(), started);
-            if (h.status == AuthStatus::TempError || m.status == AuthStatus::TempError)
-                && self.config.checks.spf.on_dns_error == OnDnsError::Tempfail
-            {
-                facts.degraded |= Checks::SPF;
+            if self.config.checks.spf.on_dns_error == OnDnsError::Tempfail {
+                if m.status == AuthStatus::TempError {
+                    facts.degraded |= Checks::SPF;
+                }
+                if h.status == AuthStatus::TempError {
+                    facts.degraded |= Checks::SPF_HELO;
+                }
             }
             facts.spf_helo = Some(h);
             facts.spf = Some(m);

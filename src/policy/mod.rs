@@ -31,6 +31,8 @@ mod yaml;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_auth;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

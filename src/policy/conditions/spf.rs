@@ -51,7 +51,11 @@ impl Condition for Spf {
         }
     }
     fn needs(&self) -> Checks {
-        Checks::SPF
+        if self.helo {
+            Checks::SPF_HELO
+        } else {
+            Checks::SPF
+        }
     }
 }
 
