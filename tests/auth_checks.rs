@@ -20,8 +20,10 @@ use support::authzone::{Keys, message, zones};
 use support::dns::TestDns;
 
 fn config(dns: &TestDns) -> Config {
-    let mut c = Config::default();
-    c.hostname = "mx.proxy.test".into();
+    let mut c = Config {
+        hostname: "mx.proxy.test".into(),
+        ..Config::default()
+    };
     c.dns.servers = vec![dns.addr];
     c.dns.timeout = Duration::from_millis(500);
     c.dns.attempts = 1;

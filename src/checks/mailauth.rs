@@ -190,6 +190,17 @@ struct VoidLookups {
     answered: AtomicU32,
 }
 
+/// SPF parameters whose TXT, MX, A and AAAA lookups are counted.
+type CountedSpf<'x> = Parameters<
+    'x,
+    SpfParameters<'x>,
+    VoidLookups,
+    VoidLookups,
+    VoidLookups,
+    VoidLookups,
+    NoCache<IpAddr, RecordSet<Box<str>>>,
+>;
+
 /// More than this many void lookups make the SPF result `permerror`.
 const MAX_VOID_LOOKUPS: u32 = 2;
 
@@ -197,15 +208,7 @@ impl VoidLookups {
     fn attach<'x>(
         &'x self,
         p: SpfParameters<'x>,
-    ) -> Parameters<
-        'x,
-        SpfParameters<'x>,
-        VoidLookups,
-        VoidLookups,
-        VoidLookups,
-        VoidLookups,
-        NoCache<IpAddr, RecordSet<Box<str>>>,
-    > {
+    ) -> CountedSpf<'x> {
         Parameters::new(p)
             .with_txt_cache(self)
             .with_mx_cache(self)
