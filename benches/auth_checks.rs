@@ -40,7 +40,10 @@ async fn sink() -> SocketAddr {
                     }
                     let verb = line.get(..4).unwrap_or(b"").to_ascii_uppercase();
                     match &verb[..] {
-                        b"EHLO" => w.write_all(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 104857600\r\n").await?,
+                        b"EHLO" => {
+                            w.write_all(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 104857600\r\n")
+                                .await?
+                        }
                         b"DATA" => {
                             w.write_all(b"354 go\r\n").await?;
                             loop {
@@ -84,7 +87,11 @@ fn start_proxy(upstream: SocketAddr, dns: SocketAddr, checks: bool) -> Proxy {
     let dir = support::tempdir("mxg-bench.");
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut cfg = "limits:\n  max_sessions_per_network: 1000\n".to_string();
     if checks {
@@ -105,7 +112,12 @@ fn start_proxy(upstream: SocketAddr, dns: SocketAddr, checks: bool) -> Proxy {
         .arg(&rules)
         .arg("--state")
         .arg(dir.path().join("state"))
-        .args(["--listen", &addr.to_string(), "--upstream", &upstream.to_string()])
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--upstream",
+            &upstream.to_string(),
+        ])
         .args(["--dns", &dns.to_string(), "--hostname", "mx.bench.test"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -212,6 +224,10 @@ fn main() {
     println!(
         "auth_checks: checks-on throughput = {:.0} % of checks-off{}",
         100.0 * results[1] / results[0],
-        if full { "" } else { " (smoke run; use `cargo bench --bench auth_checks`)" }
+        if full {
+            ""
+        } else {
+            " (smoke run; use `cargo bench --bench auth_checks`)"
+        }
     );
 }

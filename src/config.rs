@@ -372,6 +372,10 @@ pub struct DkimConfig {
     /// Signatures verified per message; the rest are ignored (each costs a DNS lookup
     /// and a public-key operation).
     pub max_signatures: usize,
+    /// Largest RSA key verified, in bits: a huge key costs CPU on every message that
+    /// names it (RFC 8301 asks verifiers for 1024 to 4096). Larger keys give
+    /// `permerror`.
+    pub max_rsa_bits: usize,
 }
 
 impl Default for DkimConfig {
@@ -379,6 +383,7 @@ impl Default for DkimConfig {
         DkimConfig {
             on_dns_error: OnDnsError::Ignore,
             max_signatures: 5,
+            max_rsa_bits: 4096,
         }
     }
 }
@@ -713,6 +718,9 @@ impl Config {
         }
         if self.hostname.is_empty() || self.hostname.chars().any(|c| c.is_whitespace()) {
             return Err(format!("hostname: invalid host name {:?}", self.hostname));
+        }
+        if self.checks.dkim.max_rsa_bits < 1024 {
+            return Err("checks.dkim.max_rsa_bits: must be at least 1024 (RFC 8301)".into());
         }
         if self.dns.attempts == 0 || self.dns.timeout.is_zero() {
             return Err("dns: attempts and timeout must be > 0".into());

@@ -23,8 +23,6 @@ use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsSetupError {
-    #[error("dns: no name servers configured and /etc/resolv.conf unusable: {0}")]
-    SystemConf(String),
     #[error("dns: cannot build the resolver: {0}")]
     Build(String),
 }
@@ -56,8 +54,18 @@ impl Dns {
     /// Builds the resolver from the configuration.
     pub fn new(cfg: &DnsConfig, metrics: Arc<Metrics>) -> Result<Dns, DnsSetupError> {
         let (config, mut opts) = if cfg.servers.is_empty() {
-            hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| DnsSetupError::SystemConf(e.to_string()))?
+            match hickory_resolver::system_conf::read_system_conf() {
+                Ok(c) => c,
+                Err(e) => {
+                    // Not fatal: mxguard without any DNS check must still start. Every
+                    // lookup then fails, which checks report as `temperror`.
+                    tracing::warn!(error = %e, "dns: /etc/resolv.conf unusable and no dns.servers configured; DNS checks will fail");
+                    (
+                        ResolverConfig::from_parts(None, vec![], vec![]),
+                        ResolverOpts::default(),
+                    )
+                }
+            }
         } else {
             let servers = cfg.servers.iter().map(|a| name_server(*a)).collect();
             (

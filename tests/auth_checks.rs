@@ -183,6 +183,24 @@ fn dkim_rsa_ed25519_tampered_and_dmarc() {
         "{sig:?}"
     );
 
+    // A key over `max_rsa_bits` (4096) is refused before any RSA work: permerror.
+    let s = String::from_utf8(
+        e.keys
+            .sign_rsa(&msg, "signed.test", Canonicalization::Relaxed),
+    )
+    .unwrap()
+    .replacen("s=rsa;", "s=big;", 1);
+    let f = e.run(
+        Checks::DKIM,
+        "127.0.0.10",
+        "c.example",
+        "alice@signed.test",
+        Some(s.as_bytes()),
+    );
+    let sig = &f.dkim.as_ref().unwrap()[0];
+    assert_eq!(sig.status, AuthStatus::PermError, "{sig:?}");
+    assert_eq!(sig.reason.as_deref(), Some("key larger than 4096 bits"));
+
     // A body changed after signing: the signature fails; SPF for the MAIL FROM domain
     // fails too (other address), so DMARC fails under p=reject.
     let mut tampered = e

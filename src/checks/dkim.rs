@@ -27,6 +27,30 @@ pub fn strip_trailing_blank_lines(raw: &[u8]) -> Option<Vec<u8>> {
     removed_ws.then(|| raw[..end].to_vec())
 }
 
+/// Whether a DKIM key record (`v=DKIM1; k=rsa; p=…`) holds an RSA key larger than
+/// `max_bits`. The size is read from the length of the base64 key (a SubjectPublicKeyInfo
+/// or PKCS#1 DER adds well under 64 bytes to the modulus), so no key is parsed twice.
+pub fn rsa_key_too_large(record: &str, max_bits: usize) -> bool {
+    let mut rsa = true;
+    let mut p_len = 0;
+    for tag in record.split(';') {
+        let Some((k, v)) = tag.split_once('=') else {
+            continue;
+        };
+        match k.trim() {
+            "k" => rsa = v.trim().eq_ignore_ascii_case("rsa"),
+            "p" => {
+                p_len = v
+                    .bytes()
+                    .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+                    .count()
+            }
+            _ => {}
+        }
+    }
+    rsa && p_len * 3 / 4 > max_bits / 8 + 64
+}
+
 /// `raw` with every bare LF turned into CRLF (message files on disk often use LF).
 pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
@@ -42,6 +66,18 @@ pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rsa_key_size_from_the_record() {
+        let key = |bytes: usize| format!("v=DKIM1; k=rsa; p={}", "A".repeat(bytes * 4 / 3));
+        assert!(!rsa_key_too_large(&key(294), 4096)); // 2048-bit SPKI
+        assert!(!rsa_key_too_large(&key(550), 4096)); // 4096-bit SPKI
+        assert!(rsa_key_too_large(&key(1062), 4096)); // 8192-bit SPKI
+        assert!(!rsa_key_too_large(
+            "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=",
+            1024
+        ));
+    }
 
     #[test]
     fn strips_whitespace_only_trailing_lines() {

@@ -21,7 +21,9 @@ use mail_auth::{
     Parameters, RecordSet, ResolverCache, SpfOutput, SpfResult, Txt,
 };
 
-use super::dkim::strip_trailing_blank_lines;
+use hickory_resolver::proto::rr::RData;
+
+use super::dkim::{rsa_key_too_large, strip_trailing_blank_lines};
 use crate::envelope::{AuthStatus, DkimSignatureFact, DmarcFact, SpfFact};
 
 /// mail-auth over our shared resolver.
@@ -69,6 +71,7 @@ impl Authenticator {
         mail_from_domain: &str,
         spf: Option<&SpfFact>,
         max_signatures: usize,
+        max_rsa_bits: usize,
         dmarc: bool,
         arc: bool,
     ) -> MessageResults {
@@ -85,6 +88,36 @@ impl Authenticator {
             };
         };
         msg.dkim_headers.truncate(max_signatures);
+        // Signatures whose RSA key is too large are not verified at all (the lookup
+        // here fills the shared cache that mail-auth's own lookup then hits).
+        let mut oversized = Vec::new();
+        let mut kept = Vec::with_capacity(msg.dkim_headers.len());
+        for h in std::mem::take(&mut msg.dkim_headers) {
+            let name = format!("{}._domainkey.{}.", h.header.s, h.header.d);
+            let too_large = match self.0.0.txt_lookup(name.as_str()).await {
+                Ok(l) => l.answers().iter().any(|r| match &r.data {
+                    RData::TXT(t) => {
+                        let rec: Vec<u8> =
+                            t.txt_data.iter().flat_map(|c| c.iter().copied()).collect();
+                        rsa_key_too_large(&String::from_utf8_lossy(&rec), max_rsa_bits)
+                    }
+                    _ => false,
+                }),
+                Err(_) => false,
+            };
+            if too_large {
+                oversized.push(DkimSignatureFact {
+                    status: AuthStatus::PermError,
+                    domain: h.header.d.to_ascii_lowercase(),
+                    selector: h.header.s.clone(),
+                    algorithm: "rsa".into(),
+                    reason: Some(format!("key larger than {max_rsa_bits} bits")),
+                });
+            } else {
+                kept.push(h);
+            }
+        }
+        msg.dkim_headers = kept;
         let mut outputs = self.0.verify_dkim(&msg).await;
         // mail-auth 0.13.3 bug #62: relaxed body canonicalisation keeps trailing
         // whitespace-only lines, so a correct signature over such a body fails on the
@@ -118,7 +151,8 @@ impl Authenticator {
                 }
             }
         }
-        let dkim: Vec<DkimSignatureFact> = outputs.iter().map(dkim_fact).collect();
+        let mut dkim: Vec<DkimSignatureFact> = outputs.iter().map(dkim_fact).collect();
+        dkim.extend(oversized);
         let dmarc = if dmarc {
             let spf_out = spf.map_or_else(
                 || SpfOutput::new(mail_from_domain.to_owned()),
@@ -205,10 +239,7 @@ type CountedSpf<'x> = Parameters<
 const MAX_VOID_LOOKUPS: u32 = 2;
 
 impl VoidLookups {
-    fn attach<'x>(
-        &'x self,
-        p: SpfParameters<'x>,
-    ) -> CountedSpf<'x> {
+    fn attach<'x>(&'x self, p: SpfParameters<'x>) -> CountedSpf<'x> {
         Parameters::new(p)
             .with_txt_cache(self)
             .with_mx_cache(self)

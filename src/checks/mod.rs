@@ -219,6 +219,7 @@ impl Checker {
                 &mail_from_domain,
                 facts.spf.as_ref(),
                 cfg.dkim.max_signatures,
+                cfg.dkim.max_rsa_bits,
                 want_dmarc,
                 want_arc,
             ),

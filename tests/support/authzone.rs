@@ -112,6 +112,8 @@ pub fn zones(keys: &Keys) -> Vec<(&'static str, String)> {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let rsa = txt(&format!("v=DKIM1; k=rsa; p={}", b64(&keys.rsa_public)));
     let ed = txt(&format!("v=DKIM1; k=ed25519; p={}", b64(&keys.ed_public)));
+    // An 8192-bit-sized RSA key (not a real key: it must never be parsed).
+    let big = txt(&format!("v=DKIM1; k=rsa; p={}", "A".repeat(1420)));
     let mut t = soa("test.");
     let many_a: Vec<String> = (1..=11).map(|i| format!("a:a{i}.test")).collect();
     t.push_str(&format!(
@@ -135,6 +137,7 @@ dyn-192-0-2-13.pool A 192.0.2.13
 signed          TXT "v=spf1 ip4:127.0.0.0/24 -all"
 rsa._domainkey.signed TXT {rsa}
 ed._domainkey.signed  TXT {ed}
+big._domainkey.signed TXT {big}
 _dmarc.signed   TXT "v=DMARC1; p=reject"
 rsa._domainkey.other TXT {rsa}
 other           TXT "v=spf1 ip4:127.0.0.0/24 -all"
