@@ -29,6 +29,17 @@ use crate::envelope::{AuthStatus, DkimSignatureFact, DmarcFact, SpfFact};
 /// mail-auth over our shared resolver.
 pub struct Authenticator(MessageAuthenticator);
 
+/// Which message checks to run, and their limits.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageOptions {
+    /// Signatures verified; later ones are ignored.
+    pub max_signatures: usize,
+    /// RSA keys larger than this are a `permerror` without any RSA work.
+    pub max_rsa_bits: usize,
+    pub dmarc: bool,
+    pub arc: bool,
+}
+
 /// What one message yielded at end of data.
 #[derive(Debug, Default)]
 pub struct MessageResults {
@@ -63,18 +74,21 @@ impl Authenticator {
         spf_fact(&out, domain, &voids)
     }
 
-    /// DKIM (at most `max_signatures`), then DMARC and ARC when asked, on a raw message
-    /// with CRLF line ends. `spf` is the MAIL FROM result DMARC aligns with.
+    /// DKIM (within the limits of `opts`), then DMARC and ARC when asked, on a raw
+    /// message with CRLF line ends. `spf` is the MAIL FROM result DMARC aligns with.
     pub async fn verify_message(
         &self,
         raw: &[u8],
         mail_from_domain: &str,
         spf: Option<&SpfFact>,
-        max_signatures: usize,
-        max_rsa_bits: usize,
-        dmarc: bool,
-        arc: bool,
+        opts: MessageOptions,
     ) -> MessageResults {
+        let MessageOptions {
+            max_signatures,
+            max_rsa_bits,
+            dmarc,
+            arc,
+        } = opts;
         let Some(mut msg) = AuthenticatedMessage::parse(raw) else {
             // Not parseable as a message: no signature we could check.
             return MessageResults {
@@ -285,7 +299,26 @@ macro_rules! void_counting_cache {
     };
 }
 
-void_counting_cache!(Txt, |_| false);
+// TXT lookups are not counted: an include/redirect target without a record is
+// already a permerror, the top-level record's absence is `none`, and the `exp=`
+// lookup must not count (RFC 7208 §4.6.4).
+impl ResolverCache<Box<str>, Txt> for VoidLookups {
+    fn get<Q>(&self, _: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
+    }
+    fn remove<Q>(&self, _: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
+    }
+    fn insert(&self, _: Box<str>, _: Txt, _: std::time::Instant) {}
+}
 void_counting_cache!(RecordSet<MX>, |r| r.rrset.is_empty());
 void_counting_cache!(RecordSet<Ipv4Addr>, |r| r.rrset.is_empty());
 void_counting_cache!(RecordSet<Ipv6Addr>, |r| r.rrset.is_empty());

@@ -218,10 +218,12 @@ impl Checker {
                 raw,
                 &mail_from_domain,
                 facts.spf.as_ref(),
-                cfg.dkim.max_signatures,
-                cfg.dkim.max_rsa_bits,
-                want_dmarc,
-                want_arc,
+                mailauth::MessageOptions {
+                    max_signatures: cfg.dkim.max_signatures,
+                    max_rsa_bits: cfg.dkim.max_rsa_bits,
+                    dmarc: want_dmarc,
+                    arc: want_arc,
+                },
             ),
         )
         .await;

@@ -17,7 +17,8 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
 /// The SOA every test zone needs (hickory's in-memory zones require one).
 pub fn soa(origin: &str) -> String {
-    format!("$ORIGIN {origin}\n@ 60 IN SOA ns.{origin} admin.{origin} 1 3600 600 86400 60\n")
+    let under = origin.trim_start_matches('.');
+    format!("$ORIGIN {origin}\n@ 60 IN SOA ns.{under} admin.{under} 1 3600 600 86400 60\n")
 }
 
 /// A TXT value as zone-file character-strings of at most 255 bytes each (long DKIM
@@ -34,7 +35,7 @@ pub fn txt(value: &str) -> String {
 
 struct Stalling {
     catalog: Catalog,
-    stall: LowerName,
+    stall: Vec<LowerName>,
 }
 
 #[async_trait::async_trait]
@@ -45,7 +46,7 @@ impl RequestHandler for Stalling {
         response_handle: R,
     ) -> ResponseInfo {
         if let Ok(info) = request.request_info()
-            && self.stall.zone_of(info.query.name())
+            && self.stall.iter().any(|s| s.zone_of(info.query.name()))
         {
             // Longer than any resolver timeout the tests configure.
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -65,6 +66,12 @@ pub struct TestDns {
 impl TestDns {
     /// Serves each `(origin, zone text)`; the text should start with [`soa`].
     pub fn start(zones: &[(&str, String)]) -> TestDns {
+        TestDns::start_stalling(zones, &[])
+    }
+
+    /// Like [`TestDns::start`], and names under each of `stall` are never answered
+    /// either.
+    pub fn start_stalling(zones: &[(&str, String)], stall: &[String]) -> TestDns {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -88,7 +95,11 @@ impl TestDns {
         }
         let handler = Stalling {
             catalog,
-            stall: LowerName::from(Name::from_ascii("timeout.test.").unwrap()),
+            stall: std::iter::once("timeout.test.")
+                .chain(stall.iter().map(String::as_str))
+                .filter_map(|n| Name::from_ascii(n).ok())
+                .map(LowerName::from)
+                .collect(),
         };
         let (addr, server) = rt.block_on(async {
             // UDP and TCP on the same port: retry when another test took the TCP port.
