@@ -168,6 +168,7 @@ fn main() {
             client: &client,
             envelope: &env,
             message: (stage == Stage::Data).then_some(&msg),
+            auth: &mxguard::envelope::AuthFacts::EMPTY,
         };
         const BATCH: u32 = 50;
         let mut samples = Vec::new();
@@ -216,6 +217,7 @@ fn main() {
             client: &client,
             envelope: facts_env,
             message: None,
+            auth: &mxguard::envelope::AuthFacts::EMPTY,
         };
         std::hint::black_box(set.evaluate(&facts));
         lat.push(t.elapsed());

@@ -61,6 +61,10 @@ pub struct ExplainArgs {
     /// Pretend the client authenticated as this user.
     #[arg(long)]
     pub auth_user: Option<String>,
+    /// DNS server `ADDR:PORT` for the checks (replaces `dns.servers`); with it, every
+    /// check runs and is printed, not only those the rules test.
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
 }
 
 /// `mxguard check` takes the options every subcommand shares.
@@ -103,6 +107,9 @@ pub struct RunArgs {
     /// directory's `mxguard.redb`) or `redis://host:port/db` (overrides `store`).
     #[arg(long)]
     pub store: Option<crate::store::StoreConfig>,
+    /// DNS server `ADDR:PORT` for every check (replaces `dns.servers`).
+    #[arg(long)]
+    pub dns: Option<SocketAddr>,
 }
 
 /// `mxguard greylist`: inspect and edit the greylist store.
@@ -186,6 +193,9 @@ impl RunArgs {
         }
         if let Some(s) = &self.store {
             cfg.store = s.clone();
+        }
+        if let Some(dns) = self.dns {
+            cfg.dns.servers = vec![dns];
         }
         cfg.validate().map_err(ConfigError)?;
         Ok(cfg)

@@ -37,6 +37,10 @@ pub struct Config {
     /// `<state_dir>/mxguard.redb`), `{ file: PATH }` or `{ redis: "redis://host:port/db" }`
     /// (shared by every instance). `mxguard run --store URL` overrides it.
     pub store: crate::store::StoreConfig,
+    /// The resolver every DNS check shares.
+    pub dns: DnsConfig,
+    /// SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS and the Authentication-Results header.
+    pub checks: ChecksConfig,
 }
 
 impl Default for Config {
@@ -52,6 +56,8 @@ impl Default for Config {
             metrics: None,
             shutdown_grace: Duration::from_secs(30),
             store: crate::store::StoreConfig::default(),
+            dns: DnsConfig::default(),
+            checks: ChecksConfig::default(),
         }
     }
 }
@@ -262,6 +268,186 @@ impl Default for Limits {
 }
 
 /// How message content with bare CR, bare LF or NUL is treated.
+/// The one resolver (and cache) behind every check. `/etc/hosts` is never read: a
+/// local hosts entry must not be able to make a spammer's address "forward-confirmed".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Recursive resolvers as `ADDR:PORT` (`[v6]:PORT`). Empty: the name servers of
+    /// `/etc/resolv.conf`. `mxguard run --dns ADDR:PORT` replaces the list.
+    pub servers: Vec<SocketAddr>,
+    /// How long one query waits for an answer.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Tries per query (per server).
+    pub attempts: usize,
+    /// Answers kept in the shared cache.
+    pub cache_size: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            attempts: 2,
+            cache_size: 16384,
+        }
+    }
+}
+
+/// What a check's DNS trouble (timeout, SERVFAIL) means for the rules that use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDnsError {
+    /// A rule that depends on the check and would reject answers `451 4.4.3` instead,
+    /// so the sender retries when DNS works again.
+    Tempfail,
+    /// The check's result (`temperror`, or "zone unusable") is all rules see.
+    Ignore,
+}
+
+/// Settings every check has.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckPolicy {
+    pub on_dns_error: OnDnsError,
+}
+
+impl Default for CheckPolicy {
+    fn default() -> Self {
+        CheckPolicy::tempfail()
+    }
+}
+
+impl CheckPolicy {
+    fn tempfail() -> Self {
+        CheckPolicy {
+            on_dns_error: OnDnsError::Tempfail,
+        }
+    }
+    fn ignore() -> Self {
+        CheckPolicy {
+            on_dns_error: OnDnsError::Ignore,
+        }
+    }
+}
+
+/// The authentication and reputation checks. Each runs only when a rule tests its
+/// result (or the Authentication-Results header needs it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksConfig {
+    /// Our name in Authentication-Results (RFC 8601 authserv-id); default `hostname`.
+    pub authserv_id: Option<String>,
+    /// Add an Authentication-Results header (SPF, DKIM, DMARC, ARC, and iprev when
+    /// reverse DNS ran) to every relayed message.
+    pub auth_results: bool,
+    /// Deadline for one check (all its DNS lookups together).
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    pub spf: CheckPolicy,
+    pub dkim: DkimConfig,
+    pub dmarc: CheckPolicy,
+    pub arc: CheckPolicy,
+    pub dnsbl: DnsblConfig,
+    pub rdns: RdnsConfig,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        ChecksConfig {
+            authserv_id: None,
+            auth_results: false,
+            timeout: Duration::from_secs(10),
+            spf: CheckPolicy::tempfail(),
+            dkim: DkimConfig::default(),
+            dmarc: CheckPolicy::tempfail(),
+            arc: CheckPolicy::ignore(),
+            dnsbl: DnsblConfig::default(),
+            rdns: RdnsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DkimConfig {
+    pub on_dns_error: OnDnsError,
+    /// Signatures verified per message; the rest are ignored (each costs a DNS lookup
+    /// and a public-key operation).
+    pub max_signatures: usize,
+    /// Largest RSA key verified, in bits: a huge key costs CPU on every message that
+    /// names it (RFC 8301 asks verifiers for 1024 to 4096). Larger keys give
+    /// `permerror`.
+    pub max_rsa_bits: usize,
+}
+
+impl Default for DkimConfig {
+    fn default() -> Self {
+        DkimConfig {
+            on_dns_error: OnDnsError::Ignore,
+            max_signatures: 5,
+            max_rsa_bits: 4096,
+        }
+    }
+}
+
+/// One DNS list zone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsblZone {
+    /// The zone, e.g. `zen.spamhaus.org`.
+    pub zone: String,
+    /// Answers that count as "listed"; empty: any 127.0.0.0/8 answer except the
+    /// 127.255.255.x error codes.
+    #[serde(default)]
+    pub codes: Vec<std::net::Ipv4Addr>,
+    /// Added to the score when the zone lists the client; negative for allow lists.
+    #[serde(default = "one")]
+    pub weight: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsblConfig {
+    pub on_dns_error: OnDnsError,
+    pub zones: Vec<DnsblZone>,
+}
+
+impl Default for DnsblConfig {
+    fn default() -> Self {
+        DnsblConfig {
+            on_dns_error: OnDnsError::Ignore,
+            zones: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RdnsConfig {
+    pub on_dns_error: OnDnsError,
+    /// Regexes (case-insensitive) for generic, dynamic-pool PTR names.
+    pub generic: Vec<String>,
+}
+
+impl Default for RdnsConfig {
+    fn default() -> Self {
+        RdnsConfig {
+            on_dns_error: OnDnsError::Ignore,
+            generic: vec![
+                r"(^|[.-])(dyn|dynamic|dhcp|dsl|adsl|pool|ppp|cable|client|host)[0-9.-]".into(),
+                r"\d{1,3}[.-]\d{1,3}[.-]\d{1,3}[.-]\d{1,3}".into(),
+            ],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
@@ -459,6 +645,11 @@ fn default_hostname() -> String {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// The authserv-id of our Authentication-Results header.
+    pub fn authserv_id(&self) -> &str {
+        self.checks.authserv_id.as_deref().unwrap_or(&self.hostname)
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -532,6 +723,22 @@ impl Config {
         }
         if self.hostname.is_empty() || self.hostname.chars().any(|c| c.is_whitespace()) {
             return Err(format!("hostname: invalid host name {:?}", self.hostname));
+        }
+        if self.checks.dkim.max_rsa_bits < 1024 {
+            return Err("checks.dkim.max_rsa_bits: must be at least 1024 (RFC 8301)".into());
+        }
+        if self.dns.attempts == 0 || self.dns.timeout.is_zero() {
+            return Err("dns: attempts and timeout must be > 0".into());
+        }
+        for (i, g) in self.checks.rdns.generic.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(g) {
+                return Err(format!("checks.rdns.generic[{i}]: invalid regex: {e}"));
+            }
+        }
+        if let Some(id) = &self.checks.authserv_id
+            && (id.is_empty() || id.contains(|c: char| c.is_whitespace() || c == ';'))
+        {
+            return Err(format!("checks.authserv_id: invalid name {id:?}"));
         }
         Ok(())
     }

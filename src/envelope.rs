@@ -108,6 +108,8 @@ pub struct Facts<'a> {
     pub client: &'a ClientInfo,
     pub envelope: &'a Envelope,
     pub message: Option<&'a MessageView>,
+    /// Results of the DNS-based checks run before this decision (see [`AuthFacts`]).
+    pub auth: &'a AuthFacts,
 }
 
 /// The decisive part of a policy evaluation.
@@ -144,5 +146,250 @@ impl Verdict {
             rule: None,
             add_headers: Vec::new(),
         }
+    }
+}
+
+/// A set of checks, as bits: which checks a rule needs, which ones had DNS trouble.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Checks(pub u8);
+
+impl Checks {
+    pub const NONE: Checks = Checks(0);
+    pub const SPF: Checks = Checks(1);
+    pub const DKIM: Checks = Checks(2);
+    pub const DMARC: Checks = Checks(4);
+    pub const ARC: Checks = Checks(8);
+    pub const DNSBL: Checks = Checks(16);
+    pub const RDNS: Checks = Checks(32);
+    /// SPF of the HELO identity: computed with [`Checks::SPF`], but its DNS trouble
+    /// only affects rules that test it.
+    pub const SPF_HELO: Checks = Checks(64);
+    pub const ALL: Checks = Checks(127);
+
+    pub const fn union(self, o: Checks) -> Checks {
+        Checks(self.0 | o.0)
+    }
+    pub const fn contains(self, o: Checks) -> bool {
+        self.0 & o.0 == o.0
+    }
+    pub const fn intersects(self, o: Checks) -> bool {
+        self.0 & o.0 != 0
+    }
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::ops::BitOr for Checks {
+    type Output = Checks;
+    fn bitor(self, o: Checks) -> Checks {
+        self.union(o)
+    }
+}
+
+impl std::ops::BitOrAssign for Checks {
+    fn bitor_assign(&mut self, o: Checks) {
+        *self = self.union(o);
+    }
+}
+
+/// The outcome of one authentication check, with the RFC 8601 result names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthStatus {
+    Pass,
+    Fail,
+    SoftFail,
+    Neutral,
+    None,
+    /// A transient error: a DNS timeout or SERVFAIL (ours or the sender's).
+    TempError,
+    /// A permanent error: a broken record, too many lookups.
+    PermError,
+}
+
+impl AuthStatus {
+    pub const ALL: [AuthStatus; 7] = [
+        AuthStatus::Pass,
+        AuthStatus::Fail,
+        AuthStatus::SoftFail,
+        AuthStatus::Neutral,
+        AuthStatus::None,
+        AuthStatus::TempError,
+        AuthStatus::PermError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthStatus::Pass => "pass",
+            AuthStatus::Fail => "fail",
+            AuthStatus::SoftFail => "softfail",
+            AuthStatus::Neutral => "neutral",
+            AuthStatus::None => "none",
+            AuthStatus::TempError => "temperror",
+            AuthStatus::PermError => "permerror",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AuthStatus> {
+        AuthStatus::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for AuthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// SPF for one identity (RFC 7208).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpfFact {
+    pub status: AuthStatus,
+    /// The domain whose record was checked.
+    pub domain: String,
+}
+
+/// One DKIM signature's verification (RFC 6376, RFC 8463).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimSignatureFact {
+    pub status: AuthStatus,
+    /// `d=`, `s=` and `a=` of the signature (empty when it could not be parsed).
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: String,
+    /// Why it did not pass, for logs and the A-R comment.
+    pub reason: Option<String>,
+}
+
+/// The DMARC evaluation (RFC 7489) of the message's From domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmarcFact {
+    pub status: AuthStatus,
+    /// The RFC 5322.From domain.
+    pub domain: String,
+    /// The published policy that applies (`none`, `quarantine`, `reject`), after the
+    /// record's testing flag (`t=y`) lowered it one step.
+    pub policy: &'static str,
+}
+
+/// One DNS list zone that listed the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsblHit {
+    pub zone: String,
+    /// The answers (127.0.0.x) that matched the zone's expected codes.
+    pub codes: Vec<std::net::Ipv4Addr>,
+    pub weight: i64,
+    /// The zone's TXT record, if any (usable in replies as `{dnsbl_reason}`).
+    pub reason: Option<String>,
+}
+
+/// DNS block/allow lists for the client address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsblFact {
+    pub hits: Vec<DnsblHit>,
+    /// Sum of the weights of the zones that listed the client (allow lists weigh < 0).
+    pub score: i64,
+    /// Zones that answered with an error code (127.255.255.x), an address outside
+    /// 127.0.0.0/8, or not at all: "list unusable", never "listed".
+    pub unusable: Vec<String>,
+}
+
+/// Reverse DNS of the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RdnsStatus {
+    /// A PTR name that resolves back to the client address (FCrDNS).
+    Pass,
+    /// PTR names exist but none resolves back to the address.
+    Mismatch,
+    /// No PTR record.
+    None,
+    /// The lookup failed (timeout, SERVFAIL).
+    TempError,
+}
+
+impl RdnsStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RdnsStatus::Pass => "pass",
+            RdnsStatus::Mismatch => "mismatch",
+            RdnsStatus::None => "none",
+            RdnsStatus::TempError => "temperror",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdnsFact {
+    pub status: RdnsStatus,
+    /// The confirmed name (on pass), else the first PTR name.
+    pub name: Option<String>,
+    /// The name matched one of the configured "generic" patterns (dynamic pools).
+    pub generic: bool,
+}
+
+/// What the network checks found, gathered by the session before it runs a stage's
+/// rules, so that evaluating the rules stays a pure function of the facts. A check that
+/// did not run (no rule needed it) is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthFacts {
+    /// SPF for the HELO identity.
+    pub spf_helo: Option<SpfFact>,
+    /// SPF for the MAIL FROM identity (`postmaster@HELO` for the null sender).
+    pub spf: Option<SpfFact>,
+    /// One entry per DKIM signature checked; `Some(vec![])` means "no signature".
+    pub dkim: Option<Vec<DkimSignatureFact>>,
+    pub dmarc: Option<DmarcFact>,
+    pub arc: Option<AuthStatus>,
+    pub dnsbl: Option<DnsblFact>,
+    pub rdns: Option<RdnsFact>,
+    /// Checks that met DNS trouble and whose failure policy is `tempfail`: a rule that
+    /// depends on one of them and would reject answers 4xx instead.
+    pub degraded: Checks,
+}
+
+impl AuthFacts {
+    /// No check has run.
+    pub const EMPTY: AuthFacts = AuthFacts {
+        spf_helo: None,
+        spf: None,
+        dkim: None,
+        dmarc: None,
+        arc: None,
+        dnsbl: None,
+        rdns: None,
+        degraded: Checks::NONE,
+    };
+
+    /// The overall DKIM result: `pass` if any signature passed, else the first
+    /// signature's result, `none` without signatures.
+    pub fn dkim_status(&self) -> Option<AuthStatus> {
+        let sigs = self.dkim.as_ref()?;
+        if sigs.iter().any(|s| s.status == AuthStatus::Pass) {
+            return Some(AuthStatus::Pass);
+        }
+        Some(sigs.first().map_or(AuthStatus::None, |s| s.status))
+    }
+
+    /// `spf=… dkim=… dmarc=… dnsbl=… rdns=…` for logs and `mxguard explain`.
+    pub fn summary(&self) -> String {
+        let spf = self.spf.as_ref().map_or("-", |s| s.status.as_str());
+        let helo = self.spf_helo.as_ref().map_or("-", |s| s.status.as_str());
+        let dkim = self.dkim_status().map_or("-", AuthStatus::as_str);
+        let dmarc = self.dmarc.as_ref().map_or("-".to_owned(), |d| {
+            format!("{}(p={})", d.status.as_str(), d.policy)
+        });
+        let arc = self.arc.map_or("-", AuthStatus::as_str);
+        let dnsbl = self.dnsbl.as_ref().map_or("-".to_owned(), |d| {
+            if d.hits.is_empty() {
+                format!("clean(score={})", d.score)
+            } else {
+                let z: Vec<&str> = d.hits.iter().map(|h| h.zone.as_str()).collect();
+                format!("listed:{}(score={})", z.join(","), d.score)
+            }
+        });
+        let rdns = self.rdns.as_ref().map_or("-", |r| r.status.as_str());
+        format!(
+            "spf={spf} spf_helo={helo} dkim={dkim} dmarc={dmarc} arc={arc} dnsbl={dnsbl} rdns={rdns}"
+        )
     }
 }

@@ -20,6 +20,8 @@
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
 //! | [`checks`] | store-backed checks the session resolves: greylist, rate limit |
 //! | [`store`] | greylist and rate state: memory, embedded file (redb), Redis |
+//! | [`dns`] | the one resolver and cache every check shares |
+//! | [`checks`] | SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS, Authentication-Results |
 //! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
@@ -29,6 +31,7 @@ pub mod auth_guard;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod dotstream;
 pub mod envelope;
 pub mod listener;

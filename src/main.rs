@@ -136,7 +136,10 @@ fn greylist(args: GreylistArgs) -> anyhow::Result<()> {
 
 /// `mxguard explain`: the offline run of every stage, printed.
 fn explain(args: ExplainArgs) -> anyhow::Result<()> {
-    let config = args.common.load()?;
+    let mut config = args.common.load()?;
+    if let Some(dns) = args.dns {
+        config.dns.servers = vec![dns];
+    }
     let rules = RuleSet::load(&config.rules_dir).map_err(|errors| anyhow!("{errors}"))?;
     let message = match &args.message {
         Some(path) => Some(std::fs::read(path).with_context(|| path.display().to_string())?),
@@ -147,6 +150,50 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     input.tls = args.tls;
     input.auth_user = args.auth_user.as_deref();
     input.body_scan_limit = config.limits.body_scan_limit as usize;
+    input.auth = explain_checks(&config, &rules, &args, message.as_deref())?;
     print!("{}", rules.explain_session(&input));
     Ok(())
+}
+
+/// The DNS checks for `explain`: every check with `--dns`, otherwise those the rules
+/// test. Runs them once, for all stages.
+fn explain_checks(
+    config: &mxguard::config::Config,
+    rules: &RuleSet,
+    args: &mxguard::cli::ExplainArgs,
+    message: Option<&[u8]>,
+) -> anyhow::Result<mxguard::envelope::AuthFacts> {
+    use mxguard::envelope::{AuthFacts, Checks, Stage};
+    let mut want = Stage::ALL
+        .into_iter()
+        .fold(Checks::NONE, |w, s| w | rules.needs(s));
+    if args.dns.is_some() {
+        want = Checks::ALL;
+    }
+    let mut facts = AuthFacts::default();
+    if want.is_empty() {
+        return Ok(facts);
+    }
+    runtime(false)?.block_on(async {
+        let config = std::sync::Arc::new(config.clone());
+        let metrics = std::sync::Arc::new(mxguard::telemetry::Metrics::new());
+        let dns = mxguard::dns::Dns::new(&config.dns, metrics.clone())?;
+        let checker = mxguard::checks::Checker::new(config.clone(), dns, metrics);
+        // Files on disk often have LF line ends; DKIM hashes the CRLF form.
+        let crlf = message.map(mxguard::checks::dkim::to_crlf);
+        let from = args.from.trim();
+        let from = from
+            .strip_prefix('<')
+            .and_then(|f| f.strip_suffix('>'))
+            .unwrap_or(from);
+        let input = mxguard::checks::CheckInput {
+            ip: args.client_ip,
+            helo: Some(&args.helo),
+            sender: Some(from),
+            message: crlf.as_deref(),
+        };
+        checker.run(want, &input, &mut facts).await;
+        anyhow::Ok(())
+    })?;
+    Ok(facts)
 }

@@ -28,6 +28,8 @@ pub struct Runtime {
     pub auth_guard: crate::auth_guard::AuthGuard,
     /// Greylist and rate-limit state (memory, file or Redis); it carries the clock.
     pub store: Arc<dyn Store>,
+    /// SPF, DKIM, DMARC, ARC, DNS lists and reverse DNS over the shared resolver.
+    pub checker: Arc<crate::checks::Checker>,
 }
 
 impl Runtime {

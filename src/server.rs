@@ -49,6 +49,8 @@ pub enum StartError {
         store: String,
         source: crate::store::StoreError,
     },
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsSetupError),
 }
 
 /// A started server: listeners bound, rules loaded, not yet accepting.
@@ -87,6 +89,12 @@ impl Server {
                 store: config.store.to_string(),
                 source,
             })?;
+        let dns = crate::dns::Dns::new(&config.dns, metrics.clone())?;
+        let checker = Arc::new(crate::checks::Checker::new(
+            config.clone(),
+            dns,
+            metrics.clone(),
+        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut certs = Vec::new();
@@ -139,6 +147,7 @@ impl Server {
                 config.limits.auth_failures_per_user,
             ),
             store,
+            checker,
         });
         Ok(Server {
             rt,

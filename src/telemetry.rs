@@ -45,6 +45,10 @@ pub struct Metrics {
     pub greylist_decisions_total: IntCounterVec,
     pub rate_limit_decisions_total: IntCounterVec,
     pub store_errors_total: IntCounterVec,
+    pub auth_results_total: IntCounterVec,
+    pub auth_check_seconds: HistogramVec,
+    pub dns_lookups_total: IntCounterVec,
+    pub dns_lookup_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -156,6 +160,39 @@ impl Metrics {
                 "State store failures by operation (greylist, rate_limit, sweep); the rule's fail mode applied",
                 &["op"],
             ),
+            auth_results_total: counter_vec(
+                "mxguard_auth_results_total",
+                "Results of the authentication and reputation checks (spf, spf_helo, dkim, dmarc, arc, dnsbl, rdns)",
+                &["check", "result"],
+            ),
+            auth_check_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "mxguard_auth_check_seconds",
+                    "Time one check took, all of its DNS lookups included",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                ]),
+                &["check"],
+            )
+            .expect("valid histogram"),
+            dns_lookups_total: counter_vec(
+                "mxguard_dns_lookups_total",
+                "DNS lookups made by mxguard itself (DNS lists, reverse DNS) by record type and result (ok, nxdomain, nodata, timeout, error)",
+                &["type", "result"],
+            ),
+            dns_lookup_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "mxguard_dns_lookup_seconds",
+                    "DNS lookup latency (cache hits included) by record type",
+                )
+                .buckets(vec![
+                    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0,
+                ]),
+                &["type"],
+            )
+            .expect("valid histogram"),
             registry,
         };
         m.register_all();
@@ -188,6 +225,10 @@ impl Metrics {
             Box::new(self.greylist_decisions_total.clone()),
             Box::new(self.rate_limit_decisions_total.clone()),
             Box::new(self.store_errors_total.clone()),
+            Box::new(self.auth_results_total.clone()),
+            Box::new(self.auth_check_seconds.clone()),
+            Box::new(self.dns_lookups_total.clone()),
+            Box::new(self.dns_lookup_seconds.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");
@@ -222,6 +263,19 @@ impl Metrics {
             for reason in ["timeout", "refused", "error"] {
                 self.upstream_connect_failures_total
                     .with_label_values(&[&i.to_string(), reason]);
+            }
+        }
+        for (check, results) in [
+            ("spf", crate::checks::SPF_RESULTS),
+            ("spf_helo", crate::checks::SPF_RESULTS),
+            ("dkim", crate::checks::DKIM_RESULTS),
+            ("dmarc", crate::checks::DMARC_RESULTS),
+            ("arc", crate::checks::DKIM_RESULTS),
+            ("dnsbl", crate::checks::DNSBL_RESULTS),
+            ("rdns", crate::checks::RDNS_RESULTS),
+        ] {
+            for r in results {
+                self.auth_results_total.with_label_values(&[check, r]);
             }
         }
         for result in ["success", "error"] {

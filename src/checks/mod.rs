@@ -1,90 +1,296 @@
-//! Checks that need the state store: greylisting and rate limits, one module each.
+//! Checks: sender authentication (SPF, DKIM, DMARC, ARC) and client reputation (DNS
+//! lists, reverse DNS), run by the session *before* a stage's rules, lazily — only the
+//! checks some rule of the stage tests, or the Authentication-Results header needs —
+//! each under a deadline. Results go into [`AuthFacts`], so the rule evaluation stays
+//! a pure function of the facts.
 //!
-//! The policy stays pure: a matching `greylist` or `rate_limit` rule ends its
-//! evaluation with [`Decision::Check`](crate::envelope::Decision::Check) carrying a
-//! [`Pending`] check — the keys already derived from the facts, the rule's parameters,
-//! and where to resume. The session resolves it with one store call ([`resolve`]): a
-//! refusal ends the stage, a pass resumes the stage's later rules.
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | `mailauth` | the one wrapper over mail-auth 0.13 (the 0.15 upgrade touches only it) |
+//! | `spf` | HELO and MAIL FROM identities, the null sender |
+//! | `dkim` | the relaxed-body workaround for mail-auth bug #62 |
+//! | `dmarc` | what counts as DNS trouble for a DMARC failure |
+//! | `arc` | ARC chain validation (reported in the header) |
+//! | `dnsbl` | DNS block/allow lists, weights, unusable zones |
+//! | `rdns` | PTR, FCrDNS, generic names |
+//! | `auth_results` | the RFC 8601 header and removal of forged ones |
+//! | `greylist` | the greylist triplet and its store call |
+//! | `ratelimit` | rate-limit keys and their store call |
+//! | `pending` | a store-backed check left by a rule, resolved by the session |
 
+pub mod arc;
+pub mod auth_results;
+pub mod dkim;
+pub mod dmarc;
+pub mod dnsbl;
 pub mod greylist;
+mod mailauth;
+pub mod pending;
 pub mod ratelimit;
+pub mod rdns;
+pub mod spf;
 
-use tracing::warn;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::envelope::Stage;
-use crate::reply::{Reply, StatusCode};
-use crate::store::Store;
+use regex::RegexSet;
+
+use crate::config::{Config, OnDnsError};
+use crate::dns::Dns;
+use crate::envelope::{
+    AuthFacts, AuthStatus, Checks, DmarcFact, DnsblFact, RdnsFact, RdnsStatus, SpfFact,
+};
 use crate::telemetry::Metrics;
 
 pub use greylist::GreylistCheck;
+pub use mailauth::Authenticator;
+pub(crate) use pending::secs_ceil;
+pub use pending::{Check, FailMode, Pending, resolve};
 pub use ratelimit::RateLimitCheck;
 
-/// What a check does when the store fails (Redis down, file store error).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailMode {
-    /// Let the mail through: losing greylisting for a while beats refusing all mail.
-    #[default]
-    Open,
-    /// Refuse with `451 4.3.0` so the sender retries once the store is back.
-    Tempfail,
+/// Metric label values per check, created at zero on start.
+pub const SPF_RESULTS: &[&str] = &[
+    "pass",
+    "fail",
+    "softfail",
+    "neutral",
+    "none",
+    "temperror",
+    "permerror",
+];
+pub const DKIM_RESULTS: &[&str] = &["pass", "fail", "neutral", "none", "temperror", "permerror"];
+pub const DMARC_RESULTS: &[&str] = &["pass", "fail", "none", "temperror", "permerror"];
+pub const DNSBL_RESULTS: &[&str] = &["listed", "clean", "unusable"];
+pub const RDNS_RESULTS: &[&str] = &["pass", "mismatch", "none", "temperror"];
+
+/// What the checks look at: the client, the envelope, and at end of data the message.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckInput<'a> {
+    pub ip: IpAddr,
+    pub helo: Option<&'a str>,
+    /// MAIL FROM (`""` for the null sender), once given.
+    pub sender: Option<&'a str>,
+    /// The whole message with CRLF line ends, at end of data.
+    pub message: Option<&'a [u8]>,
 }
 
-impl FailMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailMode::Open => "open",
-            FailMode::Tempfail => "tempfail",
+/// The checks and their shared handles (resolver, mail-auth, settings, metrics).
+pub struct Checker {
+    dns: Dns,
+    auth: Authenticator,
+    config: Arc<Config>,
+    generic: RegexSet,
+    metrics: Arc<Metrics>,
+}
+
+impl Checker {
+    pub fn new(config: Arc<Config>, dns: Dns, metrics: Arc<Metrics>) -> Checker {
+        let generic = RegexSet::new(
+            config
+                .checks
+                .rdns
+                .generic
+                .iter()
+                .map(|g| format!("(?i){g}")),
+        )
+        .unwrap_or_else(|_| RegexSet::empty());
+        Checker {
+            auth: Authenticator::new(&dns),
+            dns,
+            config,
+            generic,
+            metrics,
         }
     }
-}
 
-/// A check a rule asked for, prepared by the pure evaluation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
-    Greylist(GreylistCheck),
-    RateLimit(RateLimitCheck),
-}
+    /// The checks to run before `stage_needs`' rules: those plus what the
+    /// Authentication-Results header needs at `data` (SPF and the message checks).
+    pub fn wanted(&self, stage_needs: Checks, at_data: bool, at_mail: bool) -> Checks {
+        let mut w = stage_needs;
+        if self.config.checks.auth_results {
+            if at_mail || at_data {
+                w |= Checks::SPF;
+            }
+            if at_data {
+                w |= Checks::DKIM | Checks::DMARC | Checks::ARC;
+            }
+        }
+        w
+    }
 
-/// A pending check and how to go on after it passes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    pub check: Check,
-    pub fail: FailMode,
-    /// Position in the stage's rule list after the rule that asked for the check:
-    /// evaluation resumes there when the check passes.
-    pub resume: usize,
-}
+    /// Runs every check in `want` that has not run yet and whose input exists, and
+    /// records results, metrics and DNS trouble in `facts`.
+    pub async fn run(&self, want: Checks, input: &CheckInput<'_>, facts: &mut AuthFacts) {
+        let limit = self.config.checks.timeout;
+        if want.contains(Checks::DNSBL) && facts.dnsbl.is_none() {
+            let zones = &self.config.checks.dnsbl.zones;
+            let started = Instant::now();
+            let (fact, trouble) = deadline(limit, dnsbl::check(&self.dns, input.ip, zones))
+                .await
+                .unwrap_or_else(|| {
+                    let unusable = zones.iter().map(|z| z.zone.clone()).collect();
+                    (
+                        DnsblFact {
+                            unusable,
+                            ..DnsblFact::default()
+                        },
+                        true,
+                    )
+                });
+            let label = if !fact.hits.is_empty() {
+                "listed"
+            } else if !fact.unusable.is_empty() {
+                "unusable"
+            } else {
+                "clean"
+            };
+            self.record("dnsbl", label, started);
+            if trouble && self.config.checks.dnsbl.on_dns_error == OnDnsError::Tempfail {
+                facts.degraded |= Checks::DNSBL;
+            }
+            facts.dnsbl = Some(fact);
+        }
+        if want.contains(Checks::RDNS) && facts.rdns.is_none() {
+            let started = Instant::now();
+            let fact = deadline(limit, rdns::check(&self.dns, input.ip, &self.generic))
+                .await
+                .unwrap_or(RdnsFact {
+                    status: RdnsStatus::TempError,
+                    name: None,
+                    generic: false,
+                });
+            self.record("rdns", fact.status.as_str(), started);
+            if fact.status == RdnsStatus::TempError
+                && self.config.checks.rdns.on_dns_error == OnDnsError::Tempfail
+            {
+                facts.degraded |= Checks::RDNS;
+            }
+            facts.rdns = Some(fact);
+        }
+        let wants_spf = want.intersects(Checks::SPF | Checks::SPF_HELO | Checks::DMARC);
+        if wants_spf
+            && facts.spf.is_none()
+            && let (Some(helo), Some(sender)) = (input.helo, input.sender)
+        {
+            let started = Instant::now();
+            let host = &self.config.hostname;
+            let temp = || SpfFact {
+                status: AuthStatus::TempError,
+                domain: String::new(),
+            };
+            let (h, m) = deadline(limit, spf::check(&self.auth, input.ip, helo, host, sender))
+                .await
+                .unwrap_or_else(|| (temp(), temp()));
+            self.record("spf_helo", h.status.as_str(), started);
+            self.record("spf", m.status.as_str(), started);
+            if self.config.checks.spf.on_dns_error == OnDnsError::Tempfail {
+                if m.status == AuthStatus::TempError {
+                    facts.degraded |= Checks::SPF;
+                }
+                if h.status == AuthStatus::TempError {
+                    facts.degraded |= Checks::SPF_HELO;
+                }
+            }
+            facts.spf_helo = Some(h);
+            facts.spf = Some(m);
+        }
+        let msg_checks = Checks::DKIM | Checks::DMARC | Checks::ARC;
+        if want.intersects(msg_checks)
+            && facts.dkim.is_none()
+            && let Some(raw) = input.message
+        {
+            self.message_checks(want, input, raw, facts).await;
+        }
+    }
 
-/// Runs a pending check against the store: `Some(reply)` refuses, `None` passes.
-pub async fn resolve(
-    store: &dyn Store,
-    metrics: &Metrics,
-    stage: Stage,
-    rule: &str,
-    pending: &Pending,
-) -> Option<Reply> {
-    let (op, result) = match &pending.check {
-        Check::Greylist(g) => ("greylist", g.run(store, metrics).await),
-        Check::RateLimit(r) => ("rate_limit", r.run(store, metrics).await),
-    };
-    match result {
-        Ok(refusal) => refusal,
-        Err(e) => {
-            metrics.store_errors_total.with_label_values(&[op]).inc();
-            warn!(stage = %stage, rule, op, fail = pending.fail.as_str(), error = %e, "state store failed");
-            match pending.fail {
-                FailMode::Open => None,
-                FailMode::Tempfail => Some(Reply::new(
-                    451,
-                    StatusCode(4, 3, 0),
-                    "Temporary local problem, please try again later".to_owned(),
-                )),
+    async fn message_checks(
+        &self,
+        want: Checks,
+        input: &CheckInput<'_>,
+        raw: &[u8],
+        facts: &mut AuthFacts,
+    ) {
+        let cfg = &self.config.checks;
+        let started = Instant::now();
+        let sender = input.sender.unwrap_or("");
+        let mail_from_domain = match sender.rsplit_once('@') {
+            Some((_, d)) => d.to_owned(),
+            None => input.helo.unwrap_or("").to_owned(),
+        };
+        let want_dmarc = want.contains(Checks::DMARC);
+        let want_arc = want.contains(Checks::ARC);
+        let results = deadline(
+            cfg.timeout,
+            self.auth.verify_message(
+                raw,
+                &mail_from_domain,
+                facts.spf.as_ref(),
+                mailauth::MessageOptions {
+                    max_signatures: cfg.dkim.max_signatures,
+                    max_rsa_bits: cfg.dkim.max_rsa_bits,
+                    dmarc: want_dmarc,
+                    arc: want_arc,
+                },
+            ),
+        )
+        .await;
+        let results = results.unwrap_or_else(|| mailauth::MessageResults {
+            dkim: vec![crate::envelope::DkimSignatureFact {
+                status: AuthStatus::TempError,
+                domain: String::new(),
+                selector: String::new(),
+                algorithm: String::new(),
+                reason: Some("deadline exceeded".into()),
+            }],
+            dmarc: want_dmarc.then(|| DmarcFact {
+                status: AuthStatus::TempError,
+                domain: String::new(),
+                policy: "none",
+            }),
+            arc: want_arc.then_some(AuthStatus::TempError),
+        });
+        facts.dkim = Some(results.dkim);
+        facts.dmarc = results.dmarc;
+        facts.arc = results.arc;
+        let dkim = facts.dkim_status().unwrap_or(AuthStatus::None);
+        self.record("dkim", dkim.as_str(), started);
+        if facts
+            .dkim
+            .as_ref()
+            .is_some_and(|v| v.iter().any(|s| s.status == AuthStatus::TempError))
+            && cfg.dkim.on_dns_error == OnDnsError::Tempfail
+        {
+            facts.degraded |= Checks::DKIM;
+        }
+        if let Some(d) = &facts.dmarc {
+            self.record("dmarc", d.status.as_str(), started);
+            if dmarc::maybe_dns_trouble(facts) && cfg.dmarc.on_dns_error == OnDnsError::Tempfail {
+                facts.degraded |= Checks::DMARC;
+            }
+        }
+        if let Some(a) = facts.arc {
+            self.record("arc", a.as_str(), started);
+            if a == AuthStatus::TempError && cfg.arc.on_dns_error == OnDnsError::Tempfail {
+                facts.degraded |= Checks::ARC;
             }
         }
     }
+
+    fn record(&self, check: &str, result: &str, started: Instant) {
+        self.metrics
+            .auth_results_total
+            .with_label_values(&[check, result])
+            .inc();
+        self.metrics
+            .auth_check_seconds
+            .with_label_values(&[check])
+            .observe(started.elapsed().as_secs_f64());
+    }
 }
 
-/// Whole seconds for a reply text, rounded up so "try again in N s" is never early.
-pub(crate) fn secs_ceil(us: u64) -> u64 {
-    us.div_ceil(1_000_000).max(1)
+async fn deadline<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(limit, f).await.ok()
 }

@@ -24,6 +24,9 @@ pub struct ExplainInput<'a> {
     pub auth_user: Option<&'a str>,
     /// How many body bytes `body` rules see (the session's scan limit).
     pub body_scan_limit: usize,
+    /// Results of the DNS checks, computed by the caller (with `--dns`) before the
+    /// offline run; every stage sees them.
+    pub auth: crate::envelope::AuthFacts,
 }
 
 impl<'a> ExplainInput<'a> {
@@ -38,6 +41,7 @@ impl<'a> ExplainInput<'a> {
             tls: false,
             auth_user: None,
             body_scan_limit: DEFAULT_BODY_SCAN,
+            auth: crate::envelope::AuthFacts::default(),
         }
     }
 }
@@ -198,6 +202,7 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
         rules.rule_count(),
         rules.content_hash()
     );
+    let _ = writeln!(out, "checks: {}", input.auth.summary());
 
     let run = |out: &mut String, stage: Stage, env: &Envelope, note: String| -> Decision {
         let facts = Facts {
@@ -209,6 +214,7 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
             } else {
                 None
             },
+            auth: &input.auth,
         };
         let _ = writeln!(out, "\n== {stage}: {note}");
         for line in rules.explain(&facts) {

@@ -32,6 +32,8 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_auth;
+#[cfg(test)]
 mod tests_checks;
 
 use std::path::{Path, PathBuf};
@@ -43,7 +45,8 @@ pub use explain::{ExplainInput, message_view};
 pub use reload::{Policy, ReloadOutcome, ReloadRequest};
 
 use crate::checks::{Check, Pending};
-use crate::envelope::{Decision, Facts, Stage, Verdict};
+use crate::envelope::{Checks, Decision, Facts, Stage, Verdict};
+use crate::reply::{Reply, StatusCode};
 use actions::Action;
 use conditions::Condition;
 use subject::Subject;
@@ -104,6 +107,9 @@ pub struct RuleSet {
     by_stage: [Vec<usize>; 5],
     hash: String,
     watched: Vec<PathBuf>,
+    /// The checks each stage's rules test (`Stage as usize`), so the session runs only
+    /// the DNS checks some rule needs.
+    needs: [Checks; 5],
 }
 
 impl RuleSet {
@@ -123,14 +129,27 @@ impl RuleSet {
 
     pub(crate) fn from_parts(rules: Vec<Rule>, hash: String, watched: Vec<PathBuf>) -> Self {
         let mut by_stage: [Vec<usize>; 5] = Default::default();
+        let mut needs = [Checks::NONE; 5];
         for (i, r) in rules.iter().enumerate() {
             by_stage[r.stage as usize].push(i);
+            needs[r.stage as usize] |= r.cond.needs();
         }
         RuleSet {
             rules,
             by_stage,
             hash,
             watched,
+            needs,
+        }
+    }
+
+    /// The checks that the rules of `stage` test (DMARC implies DKIM and SPF).
+    pub fn needs(&self, stage: Stage) -> Checks {
+        let n = self.needs[stage as usize];
+        if n.contains(Checks::DMARC) {
+            n | Checks::DKIM | Checks::SPF
+        } else {
+            n
         }
     }
 
@@ -230,6 +249,15 @@ fn apply(rule: &Rule, s: &Subject<'_>, resume: usize, verdict: &mut Verdict) -> 
             return false;
         }
         Action::Accept => Decision::Accept,
+        // A reject that rests on a check which met DNS trouble (with failure policy
+        // `tempfail`) becomes a 4xx: our own DNS trouble never costs a sender a 5xx.
+        Action::Reject(_) if rule.cond.needs().intersects(s.facts.auth.degraded) => {
+            Decision::Tempfail(Reply::new(
+                451,
+                StatusCode(4, 4, 3),
+                "Temporary DNS failure while checking the sender, try again later",
+            ))
+        }
         Action::Reject(t) => Decision::Reject(t.render(s, &rule.name)),
         Action::Tempfail(t) => Decision::Tempfail(t.render(s, &rule.name)),
         Action::Greylist(g) => Decision::Check(Box::new(Pending {

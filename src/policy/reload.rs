@@ -346,6 +346,7 @@ mod tests {
             client: &client,
             envelope: &env,
             message: None,
+            auth: &crate::envelope::AuthFacts::EMPTY,
         };
         matches!(set.evaluate(&facts).verdict.decision, Decision::Reject(_))
     }

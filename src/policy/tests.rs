@@ -122,6 +122,7 @@ impl S {
             } else {
                 None
             },
+            auth: &crate::envelope::AuthFacts::EMPTY,
         };
         set.evaluate(&facts)
     }
@@ -538,7 +539,7 @@ fn shipped_rules_load_and_behave_as_the_issue_shows() {
         Ok(s) => s,
         Err(e) => panic!("shipped rules do not load:\n{e}"),
     };
-    assert_eq!(set.rule_count(), 6);
+    assert_eq!(set.rule_count(), 10);
     assert_eq!(set.content_hash().len(), 16);
     assert!(
         set.watched_paths()
@@ -656,7 +657,7 @@ rules:
         "rcpt.yaml:28:25: rules[6].if.size.over: invalid size \"25 MeB\": expected a number with an optional unit B, KB, MB, GB, KiB, MiB or GiB",
         "rcpt.yaml:29:21: rules[6].then.reject: reject needs a 5xx reply code, found 450",
         "rcpt.yaml:32:36: rules[7].if.recipient.in[1]: invalid regex: regex parse error: ( ^ error: unclosed group",
-        "rcpt.yaml:33:23: rules[7].then.tempfail: unknown placeholder `{user}`, expected one of {client_ip} {helo} {sender} {recipient} {recipient_domain} {rule}",
+        "rcpt.yaml:33:23: rules[7].then.tempfail: unknown placeholder `{user}`, expected one of {client_ip} {helo} {sender} {recipient} {recipient_domain} {rule} {auth} {dnsbl_zone} {dnsbl_reason}",
         "rcpt.yaml:34:5: rules[8]: missing field `name`",
         "rcpt.yaml:34:12: rules[8].stage: unknown stage \"conect\", expected one of connect, helo, mail, rcpt, data",
         "rcpt.yaml:35:11: rules[8].then: unknown action `bounce`, expected one of `accept`, `reject`, `tempfail`, `add_header`, `continue`, `greylist`, `rate_limit`",

@@ -59,6 +59,7 @@ fn greylist_yields_a_pending_check_then_resumes() {
         client: &c,
         envelope: &e,
         message: None,
+        auth: &crate::envelope::AuthFacts::EMPTY,
     };
     let ev = rules.evaluate(&facts);
     let Decision::Check(p) = &ev.verdict.decision else {
@@ -101,6 +102,7 @@ fn null_sender_is_greylisted_but_not_rate_limited() {
         client: &c,
         envelope: &e,
         message: None,
+        auth: &crate::envelope::AuthFacts::EMPTY,
     };
     let ev = rules.evaluate(&facts);
     let Decision::Check(p) = &ev.verdict.decision else {
@@ -124,6 +126,7 @@ fn rate_limit_key_and_fail_mode_at_mail() {
         client: &c,
         envelope: &e,
         message: None,
+        auth: &crate::envelope::AuthFacts::EMPTY,
     };
     let Decision::Check(p) = rules.evaluate(&facts).verdict.decision else {
         panic!()

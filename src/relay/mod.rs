@@ -429,9 +429,15 @@ impl Upstream {
     }
 
     /// DATA, then the message re-encoded from the spool (with `prepend` header lines
-    /// above it), then the final reply. A non-354 answer to DATA is returned as the final
-    /// reply: the upstream refused the message.
-    pub async fn data(&mut self, prepend: &[u8], spool: &mut Spool) -> Result<Reply, RelayError> {
+    /// above it, and without the byte ranges in `skip`: header fields removed, sorted,
+    /// not overlapping), then the final reply. A non-354 answer to DATA is returned as
+    /// the final reply: the upstream refused the message.
+    pub async fn data(
+        &mut self,
+        prepend: &[u8],
+        skip: &[std::ops::Range<usize>],
+        spool: &mut Spool,
+    ) -> Result<Reply, RelayError> {
         let reply = self.command("data", b"DATA\r\n").await?;
         if reply.code != 354 {
             return Ok(reply);
@@ -442,7 +448,9 @@ impl Upstream {
         encoder.encode(prepend, &mut out);
         let mut pos = 0;
         let mut scratch = Vec::new();
+        let mut kept = Vec::new();
         loop {
+            let base = pos as usize;
             let chunk = spool
                 .next_chunk(&mut pos, &mut scratch)
                 .await
@@ -450,6 +458,16 @@ impl Upstream {
             if chunk.is_empty() {
                 break;
             }
+            let chunk = if skip
+                .iter()
+                .any(|r| r.start < base + chunk.len() && r.end > base)
+            {
+                kept.clear();
+                copy_skipping(chunk, base, skip, &mut kept);
+                &kept[..]
+            } else {
+                chunk
+            };
             for piece in chunk.chunks(32 * 1024) {
                 encoder.encode(piece, &mut out);
                 if out.len() >= 32 * 1024 {
@@ -491,9 +509,40 @@ impl Upstream {
     }
 }
 
+/// Appends to `out` the bytes of `chunk` (which starts at message offset `base`) that
+/// lie outside every range in `skip`.
+fn copy_skipping(chunk: &[u8], base: usize, skip: &[std::ops::Range<usize>], out: &mut Vec<u8>) {
+    let end = base + chunk.len();
+    let mut at = base;
+    for r in skip {
+        if r.end <= at || r.start >= end {
+            continue;
+        }
+        if r.start > at {
+            out.extend_from_slice(&chunk[at - base..r.start - base]);
+        }
+        at = at.max(r.end.min(end));
+    }
+    if at < end {
+        out.extend_from_slice(&chunk[at - base..]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_skipping_removes_ranges_across_chunks() {
+        let msg = b"A: 1\r\nX: drop\r\nB: 2\r\n\r\nbody";
+        let skip = vec![6..15, 15..15];
+        for cut in 0..msg.len() {
+            let mut out = Vec::new();
+            copy_skipping(&msg[..cut], 0, &skip, &mut out);
+            copy_skipping(&msg[cut..], cut, &skip, &mut out);
+            assert_eq!(out, b"A: 1\r\nB: 2\r\n\r\nbody", "cut {cut}");
+        }
+    }
 
     #[test]
     fn parses_postfix_ehlo() {

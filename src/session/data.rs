@@ -10,8 +10,9 @@ use tracing::warn;
 
 use super::mail::{refusal_outcome, upstream_outcome};
 use super::{COMMAND_CHUNK, End, Flow, Session};
+use crate::checks::auth_results;
 use crate::dotstream::{Anomalies, Decoder};
-use crate::envelope::Stage;
+use crate::envelope::{Checks, Stage};
 use crate::relay::TraceMode;
 use crate::reply::{Reply, StatusCode, reply};
 use crate::spool::Spool;
@@ -148,6 +149,21 @@ impl Session {
             self.rt.config.limits.body_scan_limit as usize,
         );
         view.size = got.size;
+        let want = self.checks_wanted(Stage::Data);
+        if want.intersects(Checks::DKIM | Checks::DMARC | Checks::ARC) {
+            // DKIM needs the whole message; it is bounded by the size limit.
+            match whole_message(&mut spool).await {
+                Ok(raw) => self.run_checks(want, Some(&raw)).await,
+                Err(e) => {
+                    warn!(session = %self.id, error = %e, "spool read failed");
+                    self.finish_transaction("tempfailed", None);
+                    self.reset_upstream().await;
+                    return reply(451, (4, 3, 0), "Error: local error, try again later");
+                }
+            }
+        } else {
+            self.run_checks(want, None).await;
+        }
         if let Some(refusal) = self.evaluate_with(Stage::Data, Some(&view)).await {
             self.errors += 1;
             self.finish_transaction(refusal_outcome(&refusal), None);
@@ -163,7 +179,9 @@ impl Session {
                 "Error: upstream unavailable, try again later",
             );
         };
-        match up.data(prepend.as_bytes(), &mut spool).await {
+        // An incoming Authentication-Results under our name is a forgery: drop it.
+        let forged = auth_results::forged_ranges(spool.head(), self.rt.config.authserv_id());
+        match up.data(prepend.as_bytes(), &forged, &mut spool).await {
             Ok(r) if r.code == 250 => {
                 self.upstream_in_transaction = false;
                 self.finish_transaction("delivered", Some(&r));
@@ -263,11 +281,34 @@ impl Session {
                 now,
             ));
         }
+        if self.rt.config.checks.auth_results {
+            prepend.push_str(&auth_results::header(
+                self.rt.config.authserv_id(),
+                &self.auth_facts,
+                self.client.ip,
+                self.env.helo.as_deref().unwrap_or(""),
+                self.env.sender.as_deref().unwrap_or(""),
+            ));
+        }
         for h in &self.pending_headers {
             prepend.push_str(h);
             prepend.push_str("\r\n");
         }
         prepend
+    }
+}
+
+/// The whole message from the spool (in memory already unless it spilled to a file).
+async fn whole_message(spool: &mut Spool) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(spool.len() as usize);
+    let mut pos = 0;
+    let mut scratch = Vec::new();
+    loop {
+        let chunk = spool.next_chunk(&mut pos, &mut scratch).await?;
+        if chunk.is_empty() {
+            return Ok(out);
+        }
+        out.extend_from_slice(chunk);
     }
 }
 

@@ -20,7 +20,10 @@ use smtp_proto::Request;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::envelope::{ClientInfo, Decision, Envelope, Facts, MessageView, Stage};
+use crate::checks::CheckInput;
+use crate::envelope::{
+    AuthFacts, Checks, ClientInfo, Decision, Envelope, Facts, MessageView, Stage,
+};
 use crate::policy::{Mode, RuleSet};
 use crate::relay::{ClientIdentity, Upstream};
 use crate::reply::{Reply, StatusCode, reply};
@@ -109,6 +112,9 @@ pub struct Session {
     discarding_long_line: bool,
     started: StdInstant,
     transaction_started: StdInstant,
+    /// What the DNS checks found: the client's for the session, the sender's and the
+    /// message's for the current transaction.
+    auth_facts: AuthFacts,
 }
 
 impl Session {
@@ -141,6 +147,7 @@ impl Session {
             discarding_long_line: false,
             started: StdInstant::now(),
             transaction_started: StdInstant::now(),
+            auth_facts: AuthFacts::default(),
             rt,
         }
     }
@@ -251,9 +258,15 @@ impl Session {
             return false;
         };
         if !pause.is_zero() {
-            let _ = tokio::time::timeout(pause, tcp.readable()).await;
+            // Wait the whole pause for a first byte (without consuming it); `readable()` is
+            // not enough: it can report a fresh socket ready before anything arrived.
+            let mut probe = [0u8; 1];
+            return matches!(
+                tokio::time::timeout(pause, tcp.peek(&mut probe)).await,
+                Ok(Ok(n)) if n > 0
+            );
         }
-        // A non-blocking peek: the socket is non-blocking, so "nothing yet" is WouldBlock.
+        // No pause: a non-blocking peek ("nothing yet" is WouldBlock).
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
         matches!(socket2::SockRef::from(tcp).peek(&mut probe), Ok(n) if n > 0)
     }
@@ -481,10 +494,45 @@ impl Session {
         self.bad_input(kind, r);
     }
 
-    /// Runs this stage's rules unless an earlier `accept` ended evaluation. Returns the
-    /// refusal to send, if any; `add_header` results are kept for the relay.
+    /// Runs the checks this stage needs, then its rules, unless an earlier `accept`
+    /// ended evaluation. Returns the refusal to send, if any; `add_header` results are
+    /// kept for the relay.
     async fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
+        let want = self.checks_wanted(stage);
+        self.run_checks(want, None).await;
         self.evaluate_with(stage, None).await
+    }
+
+    /// The checks to run before `stage`'s rules: those its rules test and, at `mail`
+    /// and `data`, those the Authentication-Results header reports. None after an
+    /// `accept` (nothing left to decide), except what the header needs.
+    fn checks_wanted(&self, stage: Stage) -> Checks {
+        let skipped = self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail);
+        let rules = if skipped {
+            Checks::NONE
+        } else {
+            self.rules.needs(stage)
+        };
+        self.rt
+            .checker
+            .wanted(rules, stage == Stage::Data, stage == Stage::Mail)
+    }
+
+    /// Runs the checks in `want` that have not run yet; `message` is the whole message
+    /// at end of data.
+    async fn run_checks(&mut self, want: Checks, message: Option<&[u8]>) {
+        if want.is_empty() {
+            return;
+        }
+        let mut facts = std::mem::take(&mut self.auth_facts);
+        let input = CheckInput {
+            ip: self.client.ip,
+            helo: self.env.helo.as_deref(),
+            sender: self.env.sender.as_deref(),
+            message,
+        };
+        self.rt.checker.run(want, &input, &mut facts).await;
+        self.auth_facts = facts;
     }
 
     /// A `greylist`/`rate_limit` rule ends an evaluation with [`Decision::Check`]: one
@@ -503,6 +551,7 @@ impl Session {
             client: &self.client,
             envelope: &self.env,
             message,
+            auth: &self.auth_facts,
         };
         let mut evaluation = self.rules.evaluate(&facts);
         let mut hits = std::mem::take(&mut evaluation.hits);
@@ -595,6 +644,15 @@ impl Session {
         self.rt.metrics.transaction(outcome);
         self.log_transaction(outcome, upstream_reply);
         self.env.reset_transaction();
+        // The sender's and the message's results belong to this transaction only; the
+        // client's (DNS lists, reverse DNS) stay for the session.
+        let a = &mut self.auth_facts;
+        a.spf = None;
+        a.spf_helo = None;
+        a.dkim = None;
+        a.dmarc = None;
+        a.arc = None;
+        a.degraded = Checks(a.degraded.0 & (Checks::DNSBL | Checks::RDNS).0);
         self.transaction_accepted = false;
         self.pending_headers.clear();
         self.rcpts_tried = 0;
@@ -612,6 +670,7 @@ impl Session {
             size = self.message_size,
             upstream_reply = %upstream_reply.map(|r| r.to_string()).unwrap_or_default(),
             duration_ms = self.transaction_started.elapsed().as_millis() as u64,
+            auth = %self.auth_facts.summary(),
             outcome,
             "transaction"
         );

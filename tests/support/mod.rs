@@ -11,14 +11,18 @@
 //! | [`sink`] | Postfix's `smtp-sink`, for load |
 //! | [`fake_upstream`] | a scripted SMTP server for fault injection that records what it got |
 //! | [`certs`] | a test CA and a leaf for `mx.test`, `localhost`, `127.0.0.1` |
+//! | [`authzone`] | the SPF/DKIM/DMARC/DNSBL/PTR test zone, DKIM keys generated at test time, signing |
+//! | [`dns`] | an in-process authoritative DNS server (hickory-server) on a loopback port; names under `timeout.test.` never get an answer |
 //! | [`mxguard`] | the binary under test: config in a tempdir, start, log capture, SIGTERM |
 //! | [`client`] | a raw-socket SMTP client (exact bytes, source address), `smtplib` and `swaks` runners |
 //!
 //! Every helper is used by some test file but not by all, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod authzone;
 pub mod certs;
 pub mod client;
+pub mod dns;
 pub mod fake_upstream;
 pub mod mxguard;
 pub mod postfix;

@@ -1,5 +1,5 @@
 //! Reply and header templates: `{client_ip} {helo} {sender} {recipient}
-//! {recipient_domain} {rule}`, parsed and checked at load, filled in per decision.
+//! {recipient_domain} {rule} {auth} {dnsbl_zone} {dnsbl_reason}`, parsed and checked at load, filled in per decision.
 //!
 //! Substituted values come from the client and may hold anything; the reply text is
 //! made safe by [`crate::reply::Reply`] (control characters become spaces) and header
@@ -17,6 +17,9 @@ pub(crate) enum Var {
     Recipient,
     RecipientDomain,
     Rule,
+    Auth,
+    DnsblZone,
+    DnsblReason,
 }
 
 const VARS: &[(&str, Var)] = &[
@@ -26,6 +29,9 @@ const VARS: &[(&str, Var)] = &[
     ("recipient", Var::Recipient),
     ("recipient_domain", Var::RecipientDomain),
     ("rule", Var::Rule),
+    ("auth", Var::Auth),
+    ("dnsbl_zone", Var::DnsblZone),
+    ("dnsbl_reason", Var::DnsblReason),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +124,17 @@ impl Template {
                         out.push_str(&seen.join(","));
                     }
                     Var::Rule => out.push_str(rule),
+                    Var::Auth => out.push_str(&s.facts.auth.summary()),
+                    Var::DnsblZone | Var::DnsblReason => {
+                        // The first listing zone: the one a `dnsbl` reply usually names.
+                        if let Some(hit) = s.facts.auth.dnsbl.as_ref().and_then(|d| d.hits.first())
+                        {
+                            match v {
+                                Var::DnsblZone => out.push_str(&hit.zone),
+                                _ => out.push_str(hit.reason.as_deref().unwrap_or(&hit.zone)),
+                            }
+                        }
+                    }
                 },
             }
         }
@@ -159,7 +176,7 @@ mod tests {
         assert_eq!(t.to_string(), "for {recipient_domain} by {rule} {{x}}");
         assert_eq!(
             Template::parse("x {nope}").unwrap_err(),
-            "unknown placeholder `{nope}`, expected one of {client_ip} {helo} {sender} {recipient} {recipient_domain} {rule}"
+            "unknown placeholder `{nope}`, expected one of {client_ip} {helo} {sender} {recipient} {recipient_domain} {rule} {auth} {dnsbl_zone} {dnsbl_reason}"
         );
         assert!(Template::parse("x {rule").is_err());
         assert!(Template::parse("x }").is_err());

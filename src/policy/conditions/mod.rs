@@ -2,15 +2,19 @@
 //!
 //! Each kind of condition lives in its own module and is listed once in [`KINDS`] with
 //! the stages at which its facts exist and the function that compiles it from YAML.
-//! Adding a check (`spf`, `dkim`, `dmarc`, `dnsbl`, `rdns` in later issues) means one
-//! new module that implements [`Condition`] over facts the session gathered before
-//! calling the policy, plus one line in [`KINDS`]; the loader, `explain` and the
-//! evaluator need no change.
+//! The DNS checks (`spf`, `dkim`, `dmarc`, `dnsbl`, `dnsbl_score`, `rdns`) test facts
+//! the session gathered before calling the policy; each says which checks it needs
+//! ([`Condition::needs`]) so the session runs only those.
 
+mod dkim;
+mod dmarc;
+mod dnsbl;
 mod message;
 mod network;
 mod numeric;
+mod rdns;
 mod session;
+mod spf;
 mod text;
 
 use std::fmt;
@@ -20,7 +24,7 @@ use serde_yaml_ng::Value;
 use super::load::Decoder;
 use super::subject::Subject;
 use super::yaml::{KeyPath, kind_of};
-use crate::envelope::Stage;
+use crate::envelope::{Checks, Stage};
 
 /// A compiled test of the facts. Implementations are pure: no I/O, no clock.
 pub(crate) trait Condition: Send + Sync + fmt::Debug {
@@ -32,6 +36,11 @@ pub(crate) trait Condition: Send + Sync + fmt::Debug {
     /// What the facts held for this condition, e.g. `client_ip=192.0.2.1`, and why it
     /// matched when that is not obvious (which list item).
     fn observed(&self, s: &Subject<'_>) -> String;
+
+    /// The network checks whose results this condition tests (none for envelope tests).
+    fn needs(&self) -> Checks {
+        Checks::NONE
+    }
 
     /// Appends one line per condition of this (sub)tree to `out`, indented by `depth`,
     /// and returns whether it matched. Leaves use this default; combinators recurse.
@@ -123,6 +132,36 @@ pub(crate) const KINDS: &[ConditionKind] = &[
         name: "auth_user",
         stages: FROM_MAIL,
         parse: text::parse_auth_user,
+    },
+    ConditionKind {
+        name: "spf",
+        stages: FROM_MAIL,
+        parse: spf::parse,
+    },
+    ConditionKind {
+        name: "dkim",
+        stages: DATA,
+        parse: dkim::parse,
+    },
+    ConditionKind {
+        name: "dmarc",
+        stages: DATA,
+        parse: dmarc::parse,
+    },
+    ConditionKind {
+        name: "dnsbl",
+        stages: ALL,
+        parse: dnsbl::parse_dnsbl,
+    },
+    ConditionKind {
+        name: "dnsbl_score",
+        stages: ALL,
+        parse: dnsbl::parse_score,
+    },
+    ConditionKind {
+        name: "rdns",
+        stages: ALL,
+        parse: rdns::parse,
     },
     ConditionKind {
         name: "header",
@@ -302,6 +341,9 @@ impl Condition for All {
     fn matches(&self, s: &Subject<'_>) -> bool {
         self.0.iter().all(|c| c.matches(s))
     }
+    fn needs(&self) -> Checks {
+        self.0.iter().fold(Checks::NONE, |n, c| n | c.needs())
+    }
     fn describe(&self) -> String {
         "all of".into()
     }
@@ -327,6 +369,9 @@ impl Condition for Any {
     fn matches(&self, s: &Subject<'_>) -> bool {
         self.0.iter().any(|c| c.matches(s))
     }
+    fn needs(&self) -> Checks {
+        self.0.iter().fold(Checks::NONE, |n, c| n | c.needs())
+    }
     fn describe(&self) -> String {
         "any of".into()
     }
@@ -351,6 +396,9 @@ pub(crate) struct Not(pub Box<dyn Condition>);
 impl Condition for Not {
     fn matches(&self, s: &Subject<'_>) -> bool {
         !self.0.matches(s)
+    }
+    fn needs(&self) -> Checks {
+        self.0.needs()
     }
     fn describe(&self) -> String {
         "not".into()

@@ -1,0 +1,222 @@
+//! The Authentication-Results header (RFC 8601) we add, and the removal of any incoming
+//! one that claims to be ours (RFC 8601 §5: a forged header under our authserv-id would
+//! let a sender vouch for itself to everything downstream).
+
+use std::net::IpAddr;
+use std::ops::Range;
+
+use crate::envelope::{AuthFacts, AuthStatus, RdnsStatus};
+
+/// `Authentication-Results: <id>; …` with one CRLF-TAB folded line per result, ending
+/// in CRLF. Only checks that ran appear; with none, the result is `none`.
+pub fn header(
+    authserv_id: &str,
+    facts: &AuthFacts,
+    ip: IpAddr,
+    helo: &str,
+    sender: &str,
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(r) = &facts.rdns {
+        let st = match r.status {
+            RdnsStatus::Pass => "pass",
+            RdnsStatus::Mismatch | RdnsStatus::None => "fail",
+            RdnsStatus::TempError => "temperror",
+        };
+        parts.push(format!(
+            "iprev={st} policy.iprev={}",
+            crate::config::canonical_ip(ip)
+        ));
+    }
+    if let Some(s) = &facts.spf {
+        let from = if sender.is_empty() {
+            format!("postmaster@{helo}")
+        } else {
+            sender.to_owned()
+        };
+        parts.push(format!("spf={} smtp.mailfrom={}", s.status, pvalue(&from)));
+    }
+    if let Some(s) = &facts.spf_helo
+        && s.status != AuthStatus::None
+    {
+        parts.push(format!("spf={} smtp.helo={}", s.status, pvalue(helo)));
+    }
+    if let Some(sigs) = &facts.dkim {
+        if sigs.is_empty() {
+            parts.push("dkim=none".into());
+        }
+        for g in sigs {
+            let mut p = format!("dkim={}", g.status);
+            if let Some(r) = &g.reason {
+                p.push_str(&format!(" reason={}", quoted(r)));
+            }
+            if !g.domain.is_empty() {
+                p.push_str(&format!(
+                    " header.d={} header.s={} header.a={}",
+                    pvalue(&g.domain),
+                    pvalue(&g.selector),
+                    pvalue(&g.algorithm)
+                ));
+            }
+            parts.push(p);
+        }
+    }
+    if let Some(d) = &facts.dmarc {
+        let mut p = format!("dmarc={}", d.status);
+        if !d.domain.is_empty() {
+            p.push_str(&format!(" header.from={}", pvalue(&d.domain)));
+        }
+        p.push_str(&format!(" policy.dmarc={}", d.policy));
+        parts.push(p);
+    }
+    if let Some(a) = facts.arc {
+        parts.push(format!("arc={a}"));
+    }
+    let mut h = format!("Authentication-Results: {}", pvalue(authserv_id));
+    if parts.is_empty() {
+        h.push_str("; none");
+    }
+    for p in parts {
+        h.push_str(";\r\n\t");
+        h.push_str(&p);
+    }
+    h.push_str("\r\n");
+    h
+}
+
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c)
+}
+
+fn is_dot_atom(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c))
+        })
+}
+
+/// A pvalue (RFC 8601 §2.2): a token, `local@domain` as written, else a quoted string.
+pub fn pvalue(v: &str) -> String {
+    if !v.is_empty() && v.chars().all(is_token_char) {
+        return v.to_owned();
+    }
+    if let Some((l, d)) = v.rsplit_once('@')
+        && (l.is_empty() || is_dot_atom(l))
+        && is_dot_atom(d)
+    {
+        return v.to_owned();
+    }
+    quoted(v)
+}
+
+/// A quoted-string: `"` and `\` escaped, control characters (CR, LF…) dropped, so a
+/// value can never end the header or start another.
+pub fn quoted(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The byte ranges (each a whole field with its folded lines and CRLF) of the
+/// Authentication-Results fields in `head` whose authserv-id is `ours` (ASCII case
+/// ignored). `head` is the start of the message; only its header section is read.
+pub fn forged_ranges(head: &[u8], ours: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < head.len() {
+        // One field: this line plus its continuation lines.
+        let line_end = |from: usize| {
+            head[from..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map(|p| from + p + 2)
+        };
+        let Some(mut end) = line_end(pos) else {
+            break;
+        };
+        if end == pos + 2 {
+            break; // the empty line: end of the header section
+        }
+        while end < head.len() && (head[end] == b' ' || head[end] == b'\t') {
+            match line_end(end) {
+                Some(e) => end = e,
+                None => {
+                    end = head.len();
+                    break;
+                }
+            }
+        }
+        let field = &head[pos..end];
+        if let Some(colon) = field.iter().position(|b| *b == b':') {
+            let name = String::from_utf8_lossy(&field[..colon]);
+            if name.trim().eq_ignore_ascii_case("Authentication-Results")
+                && authserv_id(&field[colon + 1..]).is_some_and(|id| id.eq_ignore_ascii_case(ours))
+            {
+                out.push(pos..end);
+            }
+        }
+        pos = end;
+    }
+    out
+}
+
+/// The authserv-id of an Authentication-Results value: its first word, after
+/// whitespace and comments, before `;` or a version number.
+fn authserv_id(value: &[u8]) -> Option<String> {
+    let v = String::from_utf8_lossy(value);
+    let mut s = String::new();
+    let mut depth = 0;
+    for c in v.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            ';' => break,
+            c if c.is_whitespace() => {
+                if !s.is_empty() {
+                    break;
+                }
+            }
+            c => s.push(c),
+        }
+    }
+    let s = s.trim_matches('"').to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvalues_are_quoted_when_needed() {
+        assert_eq!(pvalue("example.com"), "example.com");
+        assert_eq!(pvalue("alice@example.com"), "alice@example.com");
+        assert_eq!(pvalue("a b@x"), "\"a b@x\"");
+        assert_eq!(pvalue("x;y\r\nZ: 1"), "\"x;y  Z: 1\"");
+        assert_eq!(quoted("say \"hi\""), "\"say \\\"hi\\\"\"");
+    }
+
+    #[test]
+    fn finds_only_fields_claiming_our_id() {
+        let head = b"Received: x\r\nAuthentication-Results: mx.test;\r\n\tspf=pass\r\nauthentication-results: (c) MX.TEST 1; dkim=pass\r\nAuthentication-Results: other.example; spf=fail\r\nSubject: s\r\n\r\nbody Authentication-Results: mx.test\r\n";
+        let r = forged_ranges(head, "mx.test");
+        assert_eq!(r.len(), 2);
+        assert!(head[r[0].clone()].starts_with(b"Authentication-Results: mx.test;"));
+        assert!(head[r[0].clone()].ends_with(b"spf=pass\r\n"));
+        assert!(head[r[1].clone()].starts_with(b"authentication-results: (c) MX.TEST"));
+    }
+}

@@ -1,0 +1,395 @@
+//! The only file that speaks mail-auth (0.13.3). Everything else sees our own result
+//! types ([`crate::envelope`]), so the move to mail-auth 0.15 (new parameter names, one
+//! `DnsCache` trait, `MessageAuthenticator::new`) touches this file alone.
+//!
+//! mail-auth 0.13 takes our resolver (`MessageAuthenticator` has a public field), so
+//! its SPF/DKIM/DMARC lookups share the cache of [`crate::dns::Dns`].
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use mail_auth::common::cache::NoCache;
+use mail_auth::dkim::Canonicalization;
+use mail_auth::dkim::DkimError;
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, Error, MX, MessageAuthenticator,
+    Parameters, RecordSet, ResolverCache, SpfOutput, SpfResult, Txt,
+};
+
+use hickory_resolver::proto::rr::RData;
+
+use super::dkim::{rsa_key_too_large, strip_trailing_blank_lines};
+use crate::envelope::{AuthStatus, DkimSignatureFact, DmarcFact, SpfFact};
+
+/// mail-auth over our shared resolver.
+pub struct Authenticator(MessageAuthenticator);
+
+/// Which message checks to run, and their limits.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageOptions {
+    /// Signatures verified; later ones are ignored.
+    pub max_signatures: usize,
+    /// RSA keys larger than this are a `permerror` without any RSA work.
+    pub max_rsa_bits: usize,
+    pub dmarc: bool,
+    pub arc: bool,
+}
+
+/// What one message yielded at end of data.
+#[derive(Debug, Default)]
+pub struct MessageResults {
+    pub dkim: Vec<DkimSignatureFact>,
+    pub dmarc: Option<DmarcFact>,
+    pub arc: Option<AuthStatus>,
+}
+
+impl Authenticator {
+    pub fn new(dns: &crate::dns::Dns) -> Self {
+        Authenticator(MessageAuthenticator(dns.resolver().clone()))
+    }
+
+    /// SPF `check_host()` for the HELO identity.
+    pub async fn spf_helo(&self, ip: IpAddr, helo: &str, host: &str) -> SpfFact {
+        let voids = VoidLookups::default();
+        let out = self
+            .0
+            .verify_spf(voids.attach(SpfParameters::verify_ehlo(ip, helo, host)))
+            .await;
+        spf_fact(&out, helo, &voids)
+    }
+
+    /// SPF `check_host()` for a MAIL FROM address (`local@domain`).
+    pub async fn spf_mail_from(&self, ip: IpAddr, helo: &str, host: &str, from: &str) -> SpfFact {
+        let voids = VoidLookups::default();
+        let out = self
+            .0
+            .verify_spf(voids.attach(SpfParameters::verify_mail_from(ip, helo, host, from)))
+            .await;
+        let domain = from.rsplit_once('@').map_or(from, |(_, d)| d);
+        spf_fact(&out, domain, &voids)
+    }
+
+    /// DKIM (within the limits of `opts`), then DMARC and ARC when asked, on a raw
+    /// message with CRLF line ends. `spf` is the MAIL FROM result DMARC aligns with.
+    pub async fn verify_message(
+        &self,
+        raw: &[u8],
+        mail_from_domain: &str,
+        spf: Option<&SpfFact>,
+        opts: MessageOptions,
+    ) -> MessageResults {
+        let MessageOptions {
+            max_signatures,
+            max_rsa_bits,
+            dmarc,
+            arc,
+        } = opts;
+        let Some(mut msg) = AuthenticatedMessage::parse(raw) else {
+            // Not parseable as a message: no signature we could check.
+            return MessageResults {
+                dkim: Vec::new(),
+                dmarc: dmarc.then(|| DmarcFact {
+                    status: AuthStatus::PermError,
+                    domain: String::new(),
+                    policy: "none",
+                }),
+                arc: arc.then_some(AuthStatus::None),
+            };
+        };
+        msg.dkim_headers.truncate(max_signatures);
+        // Signatures whose RSA key is too large are not verified at all (the lookup
+        // here fills the shared cache that mail-auth's own lookup then hits).
+        let mut oversized = Vec::new();
+        let mut kept = Vec::with_capacity(msg.dkim_headers.len());
+        for h in std::mem::take(&mut msg.dkim_headers) {
+            let name = format!("{}._domainkey.{}.", h.header.s, h.header.d);
+            let too_large = match self.0.0.txt_lookup(name.as_str()).await {
+                Ok(l) => l.answers().iter().any(|r| match &r.data {
+                    RData::TXT(t) => {
+                        let rec: Vec<u8> =
+                            t.txt_data.iter().flat_map(|c| c.iter().copied()).collect();
+                        rsa_key_too_large(&String::from_utf8_lossy(&rec), max_rsa_bits)
+                    }
+                    _ => false,
+                }),
+                Err(_) => false,
+            };
+            if too_large {
+                oversized.push(DkimSignatureFact {
+                    status: AuthStatus::PermError,
+                    domain: h.header.d.to_ascii_lowercase(),
+                    selector: h.header.s.clone(),
+                    algorithm: "rsa".into(),
+                    reason: Some(format!("key larger than {max_rsa_bits} bits")),
+                });
+            } else {
+                kept.push(h);
+            }
+        }
+        msg.dkim_headers = kept;
+        let mut outputs = self.0.verify_dkim(&msg).await;
+        // mail-auth 0.13.3 bug #62: relaxed body canonicalisation keeps trailing
+        // whitespace-only lines, so a correct signature over such a body fails on the
+        // body hash. RFC 6376 §3.4.4 drops those lines; verify once more on a copy
+        // without them, for relaxed-body signatures without `l=` that failed only on
+        // the body hash. Fixed upstream in 0.15: remove this with the upgrade.
+        let retry_idx: Vec<usize> = outputs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| body_hash_only_failure(o))
+            .map(|(i, _)| i)
+            .collect();
+        let stripped;
+        if !retry_idx.is_empty()
+            && let Some(copy) = strip_trailing_blank_lines(raw)
+        {
+            stripped = copy;
+            if let Some(mut msg2) = AuthenticatedMessage::parse(&stripped) {
+                msg2.dkim_headers.truncate(max_signatures);
+                let again = self.0.verify_dkim(&msg2).await;
+                for i in retry_idx {
+                    let Some(b) = outputs[i].signature().map(|s| s.b.clone()) else {
+                        continue;
+                    };
+                    let passed = again.iter().any(|a| {
+                        a.result() == &DkimResult::Pass && a.signature().is_some_and(|s| s.b == b)
+                    });
+                    if passed && let Some(h) = msg.dkim_headers.iter().find(|h| h.header.b == b) {
+                        outputs[i] = DkimOutput::pass().with_signature(&h.header);
+                    }
+                }
+            }
+        }
+        let mut dkim: Vec<DkimSignatureFact> = outputs.iter().map(dkim_fact).collect();
+        dkim.extend(oversized);
+        let dmarc = if dmarc {
+            let spf_out = spf.map_or_else(
+                || SpfOutput::new(mail_from_domain.to_owned()),
+                |f| SpfOutput::new(f.domain.clone()).with_result(spf_result_back(f.status)),
+            );
+            let out = self
+                .0
+                .verify_dmarc(DmarcParameters::new(
+                    &msg,
+                    &outputs,
+                    mail_from_domain,
+                    &spf_out,
+                ))
+                .await;
+            let status = match out.result() {
+                DmarcResult::Pass => AuthStatus::Pass,
+                DmarcResult::Fail(_) => AuthStatus::Fail,
+                DmarcResult::TempError(_) => AuthStatus::TempError,
+                DmarcResult::PermError(_) => AuthStatus::PermError,
+                DmarcResult::None => AuthStatus::None,
+            };
+            // mail-auth already lowers the policy one step for `t=y` (testing).
+            let policy = match out.policy() {
+                Policy::Reject => "reject",
+                Policy::Quarantine => "quarantine",
+                Policy::None | Policy::Unspecified => "none",
+            };
+            let domain = msg
+                .from
+                .first()
+                .and_then(|f| f.rsplit_once('@'))
+                .map_or(String::new(), |(_, d)| d.to_ascii_lowercase());
+            Some(DmarcFact {
+                status,
+                domain,
+                policy,
+            })
+        } else {
+            None
+        };
+        let arc = if arc {
+            let out = self.0.verify_arc(&msg).await;
+            Some(dkim_status(out.result()))
+        } else {
+            None
+        };
+        MessageResults { dkim, dmarc, arc }
+    }
+}
+
+fn body_hash_only_failure(o: &DkimOutput<'_>) -> bool {
+    matches!(
+        o.result(),
+        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch))
+            | DkimResult::Fail(Error::Dkim(DkimError::FailedBodyHashMatch))
+    ) && o
+        .signature()
+        .is_some_and(|s| s.cb == Canonicalization::Relaxed && s.l == 0)
+}
+
+/// Counts the DNS lookups of one SPF evaluation that found nothing (RFC 7208 §4.6.4
+/// "void lookups": NXDOMAIN or an empty answer), which mail-auth 0.13 does not limit.
+/// It sits in mail-auth's per-lookup cache hooks: every lookup first asks the cache
+/// (`get`, always a miss here, so the shared resolver still answers) and stores an
+/// answer it got (`insert`); a lookup without an answer never stores one.
+#[derive(Default)]
+struct VoidLookups {
+    asked: AtomicU32,
+    answered: AtomicU32,
+}
+
+/// SPF parameters whose TXT, MX, A and AAAA lookups are counted.
+type CountedSpf<'x> = Parameters<
+    'x,
+    SpfParameters<'x>,
+    VoidLookups,
+    VoidLookups,
+    VoidLookups,
+    VoidLookups,
+    NoCache<IpAddr, RecordSet<Box<str>>>,
+>;
+
+/// More than this many void lookups make the SPF result `permerror`.
+const MAX_VOID_LOOKUPS: u32 = 2;
+
+impl VoidLookups {
+    fn attach<'x>(&'x self, p: SpfParameters<'x>) -> CountedSpf<'x> {
+        Parameters::new(p)
+            .with_txt_cache(self)
+            .with_mx_cache(self)
+            .with_ipv4_cache(self)
+            .with_ipv6_cache(self)
+    }
+
+    fn voids(&self) -> u32 {
+        let asked = self.asked.load(Ordering::Relaxed);
+        asked.saturating_sub(self.answered.load(Ordering::Relaxed))
+    }
+
+    fn miss<V>(&self) -> Option<V> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+macro_rules! void_counting_cache {
+    ($v:ty, $empty:expr) => {
+        impl ResolverCache<Box<str>, $v> for VoidLookups {
+            fn get<Q>(&self, _: &Q) -> Option<$v>
+            where
+                Box<str>: Borrow<Q>,
+                Q: Hash + Eq + ?Sized,
+            {
+                self.miss()
+            }
+            fn remove<Q>(&self, _: &Q) -> Option<$v>
+            where
+                Box<str>: Borrow<Q>,
+                Q: Hash + Eq + ?Sized,
+            {
+                None
+            }
+            fn insert(&self, _: Box<str>, value: $v, _: std::time::Instant) {
+                let empty: fn(&$v) -> bool = $empty;
+                if !empty(&value) {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+}
+
+// TXT lookups are not counted: an include/redirect target without a record is
+// already a permerror, the top-level record's absence is `none`, and the `exp=`
+// lookup must not count (RFC 7208 §4.6.4).
+impl ResolverCache<Box<str>, Txt> for VoidLookups {
+    fn get<Q>(&self, _: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
+    }
+    fn remove<Q>(&self, _: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
+    }
+    fn insert(&self, _: Box<str>, _: Txt, _: std::time::Instant) {}
+}
+void_counting_cache!(RecordSet<MX>, |r| r.rrset.is_empty());
+void_counting_cache!(RecordSet<Ipv4Addr>, |r| r.rrset.is_empty());
+void_counting_cache!(RecordSet<Ipv6Addr>, |r| r.rrset.is_empty());
+
+fn spf_fact(out: &SpfOutput, domain: &str, voids: &VoidLookups) -> SpfFact {
+    let mut result = out.result();
+    if voids.voids() > MAX_VOID_LOOKUPS && result != SpfResult::TempError {
+        result = SpfResult::PermError;
+    }
+    let status = match result {
+        SpfResult::Pass => AuthStatus::Pass,
+        SpfResult::Fail => AuthStatus::Fail,
+        SpfResult::SoftFail => AuthStatus::SoftFail,
+        SpfResult::Neutral => AuthStatus::Neutral,
+        SpfResult::TempError => AuthStatus::TempError,
+        SpfResult::PermError => AuthStatus::PermError,
+        SpfResult::None => AuthStatus::None,
+    };
+    SpfFact {
+        status,
+        domain: domain.to_ascii_lowercase(),
+    }
+}
+
+fn spf_result_back(s: AuthStatus) -> SpfResult {
+    match s {
+        AuthStatus::Pass => SpfResult::Pass,
+        AuthStatus::Fail => SpfResult::Fail,
+        AuthStatus::SoftFail => SpfResult::SoftFail,
+        AuthStatus::Neutral => SpfResult::Neutral,
+        AuthStatus::TempError => SpfResult::TempError,
+        AuthStatus::PermError => SpfResult::PermError,
+        AuthStatus::None => SpfResult::None,
+    }
+}
+
+/// RFC 8601 names: a body that does not match its hash is a `fail` (mail-auth says
+/// "neutral"); other unprocessable signatures are `neutral`.
+fn dkim_status(r: &DkimResult) -> AuthStatus {
+    match r {
+        DkimResult::Pass => AuthStatus::Pass,
+        DkimResult::Fail(_) => AuthStatus::Fail,
+        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)) => AuthStatus::Fail,
+        DkimResult::Neutral(_) => AuthStatus::Neutral,
+        DkimResult::TempError(_) => AuthStatus::TempError,
+        DkimResult::PermError(_) => AuthStatus::PermError,
+        DkimResult::None => AuthStatus::None,
+    }
+}
+
+fn dkim_fact(o: &DkimOutput<'_>) -> DkimSignatureFact {
+    let reason = match o.result() {
+        DkimResult::Pass | DkimResult::None => None,
+        DkimResult::Fail(e)
+        | DkimResult::Neutral(e)
+        | DkimResult::TempError(e)
+        | DkimResult::PermError(e) => Some(e.to_string()),
+    };
+    let (domain, selector, algorithm) = o.signature().map_or_else(Default::default, |s| {
+        let a = match s.a {
+            mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
+            mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
+            mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
+        };
+        (s.d.to_ascii_lowercase(), s.s.clone(), a.to_owned())
+    });
+    DkimSignatureFact {
+        status: dkim_status(o.result()),
+        domain,
+        selector,
+        algorithm,
+        reason,
+    }
+}

@@ -1,0 +1,254 @@
+//! The one DNS resolver every check shares: SPF, DKIM, DMARC and ARC (through
+//! mail-auth), DNS lists and reverse DNS (our own lookups below). One resolver means
+//! one cache: the A record an SPF `a:` mechanism fetched serves the FCrDNS check too.
+//!
+//! The name servers come from `dns.servers` (or `/etc/resolv.conf`), replaced by
+//! `--dns ADDR:PORT`; `/etc/hosts` is never consulted, because a local hosts entry must
+//! not be able to vouch for a sender. Every query has the configured timeout and
+//! attempts; our own lookups are counted and timed in the metrics.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+
+use crate::config::DnsConfig;
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsSetupError {
+    #[error("dns: cannot build the resolver: {0}")]
+    Build(String),
+}
+
+/// How one of our lookups ended. NXDOMAIN and "no records of this type" are answers
+/// ("not listed", "no PTR"); only `Error` means we do not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<T> {
+    Found(T),
+    NotFound,
+    Error(LookupError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupError {
+    Timeout,
+    /// SERVFAIL, REFUSED, a broken answer, a network error.
+    Failed,
+}
+
+/// The shared resolver and its metrics. Cheap to clone (the cache is shared).
+#[derive(Clone)]
+pub struct Dns {
+    resolver: TokioResolver,
+    metrics: Arc<Metrics>,
+}
+
+impl Dns {
+    /// Builds the resolver from the configuration.
+    pub fn new(cfg: &DnsConfig, metrics: Arc<Metrics>) -> Result<Dns, DnsSetupError> {
+        let (config, mut opts) = if cfg.servers.is_empty() {
+            match hickory_resolver::system_conf::read_system_conf() {
+                Ok(c) => c,
+                Err(e) => {
+                    // Not fatal: mxguard without any DNS check must still start. Every
+                    // lookup then fails, which checks report as `temperror`.
+                    tracing::warn!(error = %e, "dns: /etc/resolv.conf unusable and no dns.servers configured; DNS checks will fail");
+                    (
+                        ResolverConfig::from_parts(None, vec![], vec![]),
+                        ResolverOpts::default(),
+                    )
+                }
+            }
+        } else {
+            let servers = cfg.servers.iter().map(|a| name_server(*a)).collect();
+            (
+                ResolverConfig::from_parts(None, vec![], servers),
+                ResolverOpts::default(),
+            )
+        };
+        opts.timeout = cfg.timeout;
+        opts.attempts = cfg.attempts;
+        opts.cache_size = cfg.cache_size;
+        opts.use_hosts_file = ResolveHosts::Never;
+        // Names are always queried fully qualified; no search list surprises.
+        opts.ndots = 0;
+        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(opts)
+            .build()
+            .map_err(|e| DnsSetupError::Build(e.to_string()))?;
+        Ok(Dns { resolver, metrics })
+    }
+
+    /// The hickory resolver, for mail-auth.
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    /// A records of `name` (fully qualified, trailing dot added if missing).
+    pub async fn ipv4(&self, name: &str) -> Lookup<Vec<Ipv4Addr>> {
+        let name = fqdn(name);
+        let started = Instant::now();
+        let r = self.resolver.ipv4_lookup(name.as_str()).await;
+        let out = match r {
+            Ok(l) => Lookup::Found(
+                l.answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(a.0),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) => classify(&e),
+        };
+        self.observe("A", started, &out);
+        out
+    }
+
+    /// TXT records of `name`, each one's strings joined.
+    pub async fn txt(&self, name: &str) -> Lookup<Vec<String>> {
+        let name = fqdn(name);
+        let started = Instant::now();
+        let r = self.resolver.txt_lookup(name.as_str()).await;
+        let out = match r {
+            Ok(l) => Lookup::Found(
+                l.answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(t) => Some(
+                            t.txt_data
+                                .iter()
+                                .map(|c| String::from_utf8_lossy(c).into_owned())
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) => classify(&e),
+        };
+        self.observe("TXT", started, &out);
+        out
+    }
+
+    /// PTR names of `ip` (without the trailing dot).
+    pub async fn ptr(&self, ip: IpAddr) -> Lookup<Vec<String>> {
+        let started = Instant::now();
+        let r = self.resolver.reverse_lookup(ip).await;
+        let out = match r {
+            Ok(l) => Lookup::Found(
+                l.answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_owned()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) => classify(&e),
+        };
+        self.observe("PTR", started, &out);
+        out
+    }
+
+    /// The addresses (A and AAAA) of `name`.
+    pub async fn ips(&self, name: &str) -> Lookup<Vec<IpAddr>> {
+        let name = fqdn(name);
+        let started = Instant::now();
+        let r = self.resolver.lookup_ip(name.as_str()).await;
+        let out = match r {
+            Ok(l) => Lookup::Found(l.iter().collect()),
+            Err(e) => classify(&e),
+        };
+        self.observe("A_AAAA", started, &out);
+        out
+    }
+
+    fn observe<T>(&self, rtype: &str, started: Instant, out: &Lookup<T>) {
+        let result = match out {
+            Lookup::Found(_) => "ok",
+            Lookup::NotFound => "nxdomain",
+            Lookup::Error(LookupError::Timeout) => "timeout",
+            Lookup::Error(LookupError::Failed) => "error",
+        };
+        self.metrics
+            .dns_lookups_total
+            .with_label_values(&[rtype, result])
+            .inc();
+        self.metrics
+            .dns_lookup_seconds
+            .with_label_values(&[rtype])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn name_server(addr: SocketAddr) -> NameServerConfig {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = addr.port();
+    // TCP for answers that do not fit in UDP (long DKIM keys, big SPF records).
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = addr.port();
+    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
+}
+
+fn classify<T>(e: &hickory_resolver::net::NetError) -> Lookup<T> {
+    if e.is_nx_domain() || e.is_no_records_found() {
+        return Lookup::NotFound;
+    }
+    let text = e.to_string().to_ascii_lowercase();
+    if text.contains("timed out") || text.contains("timeout") {
+        Lookup::Error(LookupError::Timeout)
+    } else {
+        Lookup::Error(LookupError::Failed)
+    }
+}
+
+/// The DNS list query name for `ip` in `zone` (RFC 5782): reversed octets for IPv4,
+/// reversed nibbles for IPv6.
+pub fn dnsbl_name(ip: IpAddr, zone: &str) -> String {
+    let zone = zone.trim_end_matches('.');
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.{zone}.", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = String::with_capacity(64 + zone.len());
+            for b in v6.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", b & 0xf, b >> 4));
+            }
+            format!("{s}{zone}.")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnsbl_names_reverse_the_address() {
+        assert_eq!(
+            dnsbl_name("192.0.2.99".parse().unwrap(), "zen.example"),
+            "99.2.0.192.zen.example."
+        );
+        let v6 = dnsbl_name("2001:db8::1".parse().unwrap(), "bl.test.");
+        assert!(v6.starts_with("1.0.0.0.0.0.0.0."), "{v6}");
+        assert!(v6.ends_with("8.b.d.0.1.0.0.2.bl.test."), "{v6}");
+    }
+}

@@ -1,0 +1,169 @@
+//! The test zone of the authentication tests, with DKIM keys generated at test time.
+//!
+//! Clients connect from loopback addresses (127.0.0.x), so the SPF records, DNS lists
+//! and PTR records below are about 127.0.0.0/24:
+//!
+//! | address | DNS lists |
+//! |---|---|
+//! | 127.0.0.10 | bl.test 127.0.0.2 (+TXT) |
+//! | 127.0.0.11 | bl.test 127.255.255.254 (error code) |
+//! | 127.0.0.12 | bl.test 192.0.2.1 (outside 127/8) |
+//! | 127.0.0.13 | bl.test + bl2.test |
+//!
+//! hickory's resolver answers PTR queries for 127.0.0.0/8 itself (`localhost`, RFC
+//! 6761), so reverse DNS is tested with 192.0.2.x addresses (library-level tests):
+//! .10 `mail.pass.test` (FCrDNS pass), .11 `mismatch.test` (A elsewhere), .12 no PTR,
+//! .13 `dyn-192-0-2-13.pool.test` (generic, pass), .14 a name under `timeout.test`.
+
+use base64::Engine as _;
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner};
+
+use super::dns::{soa, txt};
+
+pub struct Keys {
+    pub rsa_pkcs1: Vec<u8>,
+    pub rsa_public: Vec<u8>,
+    pub ed_pkcs8: Vec<u8>,
+    pub ed_public: Vec<u8>,
+}
+
+impl Keys {
+    /// A 2048-bit RSA key (openssl; its DER output is PKCS#1) and an Ed25519 key (ring), fresh per test run.
+    pub fn generate() -> Keys {
+        let dir = super::tempdir("mxg-keys.");
+        let key = dir.path().join("rsa.der");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-outform",
+                "DER",
+                "-out",
+            ])
+            .arg(&key)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl genpkey failed");
+        let public = std::process::Command::new("openssl")
+            .args([
+                "pkey", "-inform", "DER", "-pubout", "-outform", "DER", "-in",
+            ])
+            .arg(&key)
+            .output()
+            .expect("openssl pkey");
+        assert!(public.status.success());
+        let rng = ring::rand::SystemRandom::new();
+        let ed = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let ed_pkcs8 = ed.as_ref().to_vec();
+        let ed_public = Ed25519Key::from_pkcs8_der(&ed_pkcs8).unwrap().public_key();
+        Keys {
+            rsa_pkcs1: std::fs::read(&key).unwrap(),
+            rsa_public: public.stdout,
+            ed_pkcs8,
+            ed_public,
+        }
+    }
+
+    /// Signs `msg` (CRLF) with the RSA key as `d=domain s=rsa`; returns the signed message.
+    pub fn sign_rsa(&self, msg: &[u8], domain: &str, body: Canonicalization) -> Vec<u8> {
+        let key = RsaKey::<Sha256>::from_key_der(rustls_pki_types::PrivateKeyDer::Pkcs1(
+            self.rsa_pkcs1.clone().into(),
+        ))
+        .unwrap();
+        let sig = DkimSigner::from_key(key)
+            .domain(domain)
+            .selector("rsa")
+            .headers(["From", "To", "Subject", "Date"])
+            .body_canonicalization(body)
+            .sign(msg)
+            .unwrap();
+        [sig.to_header().into_bytes(), msg.to_vec()].concat()
+    }
+
+    pub fn sign_ed(&self, msg: &[u8], domain: &str) -> Vec<u8> {
+        let key = Ed25519Key::from_pkcs8_der(&self.ed_pkcs8).unwrap();
+        let sig = DkimSigner::from_key(key)
+            .domain(domain)
+            .selector("ed")
+            .headers(["From", "To", "Subject", "Date"])
+            .sign(msg)
+            .unwrap();
+        [sig.to_header().into_bytes(), msg.to_vec()].concat()
+    }
+}
+
+/// A plain message (CRLF) from `from`, with `body`.
+pub fn message(from: &str, subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: <{from}>\r\nTo: <rcpt@example.org>\r\nSubject: {subject}\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-ID: <{subject}@test>\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+/// The zones: `test.` and `2.0.192.in-addr.arpa.`.
+pub fn zones(keys: &Keys) -> Vec<(&'static str, String)> {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let rsa = txt(&format!("v=DKIM1; k=rsa; p={}", b64(&keys.rsa_public)));
+    let ed = txt(&format!("v=DKIM1; k=ed25519; p={}", b64(&keys.ed_public)));
+    // An 8192-bit-sized RSA key (not a real key: it must never be parsed).
+    let big = txt(&format!("v=DKIM1; k=rsa; p={}", "A".repeat(1420)));
+    let mut t = soa("test.");
+    let many_a: Vec<String> = (1..=11).map(|i| format!("a:a{i}.test")).collect();
+    t.push_str(&format!(
+        r#"
+pass            TXT "v=spf1 ip4:127.0.0.0/24 -all"
+fail            TXT "v=spf1 ip4:192.0.2.1 -all"
+soft            TXT "v=spf1 ~all"
+neutral         TXT "v=spf1 ?all"
+nospf           A   192.0.2.1
+perm            TXT "v=spf1 include:nospf.test ip4:127.0.0.0/24 -all"
+perm2           TXT "v=spf1 redirect=nospf.test"
+slow            TXT "v=spf1 include:spf.timeout.test -all"
+lookups10       TXT "v=spf1 {} ip4:127.0.0.0/24 -all"
+void2           TXT "v=spf1 a:v1.test a:v2.test ip4:127.0.0.0/24 -all"
+void3           TXT "v=spf1 a:v1.test a:v2.test a:v3.test ip4:127.0.0.0/24 -all"
+helo            TXT "v=spf1 a -all"
+helo            A   127.0.0.10
+mail.pass       A   192.0.2.10
+mismatch        A   192.0.2.9
+dyn-192-0-2-13.pool A 192.0.2.13
+signed          TXT "v=spf1 ip4:127.0.0.0/24 -all"
+rsa._domainkey.signed TXT {rsa}
+ed._domainkey.signed  TXT {ed}
+big._domainkey.signed TXT {big}
+_dmarc.signed   TXT "v=DMARC1; p=reject"
+rsa._domainkey.other TXT {rsa}
+other           TXT "v=spf1 ip4:127.0.0.0/24 -all"
+_dmarc.reject   TXT "v=DMARC1; p=reject"
+_dmarc.quarantine TXT "v=DMARC1; p=quarantine"
+_dmarc.testing  TXT "v=DMARC1; p=reject; t=y"
+10.0.0.127.bl   A   127.0.0.2
+10.0.0.127.bl   TXT "Listed: see https://bl.test/127.0.0.10"
+11.0.0.127.bl   A   127.255.255.254
+12.0.0.127.bl   A   192.0.2.1
+13.0.0.127.bl   A   127.0.0.3
+13.0.0.127.bl2  A   127.0.0.4
+"#,
+        many_a.join(" ")
+    ));
+    for i in 1..=11 {
+        t.push_str(&format!("a{i} A 192.0.2.{i}\n"));
+    }
+    let mut r = soa("2.0.192.in-addr.arpa.");
+    r.push_str(
+        r#"
+10 PTR mail.pass.test.
+11 PTR mismatch.test.
+13 PTR dyn-192-0-2-13.pool.test.
+14 PTR host.timeout.test.
+"#,
+    );
+    vec![("test.", t), ("2.0.192.in-addr.arpa.", r)]
+}
