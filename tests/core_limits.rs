@@ -302,3 +302,40 @@ fn too_many_sessions_per_network_get_421_4_7_0() {
         (r.code == 220).then_some(())
     });
 }
+
+/// Sends `line` up to `max` times; returns how many were answered before a 421, and the 421.
+fn until_421(c: &mut RawClient, line: &str, max: usize) -> Option<(usize, Reply)> {
+    for i in 0..max {
+        if c.try_send(format!("{line}\r\n").as_bytes()).is_err() {
+            return None;
+        }
+        let r = c.reply_within(Duration::from_secs(10))?;
+        if r.code == 421 {
+            return Some((i, r));
+        }
+    }
+    None
+}
+
+#[test]
+fn too_many_errors_close_the_session_with_421() {
+    // default hard error limit mirrors Postfix's smtpd_hard_error_limit = 20
+    let (_up, mx) = start(None);
+    let mut c = RawClient::connect(mx.addr);
+    let (n, r) = until_421(&mut c, "BOGUS", 50).expect("a 421 within 50 bad commands");
+    assert!(n <= 25, "cut off after {n} errors");
+    expect(&r, "421 4.7.0", "too many errors");
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn junk_commands_are_capped() {
+    // default junk command limit mirrors Postfix's smtpd_junk_command_limit = 100
+    let (_up, mx) = start(None);
+    let mut c = RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    let (n, r) = until_421(&mut c, "NOOP", 300).expect("a 421 within 300 NOOPs");
+    assert!(n >= 20, "NOOP is allowed a while: cut off after {n}");
+    expect(&r, "421 4.7.0", "too many junk commands");
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
