@@ -17,6 +17,10 @@ PACKAGES=(
     redis-server            # shared store tests
     prometheus              # metrics tests scrape mxguard with a real Prometheus
     dnsmasq-base            # DNS for policy checks (binary only, no service)
+    sasl2-bin libsasl2-modules   # SASL users for the submission (AUTH) tests
+    m4 libwrap0 libdb5.3 libldap-2.5-0 libnsl2 libsasl2-2   # Sendmail (unpacked by the tests)
+    util-linux              # unshare, flock (the Sendmail harness)
+    systemd                 # systemd-analyze verify for the unit file test
     procps iproute2
 )
 

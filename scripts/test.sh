@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
-need_cmds=(postfix smtp-sink smtp-source swaks python3 haproxy redis-server prometheus curl openssl)
+need_cmds=(postfix smtp-sink smtp-source swaks python3 haproxy redis-server prometheus curl openssl saslpasswd2 m4 unshare systemd-analyze)
 missing=()
 for c in "${need_cmds[@]}"; do
     command -v "$c" >/dev/null 2>&1 || missing+=("$c")

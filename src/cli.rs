@@ -27,10 +27,13 @@ pub enum Command {
     /// Run the proxy.
     Run(RunArgs),
     /// Validate the configuration and rules; exit 1 with every error located.
-    Check(CommonArgs),
+    Check(CheckArgs),
     /// Run a client, an envelope and optionally a message through the rules offline and
     /// print every rule evaluated at each stage, whether it matched and why.
     Explain(ExplainArgs),
+    /// Inspect and edit greylisting state (a file store only while the server is
+    /// stopped: redb locks its file; Redis at any time).
+    Greylist(GreylistArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -59,6 +62,9 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub auth_user: Option<String>,
 }
+
+/// `mxguard check` takes the options every subcommand shares.
+pub type CheckArgs = CommonArgs;
 
 /// Options every subcommand shares.
 #[derive(Debug, Args, Clone)]
@@ -93,6 +99,52 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Greylist and rate-limit store: `memory:`, `file:PATH` (`file:` = the state
+    /// directory's `mxguard.redb`) or `redis://host:port/db` (overrides `store`).
+    #[arg(long)]
+    pub store: Option<crate::store::StoreConfig>,
+}
+
+/// `mxguard greylist`: inspect and edit the greylist store.
+#[derive(Debug, Args, Clone)]
+pub struct GreylistArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The store (overrides the configuration), as for `run --store`.
+    #[arg(long)]
+    pub store: Option<crate::store::StoreConfig>,
+    /// State directory (for the default file store).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: GreylistCommand,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum GreylistCommand {
+    /// Print every live triplet and client network, one per line.
+    List,
+    /// Let a triplet (`net|sender|recipient`) or a client network (`192.0.2.0/24`) pass
+    /// greylisting for `--ttl`.
+    Allow {
+        /// A triplet key as `list` prints it, or a client network.
+        key: String,
+        /// How long the entry lasts.
+        #[arg(long, default_value = "35d", value_parser = crate::config::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Remove entries whose key contains PATTERN (every entry without one).
+    Purge { pattern: Option<String> },
+}
+
+impl GreylistArgs {
+    /// The effective store setting and state directory.
+    pub fn store(&self) -> Result<(crate::store::StoreConfig, PathBuf), ConfigError> {
+        let cfg = self.common.load()?;
+        let store = self.store.clone().unwrap_or(cfg.store);
+        let state = self.state.clone().unwrap_or(cfg.state_dir);
+        Ok((store, state))
+    }
 }
 
 impl CommonArgs {
@@ -131,6 +183,9 @@ impl RunArgs {
         }
         if let Some(m) = self.metrics {
             cfg.metrics = Some(m);
+        }
+        if let Some(s) = &self.store {
+            cfg.store = s.clone();
         }
         cfg.validate().map_err(ConfigError)?;
         Ok(cfg)

@@ -33,6 +33,10 @@ pub struct Config {
     /// How long SIGTERM waits for transactions in flight before exiting.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
+    /// Where greylist and rate-limit state lives: `memory`, `file` (the default,
+    /// `<state_dir>/mxguard.redb`), `{ file: PATH }` or `{ redis: "redis://host:port/db" }`
+    /// (shared by every instance). `mxguard run --store URL` overrides it.
+    pub store: crate::store::StoreConfig,
 }
 
 impl Default for Config {
@@ -47,6 +51,7 @@ impl Default for Config {
             data: DataConfig::default(),
             metrics: None,
             shutdown_grace: Duration::from_secs(30),
+            store: crate::store::StoreConfig::default(),
         }
     }
 }

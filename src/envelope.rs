@@ -121,6 +121,9 @@ pub enum Decision {
     Reject(Reply),
     /// Temporary refusal with this reply (4xx).
     Tempfail(Reply),
+    /// A `greylist` or `rate_limit` rule matched: the session asks the state store
+    /// (one async call) and then refuses, or resumes the stage's later rules.
+    Check(Box<crate::checks::Pending>),
 }
 
 /// The full outcome of evaluating one stage: the decision, and any headers that

@@ -18,12 +18,15 @@
 //! | [`spool`] | message bodies in memory, spilling to a file in the state directory |
 //! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
+//! | [`checks`] | store-backed checks the session resolves: greylist, rate limit |
+//! | [`store`] | greylist and rate state: memory, embedded file (redb), Redis |
 //! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
 //! | [`systemd`] | readiness/reload/watchdog notifications, socket activation |
 
 pub mod auth_guard;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod dotstream;
@@ -37,6 +40,7 @@ pub mod runtime;
 pub mod server;
 pub mod session;
 pub mod spool;
+pub mod store;
 pub mod stream;
 pub mod systemd;
 pub mod telemetry;

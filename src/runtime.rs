@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::relay::Upstreams;
+use crate::store::Store;
 use crate::telemetry::{Health, Metrics};
 
 pub struct Runtime {
@@ -25,6 +26,8 @@ pub struct Runtime {
     pub spool_dir: PathBuf,
     /// Failed AUTH attempts per network and user.
     pub auth_guard: crate::auth_guard::AuthGuard,
+    /// Greylist and rate-limit state (memory, file or Redis); it carries the clock.
+    pub store: Arc<dyn Store>,
 }
 
 impl Runtime {

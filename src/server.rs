@@ -44,6 +44,11 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("state store {store}: {source}")]
+    Store {
+        store: String,
+        source: crate::store::StoreError,
+    },
 }
 
 /// A started server: listeners bound, rules loaded, not yet accepting.
@@ -74,6 +79,14 @@ impl Server {
             config.hostname.clone(),
             metrics.clone(),
         )?;
+        let store = config
+            .store
+            .open(&config.state_dir, Arc::new(crate::store::SystemClock))
+            .await
+            .map_err(|source| StartError::Store {
+                store: config.store.to_string(),
+                source,
+            })?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut listeners = Vec::new();
         let mut certs = Vec::new();
@@ -125,6 +138,7 @@ impl Server {
                 config.limits.auth_failures_per_network,
                 config.limits.auth_failures_per_user,
             ),
+            store,
         });
         Ok(Server {
             rt,
@@ -155,7 +169,16 @@ impl Server {
                 rt.health.clone(),
             ));
         }
-        tokio::spawn(probe_upstreams(rt.clone()));
+        // Learn the upstream's extensions before the first client: EHLO must never offer
+        // what the upstream lacks, nor withhold what it has. If no upstream answers in
+        // time, start anyway (offering only what needs no upstream) and keep trying.
+        let (probed_tx, probed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(probe_upstreams(rt.clone(), probed_tx));
+        let wait = rt.config.upstreams[0]
+            .connect_timeout
+            .min(Duration::from_secs(5));
+        let _ = tokio::time::timeout(wait, probed_rx).await;
+        tokio::spawn(sweep_store(rt.clone()));
         let limits = Arc::new(ConnectionLimits::new(&rt.config.limits));
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
@@ -309,8 +332,30 @@ fn reload_certs(rt: &Runtime, certs: &[(Arc<ReloadableCert>, crate::config::TlsF
     }
 }
 
-/// Learns the upstream's capabilities at start-up, retrying until one answers.
-async fn probe_upstreams(rt: Arc<Runtime>) {
+/// Deletes expired greylist records and idle rate keys every minute, so the state is
+/// bounded by the traffic of the last `expire`, not by all traffic ever seen.
+async fn sweep_store(rt: Arc<Runtime>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match rt.store.sweep().await {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "state store swept"),
+            Ok(_) => {}
+            Err(e) => {
+                rt.metrics
+                    .store_errors_total
+                    .with_label_values(&["sweep"])
+                    .inc();
+                warn!(error = %e, "state store sweep failed");
+            }
+        }
+    }
+}
+
+/// Learns the upstream's capabilities at start-up, retrying until one answers; `probed`
+/// fires on success.
+async fn probe_upstreams(rt: Arc<Runtime>, probed: tokio::sync::oneshot::Sender<()>) {
     let mut delay = Duration::from_millis(500);
     loop {
         match rt.upstreams.probe().await {
@@ -319,6 +364,7 @@ async fn probe_upstreams(rt: Arc<Runtime>) {
                     .upstream_reachable
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 info!(?caps, "upstream capabilities");
+                let _ = probed.send(());
                 return;
             }
             Err(e) => {

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub starttls_injection_total: IntCounter,
     pub tls_reload_total: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub greylist_decisions_total: IntCounterVec,
+    pub rate_limit_decisions_total: IntCounterVec,
+    pub store_errors_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -138,6 +141,21 @@ impl Metrics {
                 &["result"],
             ),
             build_info: gauge_vec("mxguard_build_info", "Build information", &["version"]),
+            greylist_decisions_total: counter_vec(
+                "mxguard_greylist_decisions_total",
+                "Greylist decisions by outcome (new, too_early, passed, known, auto_allowed)",
+                &["outcome"],
+            ),
+            rate_limit_decisions_total: counter_vec(
+                "mxguard_rate_limit_decisions_total",
+                "Rate-limit decisions by what is counted and result (allowed, limited)",
+                &["count", "result"],
+            ),
+            store_errors_total: counter_vec(
+                "mxguard_store_errors_total",
+                "State store failures by operation (greylist, rate_limit, sweep); the rule's fail mode applied",
+                &["op"],
+            ),
             registry,
         };
         m.register_all();
@@ -167,6 +185,9 @@ impl Metrics {
             Box::new(self.starttls_injection_total.clone()),
             Box::new(self.tls_reload_total.clone()),
             Box::new(self.build_info.clone()),
+            Box::new(self.greylist_decisions_total.clone()),
+            Box::new(self.rate_limit_decisions_total.clone()),
+            Box::new(self.store_errors_total.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");
@@ -206,6 +227,18 @@ impl Metrics {
         for result in ["success", "error"] {
             self.rules_reload_total.with_label_values(&[result]);
             self.tls_reload_total.with_label_values(&[result]);
+        }
+        for outcome in ["new", "too_early", "passed", "known", "auto_allowed"] {
+            self.greylist_decisions_total.with_label_values(&[outcome]);
+        }
+        for count in ["connections", "messages", "recipients", "bytes"] {
+            for result in ["allowed", "limited"] {
+                self.rate_limit_decisions_total
+                    .with_label_values(&[count, result]);
+            }
+        }
+        for op in ["greylist", "rate_limit", "sweep"] {
+            self.store_errors_total.with_label_values(&[op]);
         }
     }
 

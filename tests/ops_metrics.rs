@@ -19,6 +19,10 @@ rules:
     stage: mail
     if: { sender: "spammer@example.net" }
     then: reject
+  - name: greylist-some
+    stage: rcpt
+    if: { recipient: "bob@test.example" }
+    then: { greylist: { delay: 5m } }
   - name: watch-subject
     stage: data
     if: { header: { name: Subject, matches: "monitor-me" } }
@@ -64,8 +68,9 @@ fn send(c: &mut RawClient, from: &str, to: &str, subject: &str) -> Vec<u16> {
         .collect()
 }
 
-/// Delivered x3 (one matched by a monitor rule), rejected by a rule x1, an upstream
-/// reject at RCPT then RSET (aborted) x1, one unknown command.
+/// Delivered x3 (one matched by a monitor rule), rejected by a rule x1, greylisted x1
+/// (then RSET: aborted), an upstream reject at RCPT then RSET (aborted) x1, one unknown
+/// command.
 fn scripted_traffic(mx: &MxGuard, pf: &Postfix) {
     let mut c = RawClient::connect_from(mx.addr, Some("127.0.0.2")).unwrap();
     assert_eq!(c.reply().code, 220);
@@ -75,9 +80,14 @@ fn scripted_traffic(mx: &MxGuard, pf: &Postfix) {
         [250, 250, 354, 250]
     );
     assert_eq!(
-        send(&mut c, "a@example.org", "bob@test.example", "two"),
+        send(&mut c, "a@example.org", "alice@test.example", "two"),
         [250, 250, 354, 250]
     );
+    assert_eq!(
+        send(&mut c, "a@example.org", "bob@test.example", "grey"),
+        [250, 451]
+    );
+    assert_eq!(c.cmd("RSET").code, 250);
     assert_eq!(
         send(&mut c, "a@example.org", "alice@test.example", "monitor-me"),
         [250, 250, 354, 250]
@@ -120,7 +130,9 @@ fn metrics_show_exact_counts_after_scripted_traffic() {
     let expect = [
         (r#"mxguard_transactions_total{outcome="delivered"}"#, 3.0),
         (r#"mxguard_transactions_total{outcome="rejected"}"#, 1.0),
-        (r#"mxguard_transactions_total{outcome="aborted"}"#, 1.0),
+        (r#"mxguard_transactions_total{outcome="aborted"}"#, 2.0),
+        (r#"mxguard_greylist_decisions_total{outcome="new"}"#, 1.0),
+        (r#"mxguard_greylist_decisions_total{outcome="passed"}"#, 0.0),
         (
             r#"mxguard_verdicts_total{action="reject",mode="enforce",rule="blocked-sender",stage="mail"}"#,
             1.0,
@@ -156,7 +168,7 @@ fn metrics_show_exact_counts_after_scripted_traffic() {
         ("mxguard_message_size_bytes_count", 3.0),
         ("mxguard_end_of_data_seconds_count", 3.0),
         (r#"mxguard_rules_reload_total{result="success"}"#, 1.0),
-        ("mxguard_rules_loaded", 2.0),
+        ("mxguard_rules_loaded", 3.0),
     ];
     for (series, want) in expect {
         assert_eq!(metric_line(&text, series), Some(want), "{series}\n{text}");

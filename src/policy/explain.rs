@@ -119,11 +119,19 @@ pub(super) fn explain_stage(rules: &RuleSet, facts: &Facts<'_>) -> Vec<String> {
         } else if rule.mode == Mode::Monitor {
             format!("MATCH, monitor only: would {}", rule.action)
         } else {
-            let decisive = apply(rule, &s, &mut verdict);
-            if decisive {
-                decided = Some(rule.name.to_string());
+            let decisive = apply(rule, &s, count, &mut verdict);
+            if let Decision::Check(p) = &verdict.decision {
+                // Offline there is no store: show the check and go on as if it passed.
+                let note = check_text(p);
+                verdict.decision = Decision::Continue;
+                verdict.rule = None;
+                format!("MATCH -> {note}")
+            } else {
+                if decisive {
+                    decided = Some(rule.name.to_string());
+                }
+                format!("MATCH -> {}", rule.action)
             }
-            format!("MATCH -> {}", rule.action)
         };
         out[at] = format!("{head} {what}");
     }
@@ -148,6 +156,21 @@ fn verdict_text(v: &Verdict) -> String {
         Decision::Accept => format!("accept{by}"),
         Decision::Reject(r) => format!("reject {r}{by}"),
         Decision::Tempfail(r) => format!("tempfail {r}{by}"),
+        Decision::Check(p) => format!("{}{by}", check_text(p)),
+    }
+}
+
+/// A pending store check as `explain` shows it (offline, the store is not asked).
+fn check_text(p: &crate::checks::Pending) -> String {
+    match &p.check {
+        crate::checks::Check::Greylist(g) => format!(
+            "greylist check, triplet {:?} (the store decides; explain assumes it passes)",
+            g.triplet
+        ),
+        crate::checks::Check::RateLimit(r) => format!(
+            "rate-limit check, key {:?} cost {} (the store decides; explain assumes it passes)",
+            r.key, r.cost
+        ),
     }
 }
 
@@ -212,7 +235,7 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
                 );
                 true
             }
-            Decision::Continue => false,
+            Decision::Continue | Decision::Check(_) => false,
         }
     };
 
@@ -266,7 +289,7 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
                 );
                 return out;
             }
-            Decision::Continue => env.recipients.push(rcpt.clone()),
+            Decision::Continue | Decision::Check(_) => env.recipients.push(rcpt.clone()),
         }
     }
     if env.recipients.is_empty() {
@@ -299,7 +322,9 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
             out,
             "\nresult: message accepted by policy; relayed upstream"
         ),
-        Decision::Continue => writeln!(out, "\nresult: message passes the rules; relayed upstream"),
+        Decision::Continue | Decision::Check(_) => {
+            writeln!(out, "\nresult: message passes the rules; relayed upstream")
+        }
     };
     out
 }

@@ -31,6 +31,8 @@ mod yaml;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_checks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +42,7 @@ pub use error::{LoadError, LoadErrors};
 pub use explain::{ExplainInput, message_view};
 pub use reload::{Policy, ReloadOutcome, ReloadRequest};
 
+use crate::checks::{Check, Pending};
 use crate::envelope::{Decision, Facts, Stage, Verdict};
 use actions::Action;
 use conditions::Condition;
@@ -160,15 +163,24 @@ impl RuleSet {
     /// Monitor-mode rules are reported in `hits` and never act. The caller handles
     /// what `accept` means beyond this stage (no more evaluation for the session or
     /// transaction).
+    ///
+    /// `greylist` and `rate_limit` end the evaluation with [`Decision::Check`]: the caller
+    /// asks the store and, when the check passes, calls [`RuleSet::evaluate_from`] with
+    /// the check's `resume` position to run the stage's later rules.
     pub fn evaluate(&self, facts: &Facts<'_>) -> Evaluation {
+        self.evaluate_from(facts, 0)
+    }
+
+    /// [`RuleSet::evaluate`] from the `start`-th rule of the stage (after a passed check).
+    pub fn evaluate_from(&self, facts: &Facts<'_>, start: usize) -> Evaluation {
         let mut verdict = Verdict::continue_();
         let mut hits = Vec::new();
         let rules = &self.by_stage[facts.stage as usize];
-        if rules.is_empty() {
+        if rules.len() <= start {
             return Evaluation { verdict, hits };
         }
         let s = Subject::new(facts);
-        for &i in rules {
+        for (pos, &i) in rules.iter().enumerate().skip(start) {
             let rule = &self.rules[i];
             if !rule.cond.matches(&s) {
                 continue;
@@ -181,7 +193,7 @@ impl RuleSet {
             if rule.mode == Mode::Monitor {
                 continue;
             }
-            if apply(rule, &s, &mut verdict) {
+            if apply(rule, &s, pos + 1, &mut verdict) {
                 break;
             }
         }
@@ -207,8 +219,9 @@ impl RuleSet {
     }
 }
 
-/// Applies an enforced rule's action to the verdict; true when it is decisive.
-fn apply(rule: &Rule, s: &Subject<'_>, verdict: &mut Verdict) -> bool {
+/// Applies an enforced rule's action to the verdict; true when it is decisive (or a
+/// pending check, which ends this evaluation; `resume` is where the next one starts).
+fn apply(rule: &Rule, s: &Subject<'_>, resume: usize, verdict: &mut Verdict) -> bool {
     let decision = match &rule.action {
         Action::Continue => return false,
         Action::AddHeader(name, value) => {
@@ -219,6 +232,16 @@ fn apply(rule: &Rule, s: &Subject<'_>, verdict: &mut Verdict) -> bool {
         Action::Accept => Decision::Accept,
         Action::Reject(t) => Decision::Reject(t.render(s, &rule.name)),
         Action::Tempfail(t) => Decision::Tempfail(t.render(s, &rule.name)),
+        Action::Greylist(g) => Decision::Check(Box::new(Pending {
+            check: Check::Greylist(g.check(s)),
+            fail: g.fail,
+            resume,
+        })),
+        Action::RateLimit(r) => Decision::Check(Box::new(Pending {
+            check: Check::RateLimit(r.check(s, &rule.name)),
+            fail: r.fail,
+            resume,
+        })),
     };
     verdict.decision = decision;
     verdict.rule = Some(rule.name.to_string());

@@ -659,7 +659,7 @@ rules:
         "rcpt.yaml:33:23: rules[7].then.tempfail: unknown placeholder `{user}`, expected one of {client_ip} {helo} {sender} {recipient} {recipient_domain} {rule}",
         "rcpt.yaml:34:5: rules[8]: missing field `name`",
         "rcpt.yaml:34:12: rules[8].stage: unknown stage \"conect\", expected one of connect, helo, mail, rcpt, data",
-        "rcpt.yaml:35:11: rules[8].then: unknown action `bounce`, expected one of `accept`, `reject`, `tempfail`, `add_header`, `continue`",
+        "rcpt.yaml:35:11: rules[8].then: unknown action `bounce`, expected one of `accept`, `reject`, `tempfail`, `add_header`, `continue`, `greylist`, `rate_limit`",
     ];
     assert_eq!(got, want);
 }

@@ -71,46 +71,37 @@ pub fn xtext(value: &str, max: usize) -> String {
 /// The XCLIENT command for the attributes the upstream advertised (ADDR, PORT, NAME,
 /// HELO, PROTO and LOGIN when known). Each value ≤ 255 octets.
 pub fn xclient_command(id: &ClientIdentity, offered: &[String]) -> String {
-    let offers = |a: &str| offered.iter().any(|o| o.eq_ignore_ascii_case(a));
-    let mut cmd = String::from("XCLIENT");
-    let mut add = |name: &str, value: String| {
-        if offers(name) {
-            cmd.push(' ');
-            cmd.push_str(name);
-            cmd.push('=');
-            cmd.push_str(&value);
-        }
-    };
-    add("ADDR", xtext(&id.addr_attribute(), 255));
-    add("PORT", id.port.to_string());
-    // We do no reverse lookup ourselves here: let the upstream show "unknown".
-    add("NAME", "[UNAVAILABLE]".into());
-    add("HELO", xtext(&id.helo, 255));
-    add("PROTO", if id.esmtp { "ESMTP" } else { "SMTP" }.into());
-    if let Some(user) = &id.auth_user {
-        add("LOGIN", xtext(user, 255));
-    }
-    cmd.push_str("\r\n");
-    cmd
+    attribute_command("XCLIENT", id, offered, true)
 }
 
 /// The XFORWARD command (Postfix XFORWARD_README), sent before each MAIL.
 pub fn xforward_command(id: &ClientIdentity, offered: &[String]) -> String {
-    let offers = |a: &str| offered.iter().any(|o| o.eq_ignore_ascii_case(a));
-    let mut cmd = String::from("XFORWARD");
-    let mut add = |name: &str, value: String| {
-        if offers(name) {
+    attribute_command("XFORWARD", id, offered, false)
+}
+
+/// `VERB NAME=value …` with the client's attributes that the upstream offered, each
+/// value xtext-encoded and at most 255 octets. We do no reverse lookup ourselves, so
+/// NAME is `[UNAVAILABLE]` and the upstream shows "unknown".
+fn attribute_command(verb: &str, id: &ClientIdentity, offered: &[String], login: bool) -> String {
+    let mut attrs = vec![
+        ("ADDR", xtext(&id.addr_attribute(), 255)),
+        ("PORT", id.port.to_string()),
+        ("NAME", "[UNAVAILABLE]".to_owned()),
+        ("HELO", xtext(&id.helo, 255)),
+        ("PROTO", if id.esmtp { "ESMTP" } else { "SMTP" }.to_owned()),
+    ];
+    if login && let Some(user) = &id.auth_user {
+        attrs.push(("LOGIN", xtext(user, 255)));
+    }
+    let mut cmd = String::from(verb);
+    for (name, value) in attrs {
+        if offered.iter().any(|o| o.eq_ignore_ascii_case(name)) {
             cmd.push(' ');
             cmd.push_str(name);
             cmd.push('=');
             cmd.push_str(&value);
         }
-    };
-    add("ADDR", xtext(&id.addr_attribute(), 255));
-    add("PORT", id.port.to_string());
-    add("NAME", "[UNAVAILABLE]".into());
-    add("HELO", xtext(&id.helo, 255));
-    add("PROTO", if id.esmtp { "ESMTP" } else { "SMTP" }.into());
+    }
     cmd.push_str("\r\n");
     cmd
 }

@@ -67,10 +67,9 @@ impl Session {
                 Flow::Continue
             }
             Ok(AuthOutcome::Refused { user, reply: r }) => {
-                self.rt.metrics.protocol_error("auth_failed");
-                info!(session = %self.id, client = %self.client.ip, user = user.as_deref().unwrap_or(""), mechanism = name, reply = %r, "authentication failed");
+                info!(session = %self.id, client = %self.client.ip, user = user.as_deref().unwrap_or(""), mechanism = name, "authentication failed");
                 self.rt.auth_guard.record_failure(&network, user.as_deref());
-                self.error_reply(r);
+                self.bad_input("auth_failed", r);
                 Flow::Continue
             }
             Ok(AuthOutcome::Cancelled) => {
@@ -95,13 +94,14 @@ impl Session {
     }
 
     fn too_many_auth_failures(&mut self, user: Option<&str>) -> Flow {
-        self.rt.metrics.protocol_error("auth_rate_limited");
-        warn!(session = %self.id, client = %self.client.ip, user = user.unwrap_or(""), "too many failed AUTH attempts");
-        self.push(&reply(
+        let r = reply(
             421,
             (4, 7, 0),
             "Error: too many failed authentication attempts, closing",
-        ));
+        );
+        self.note_bad_input("auth_rate_limited", &r);
+        warn!(session = %self.id, client = %self.client.ip, user = user.unwrap_or(""), "too many failed AUTH attempts");
+        self.push(&r);
         Flow::Close
     }
 

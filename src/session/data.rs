@@ -49,13 +49,9 @@ impl Session {
         if !self.conn.buffered().is_empty() {
             // The message was sent before our 354: a client that does not wait for replies
             // (RFC 2920 makes DATA the last command of a group). Refuse and close.
-            self.rt.metrics.protocol_error("pipelining_after_data");
-            warn!(session = %self.id, client = %self.client.ip, "data sent before 354");
-            self.push(&reply(
-                554,
-                (5, 5, 0),
-                "Error: SMTP protocol synchronization",
-            ));
+            let r = reply(554, (5, 5, 0), "Error: SMTP protocol synchronization");
+            self.note_bad_input("pipelining_after_data", &r);
+            self.push(&r);
             return Flow::Close;
         }
         self.push(
@@ -110,12 +106,13 @@ impl Session {
                 Ok(_) => {}
                 Err(ReadError::Timeout) => {
                     self.conn.set_chunk(COMMAND_CHUNK);
-                    self.rt.metrics.protocol_error("data_timeout");
-                    self.push(&reply(
+                    let r = reply(
                         421,
                         (4, 4, 2),
                         format!("{} Error: timeout exceeded", self.rt.config.hostname),
-                    ));
+                    );
+                    self.note_bad_input("data_timeout", &r);
+                    self.push(&r);
                     let _ = self.flush().await;
                     return Err(End::Timeout);
                 }
@@ -139,7 +136,8 @@ impl Session {
     async fn end_of_data(&mut self, mut spool: Spool, got: Received, normalize: bool) -> Reply {
         self.message_size = got.size;
         self.rt.metrics.message_size_bytes.observe(got.size as f64);
-        if let Some(r) = self.refusal_for_content(&got, normalize) {
+        if let Some((kind, r)) = self.refusal_for_content(&got, normalize) {
+            self.note_bad_input(kind, &r);
             self.errors += 1;
             self.finish_transaction(refusal_outcome(&r), None);
             self.reset_upstream().await;
@@ -150,7 +148,7 @@ impl Session {
             self.rt.config.limits.body_scan_limit as usize,
         );
         view.size = got.size;
-        if let Some(refusal) = self.evaluate_with(Stage::Data, Some(&view)) {
+        if let Some(refusal) = self.evaluate_with(Stage::Data, Some(&view)).await {
             self.errors += 1;
             self.finish_transaction(refusal_outcome(&refusal), None);
             self.reset_upstream().await;
@@ -205,36 +203,43 @@ impl Session {
         }
     }
 
-    /// Limits and content defects found while receiving.
-    fn refusal_for_content(&self, got: &Received, normalize: bool) -> Option<Reply> {
-        let m = &self.rt.metrics;
+    /// Limits and content defects found while receiving, with their metric kind.
+    fn refusal_for_content(
+        &self,
+        got: &Received,
+        normalize: bool,
+    ) -> Option<(&'static str, Reply)> {
         if got.oversize {
-            m.protocol_error("size");
-            return Some(reply(552, (5, 3, 4), "Error: message file too big"));
+            return Some(("size", reply(552, (5, 3, 4), "Error: message file too big")));
         }
         if got.header_too_big {
-            m.protocol_error("header_size");
-            return Some(reply(552, (5, 3, 4), "Error: message header too big"));
+            return Some((
+                "header_size",
+                reply(552, (5, 3, 4), "Error: message header too big"),
+            ));
         }
         if !normalize && (got.anomalies.bare_cr || got.anomalies.bare_lf) {
-            m.protocol_error("bare_line_end");
-            return Some(reply(
-                550,
-                (5, 6, 0),
-                "Error: message contains bare CR or bare LF (see RFC 5321 section 2.3.8)",
+            return Some((
+                "bare_line_end",
+                reply(
+                    550,
+                    (5, 6, 0),
+                    "Error: message contains bare CR or bare LF (see RFC 5321 section 2.3.8)",
+                ),
             ));
         }
         if !normalize && got.anomalies.nul {
-            m.protocol_error("nul_in_data");
-            return Some(reply(
-                550,
-                (5, 6, 0),
-                "Error: message contains NUL characters",
+            return Some((
+                "nul_in_data",
+                reply(550, (5, 6, 0), "Error: message contains NUL characters"),
             ));
         }
         if let Some(e) = &got.spool_error {
             warn!(session = %self.id, error = %e, "spool write failed");
-            return Some(reply(451, (4, 3, 0), "Error: local error, try again later"));
+            return Some((
+                "spool_error",
+                reply(451, (4, 3, 0), "Error: local error, try again later"),
+            ));
         }
         None
     }

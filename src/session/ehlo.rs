@@ -15,7 +15,7 @@ impl Session {
             self.reset_upstream().await;
         }
         let previous = self.env.helo.replace(host);
-        if let Some(refusal) = self.evaluate(Stage::Helo) {
+        if let Some(refusal) = self.evaluate(Stage::Helo).await {
             self.env.helo = previous;
             self.error_reply(refusal);
             return Flow::Continue;

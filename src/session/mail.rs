@@ -18,38 +18,38 @@ impl Session {
             return Flow::Continue;
         }
         if self.listener.submission && self.client.auth_user.is_none() {
-            self.rt.metrics.protocol_error("auth_required");
-            self.error_reply(reply(530, (5, 7, 0), "Authentication required"));
+            self.bad_input(
+                "auth_required",
+                reply(530, (5, 7, 0), "Authentication required"),
+            );
             return Flow::Continue;
         }
         if self.transactions >= self.rt.config.limits.max_transactions {
-            self.rt.metrics.protocol_error("too_many_transactions");
-            self.push(&reply(
+            let r = reply(
                 421,
                 (4, 7, 0),
                 "Error: too many transactions in one session",
-            ));
+            );
+            self.note_bad_input("too_many_transactions", &r);
+            self.push(&r);
             return Flow::Close;
         }
         if let Some(r) = self.unsupported_mail_parameter(&from) {
-            self.rt.metrics.protocol_error("unsupported_parameter");
-            self.error_reply(r);
+            self.bad_input("unsupported_parameter", r);
             return Flow::Continue;
         }
         let max = self.rt.config.limits.max_message_size;
         if from.size as u64 > max {
-            self.rt.metrics.protocol_error("size");
-            self.error_reply(reply(
-                552,
-                (5, 3, 4),
-                "Error: message size exceeds fixed limit",
-            ));
+            self.bad_input(
+                "size",
+                reply(552, (5, 3, 4), "Error: message size exceeds fixed limit"),
+            );
             return Flow::Continue;
         }
         self.transaction_started = std::time::Instant::now();
         self.env.declared_size = (from.size > 0).then_some(from.size as u64);
         self.env.sender = Some(from.address.clone());
-        if let Some(refusal) = self.evaluate(Stage::Mail) {
+        if let Some(refusal) = self.evaluate(Stage::Mail).await {
             self.finish_transaction(refusal_outcome(&refusal), None);
             self.error_reply(refusal);
             return Flow::Continue;

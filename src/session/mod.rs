@@ -18,7 +18,7 @@ use std::time::Instant as StdInstant;
 
 use smtp_proto::Request;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::envelope::{ClientInfo, Decision, Envelope, Facts, MessageView, Stage};
 use crate::policy::{Mode, RuleSet};
@@ -219,7 +219,7 @@ impl Session {
 
     /// Connect-stage rules, the pre-greeting check, and the banner.
     async fn greet(&mut self) -> Result<(), End> {
-        if let Some(refusal) = self.evaluate(Stage::Connect) {
+        if let Some(refusal) = self.evaluate(Stage::Connect).await {
             // A refusal at connect is the greeting itself: 554 (or 421), then close.
             let code = if refusal.is_permanent() { 554 } else { 421 };
             let r = Reply::new(code, refusal.status, refusal.text());
@@ -228,13 +228,9 @@ impl Session {
             return Err(End::Limit("refused at connect"));
         }
         if self.talked_before_greeting().await {
-            self.rt.metrics.protocol_error("pregreet");
-            warn!(session = %self.id, client = %self.client.ip, "client talked before the greeting");
-            self.push(&reply(
-                554,
-                (5, 5, 0),
-                "Error: SMTP protocol synchronization",
-            ));
+            let r = reply(554, (5, 5, 0), "Error: SMTP protocol synchronization");
+            self.note_bad_input("pregreet", &r);
+            self.push(&r);
             let _ = self.flush().await;
             return Err(End::Limit("pregreet"));
         }
@@ -291,8 +287,10 @@ impl Session {
     }
 
     fn line_too_long(&mut self) {
-        self.rt.metrics.protocol_error("line_too_long");
-        self.error_reply(reply(500, (5, 5, 2), "Error: line too long"));
+        self.bad_input(
+            "line_too_long",
+            reply(500, (5, 5, 2), "Error: line too long"),
+        );
     }
 
     /// Waits for more input under the command deadline, or for shutdown.
@@ -311,12 +309,13 @@ impl Session {
         match result {
             Ok(_) => Ok(()),
             Err(ReadError::Timeout) => {
-                self.rt.metrics.protocol_error("timeout");
-                self.push(&reply(
+                let r = reply(
                     421,
                     (4, 4, 2),
                     format!("{} Error: timeout exceeded", self.rt.config.hostname),
-                ));
+                );
+                self.note_bad_input("timeout", &r);
+                self.push(&r);
                 let _ = self.flush().await;
                 Err(End::Timeout)
             }
@@ -343,6 +342,19 @@ impl Session {
         r.write_to(&mut self.out);
     }
 
+    /// Bad input: counted by kind, logged with the reply, answered (and counted towards
+    /// the error limit).
+    fn bad_input(&mut self, kind: &'static str, r: Reply) {
+        self.note_bad_input(kind, &r);
+        self.error_reply(r);
+    }
+
+    /// The metric and the log line for bad input whose reply is sent elsewhere.
+    fn note_bad_input(&self, kind: &'static str, r: &Reply) {
+        self.rt.metrics.protocol_error(kind);
+        info!(session = %self.id, client = %self.client.ip, kind, reply = %r, "refused client input");
+    }
+
     /// Queues a reply that counts as a client error.
     fn error_reply(&mut self, r: Reply) {
         self.errors += 1;
@@ -354,18 +366,18 @@ impl Session {
         let limits = &self.rt.config.limits;
         let host = &self.rt.config.hostname;
         if self.errors >= limits.hard_error_limit {
-            self.rt.metrics.protocol_error("too_many_errors");
             let r = reply(421, (4, 7, 0), format!("{host} Error: too many errors"));
+            self.note_bad_input("too_many_errors", &r);
             self.push(&r);
             return Flow::Close;
         }
         if self.junk > limits.junk_command_limit {
-            self.rt.metrics.protocol_error("too_many_junk_commands");
             let r = reply(
                 421,
                 (4, 7, 0),
                 format!("{host} Error: too many junk commands"),
             );
+            self.note_bad_input("too_many_junk_commands", &r);
             self.push(&r);
             return Flow::Close;
         }
@@ -375,16 +387,19 @@ impl Session {
     /// Parses and answers one command line.
     async fn handle_line(&mut self, line: &[u8]) -> Flow {
         if line.contains(&0) {
-            self.rt.metrics.protocol_error("nul_in_command");
-            self.error_reply(reply(500, (5, 5, 2), "Error: NUL character in command"));
+            self.bad_input(
+                "nul_in_command",
+                reply(500, (5, 5, 2), "Error: NUL character in command"),
+            );
             return Flow::Continue;
         }
         let verb = verb_of(line);
         let control = [&b"XCLIENT"[..], b"XFORWARD", b"PROXY"];
         if control.iter().any(|c| verb.eq_ignore_ascii_case(c)) {
-            self.rt.metrics.protocol_error("control_command");
-            warn!(session = %self.id, client = %self.client.ip, "client sent {}", String::from_utf8_lossy(verb));
-            self.error_reply(reply(550, (5, 7, 0), "Error: insufficient authorization"));
+            self.bad_input(
+                "control_command",
+                reply(550, (5, 7, 0), "Error: insufficient authorization"),
+            );
             return Flow::Continue;
         }
         let request = match Request::parse(&mut line.iter()) {
@@ -409,8 +424,9 @@ impl Session {
             Request::StartTls => self.starttls_command(),
             Request::Bdat { .. } => {
                 // Chunk bytes would follow; without CHUNKING we cannot stay in sync.
-                self.rt.metrics.protocol_error("bdat");
-                self.push(&reply(502, (5, 5, 1), "Error: BDAT not supported, closing"));
+                let r = reply(502, (5, 5, 1), "Error: BDAT not supported, closing");
+                self.note_bad_input("bdat", &r);
+                self.push(&r);
                 Flow::Close
             }
             Request::Auth {
@@ -429,51 +445,55 @@ impl Session {
 
     fn syntax_error(&mut self, e: smtp_proto::Error) {
         use smtp_proto::Error as E;
-        let r = match e {
+        let (kind, r) = match e {
             E::UnknownCommand => {
                 self.junk += 1;
-                self.rt.metrics.protocol_error("unknown_command");
-                reply(500, (5, 5, 1), "Error: command not recognized")
+                (
+                    "unknown_command",
+                    reply(500, (5, 5, 1), "Error: command not recognized"),
+                )
             }
-            E::InvalidSenderAddress => {
-                self.rt.metrics.protocol_error("syntax");
-                reply(501, (5, 1, 7), "Error: bad sender address syntax")
-            }
-            E::InvalidRecipientAddress => {
-                self.rt.metrics.protocol_error("syntax");
-                reply(501, (5, 1, 3), "Error: bad recipient address syntax")
-            }
+            E::InvalidSenderAddress => (
+                "syntax",
+                reply(501, (5, 1, 7), "Error: bad sender address syntax"),
+            ),
+            E::InvalidRecipientAddress => (
+                "syntax",
+                reply(501, (5, 1, 3), "Error: bad recipient address syntax"),
+            ),
             E::SyntaxError { syntax } => {
-                self.rt.metrics.protocol_error("syntax");
-                reply(501, (5, 5, 4), format!("Syntax: {syntax}"))
+                ("syntax", reply(501, (5, 5, 4), format!("Syntax: {syntax}")))
             }
-            E::InvalidParameter { param } => {
-                self.rt.metrics.protocol_error("syntax");
-                reply(501, (5, 5, 4), format!("Error: invalid parameter {param}"))
-            }
-            E::UnsupportedParameter { param } => {
-                self.rt.metrics.protocol_error("unsupported_parameter");
+            E::InvalidParameter { param } => (
+                "syntax",
+                reply(501, (5, 5, 4), format!("Error: invalid parameter {param}")),
+            ),
+            E::UnsupportedParameter { param } => (
+                "unsupported_parameter",
                 reply(
                     555,
                     (5, 5, 4),
                     format!("Error: unsupported parameter {param}"),
-                )
-            }
-            _ => {
-                self.rt.metrics.protocol_error("syntax");
-                reply(501, (5, 5, 4), "Error: syntax error")
-            }
+                ),
+            ),
+            _ => ("syntax", reply(501, (5, 5, 4), "Error: syntax error")),
         };
-        self.error_reply(r);
+        self.bad_input(kind, r);
     }
 
     /// Runs this stage's rules unless an earlier `accept` ended evaluation. Returns the
     /// refusal to send, if any; `add_header` results are kept for the relay.
-    fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
-        self.evaluate_with(stage, None)
+    async fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
+        self.evaluate_with(stage, None).await
     }
 
-    fn evaluate_with(&mut self, stage: Stage, message: Option<&MessageView>) -> Option<Reply> {
+    /// A `greylist`/`rate_limit` rule ends an evaluation with [`Decision::Check`]: one
+    /// store call ([`crate::checks::resolve`]) refuses, or the stage's later rules run.
+    async fn evaluate_with(
+        &mut self,
+        stage: Stage,
+        message: Option<&MessageView>,
+    ) -> Option<Reply> {
         let skipped = self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail);
         if skipped {
             return None;
@@ -484,8 +504,24 @@ impl Session {
             envelope: &self.env,
             message,
         };
-        let evaluation = self.rules.evaluate(&facts);
-        for hit in &evaluation.hits {
+        let mut evaluation = self.rules.evaluate(&facts);
+        let mut hits = std::mem::take(&mut evaluation.hits);
+        let mut add_headers = Vec::new();
+        while let Decision::Check(pending) = &evaluation.verdict.decision {
+            let rule = evaluation.verdict.rule.as_deref().unwrap_or_default();
+            let refusal =
+                crate::checks::resolve(&*self.rt.store, &self.rt.metrics, stage, rule, pending)
+                    .await;
+            add_headers.append(&mut evaluation.verdict.add_headers);
+            if let Some(r) = refusal {
+                evaluation.verdict.decision = Decision::Tempfail(r);
+                break;
+            }
+            let resume = pending.resume;
+            evaluation = self.rules.evaluate_from(&facts, resume);
+            hits.append(&mut evaluation.hits);
+        }
+        for hit in &hits {
             self.rt
                 .metrics
                 .verdicts_total
@@ -508,6 +544,7 @@ impl Session {
             }
         }
         let verdict = evaluation.verdict;
+        self.pending_headers.extend(add_headers);
         self.pending_headers.extend(verdict.add_headers);
         let rule = verdict.rule.unwrap_or_default();
         let (action, refusal) = match verdict.decision {
@@ -522,6 +559,7 @@ impl Session {
             }
             Decision::Reject(r) => ("reject", Some(r)),
             Decision::Tempfail(r) => ("tempfail", Some(r)),
+            Decision::Check(_) => unreachable!("checks are resolved above"),
         };
         if let Some(r) = &refusal {
             info!(

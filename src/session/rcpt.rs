@@ -14,18 +14,21 @@ impl Session {
             return Flow::Continue;
         }
         if self.env.recipients.len() >= self.rt.config.limits.max_recipients {
-            self.rt.metrics.protocol_error("too_many_recipients");
-            self.push(&reply(452, (4, 5, 3), "Error: too many recipients"));
+            let r = reply(452, (4, 5, 3), "Error: too many recipients");
+            self.note_bad_input("too_many_recipients", &r);
+            self.push(&r);
             return Flow::Continue;
         }
         if to.orcpt.is_some() || to.flags != 0 {
-            self.rt.metrics.protocol_error("unsupported_parameter");
-            self.error_reply(reply(555, (5, 5, 4), "Error: DSN parameters not supported"));
+            self.bad_input(
+                "unsupported_parameter",
+                reply(555, (5, 5, 4), "Error: DSN parameters not supported"),
+            );
             return Flow::Continue;
         }
         self.rcpts_tried += 1;
         self.env.current_recipient = Some(to.address.clone());
-        let refusal = self.evaluate(Stage::Rcpt);
+        let refusal = self.evaluate(Stage::Rcpt).await;
         self.env.current_recipient = None;
         if let Some(refusal) = refusal {
             self.error_reply(refusal);

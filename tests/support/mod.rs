@@ -6,6 +6,8 @@
 //! |---|---|
 //! | this file | tool checks (fail under `CI=true`, skip loudly otherwise), free ports, a process guard, banner readiness |
 //! | [`postfix`] | a private Postfix instance delivering to files, XCLIENT trusted from 127.0.0.1 only |
+//! | [`redis`] | a private `redis-server` for the shared store |
+//! | [`sendmail`] | a private Sendmail 8.17 (unpacked, not installed), the upstream without XCLIENT |
 //! | [`sink`] | Postfix's `smtp-sink`, for load |
 //! | [`fake_upstream`] | a scripted SMTP server for fault injection that records what it got |
 //! | [`certs`] | a test CA and a leaf for `mx.test`, `localhost`, `127.0.0.1` |
@@ -20,6 +22,8 @@ pub mod client;
 pub mod fake_upstream;
 pub mod mxguard;
 pub mod postfix;
+pub mod redis;
+pub mod sendmail;
 pub mod sink;
 
 use std::io::{BufRead, BufReader, Write};

@@ -29,6 +29,9 @@ pub struct PostfixOpts {
     pub hostname: String,
     /// Extra `main.cf` lines, appended last (later lines win in Postfix).
     pub extra_main_cf: Vec<String>,
+    /// `(user, password)` pairs for AUTH PLAIN/LOGIN through Cyrus SASL with a private
+    /// sasldb (Debian's Postfix reads `smtpd.conf` from `$config_directory/sasl`).
+    pub sasl_users: Vec<(String, String)>,
 }
 
 impl Default for PostfixOpts {
@@ -36,6 +39,7 @@ impl Default for PostfixOpts {
         PostfixOpts {
             hostname: "mx.test".into(),
             extra_main_cf: Vec::new(),
+            sasl_users: Vec::new(),
         }
     }
 }
@@ -150,31 +154,7 @@ impl Postfix {
 
     /// Messages delivered so far, oldest first.
     pub fn delivered(&self) -> Vec<Delivered> {
-        let mut out: Vec<(SystemTime, Delivered)> = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.mail_dir()) else {
-            return Vec::new();
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("eml") {
-                continue;
-            }
-            let mtime = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let eml = std::fs::read(&p).unwrap_or_default();
-            let envp = p.with_extension("env");
-            let env = std::fs::read_to_string(&envp)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            out.push((mtime, Delivered { path: p, eml, env }));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.path.cmp(&b.1.path)));
-        out.into_iter().map(|(_, d)| d).collect()
+        read_mail_dir(&self.mail_dir())
     }
 
     /// Waits until at least `n` messages are delivered (panics with the mail log after
@@ -384,6 +364,9 @@ relay_transport = error:5.7.1 test instance does not relay
 message_size_limit = 104857600
 "
     );
+    if !opts.sasl_users.is_empty() {
+        main_cf += &write_sasl(dir, opts, pf_gid);
+    }
     for l in &opts.extra_main_cf {
         main_cf += l;
         main_cf += "\n";
@@ -442,4 +425,71 @@ filesink  unix  -       n       n       -       -       pipe
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Writes `etc/sasl/smtpd.conf` and a sasldb with the users; returns the main.cf lines.
+fn write_sasl(dir: &Path, opts: &PostfixOpts, postfix_gid: u32) -> String {
+    let sasl = dir.join("etc/sasl");
+    std::fs::create_dir_all(&sasl).unwrap();
+    let db = sasl.join("sasldb2");
+    write(
+        &sasl.join("smtpd.conf"),
+        &format!(
+            "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {}\n",
+            db.display()
+        ),
+    );
+    for (user, password) in &opts.sasl_users {
+        let mut child = Command::new(super::which("saslpasswd2").expect("saslpasswd2 (sasl2-bin)"))
+            .args(["-p", "-c", "-f"])
+            .arg(&db)
+            .args(["-u", &opts.hostname, user])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("saslpasswd2");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "saslpasswd2 for {user}");
+    }
+    std::os::unix::fs::chown(&db, Some(0), Some(postfix_gid)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+    format!(
+        "smtpd_sasl_auth_enable = yes\nsmtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\ncyrus_sasl_config_path = {}\nsmtpd_sasl_local_domain = $myhostname\n",
+        sasl.display()
+    )
+}
+
+/// The `*.eml` files (with their `.env` envelopes) a delivery script wrote to `dir`,
+/// oldest first. Shared by the Postfix and Sendmail harnesses.
+pub fn read_mail_dir(dir: &Path) -> Vec<Delivered> {
+    let mut out: Vec<(SystemTime, Delivered)> = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("eml") {
+            continue;
+        }
+        let mtime = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let eml = std::fs::read(&p).unwrap_or_default();
+        let env = std::fs::read_to_string(p.with_extension("env"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        out.push((mtime, Delivered { path: p, eml, env }));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.path.cmp(&b.1.path)));
+    out.into_iter().map(|(_, d)| d).collect()
 }

@@ -1,10 +1,13 @@
 //! Actions: what a matching rule's `then:` does.
 //!
 //! `accept`, `reject`, `tempfail` are decisive (the first one ends the stage);
-//! `add_header` and `continue` are not. Later issues add `greylist` and `rate_limit`
-//! as one module each here: a variant in [`Action`], a parse arm in [`parse`], and the
-//! stages it is allowed at in [`ActionKind::stages`].
+//! `add_header` and `continue` are not. `greylist` and `rate_limit` (one module each)
+//! end the evaluation with a pending check that the session resolves against the state
+//! store: a refusal, or evaluation resumes after the rule.
 
+mod common;
+pub(crate) mod greylist;
+pub(crate) mod rate_limit;
 mod template;
 
 use std::fmt;
@@ -27,6 +30,8 @@ pub enum ActionKind {
     Tempfail,
     AddHeader,
     Continue,
+    Greylist,
+    RateLimit,
 }
 
 impl ActionKind {
@@ -37,6 +42,8 @@ impl ActionKind {
             ActionKind::Tempfail => "tempfail",
             ActionKind::AddHeader => "add_header",
             ActionKind::Continue => "continue",
+            ActionKind::Greylist => "greylist",
+            ActionKind::RateLimit => "rate_limit",
         }
     }
 
@@ -91,6 +98,8 @@ pub(crate) enum Action {
     Tempfail(ReplyTemplate),
     /// Header field name and value template.
     AddHeader(String, Template),
+    Greylist(greylist::GreylistAction),
+    RateLimit(rate_limit::RateLimitAction),
 }
 
 impl Action {
@@ -101,6 +110,8 @@ impl Action {
             Action::Reject(_) => ActionKind::Reject,
             Action::Tempfail(_) => ActionKind::Tempfail,
             Action::AddHeader(..) => ActionKind::AddHeader,
+            Action::Greylist(_) => ActionKind::Greylist,
+            Action::RateLimit(_) => ActionKind::RateLimit,
         }
     }
 }
@@ -113,6 +124,8 @@ impl fmt::Display for Action {
             Action::Reject(r) => write!(f, "reject \"{r}\""),
             Action::Tempfail(r) => write!(f, "tempfail \"{r}\""),
             Action::AddHeader(n, v) => write!(f, "add_header \"{n}: {v}\""),
+            Action::Greylist(g) => write!(f, "{g}"),
+            Action::RateLimit(r) => write!(f, "{r}"),
         }
     }
 }
@@ -250,7 +263,8 @@ fn parse_header(s: &str) -> Result<(String, Template), String> {
     Ok((name.to_owned(), Template::parse(value.trim())?))
 }
 
-const ACTION_NAMES: &str = "`accept`, `reject`, `tempfail`, `add_header`, `continue`";
+const ACTION_NAMES: &str =
+    "`accept`, `reject`, `tempfail`, `add_header`, `continue`, `greylist`, `rate_limit`";
 
 /// Compiles `then:`: a bare action name, or a mapping with exactly one action and its
 /// argument (`{ reject: "550 5.7.1 No" }`, `{ add_header: "X-Tag: yes" }`).
@@ -292,6 +306,8 @@ pub(crate) fn parse(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Ac
         "tempfail" => ActionKind::Tempfail,
         "add_header" => ActionKind::AddHeader,
         "continue" => ActionKind::Continue,
+        "greylist" => ActionKind::Greylist,
+        "rate_limit" => ActionKind::RateLimit,
         other => {
             let msg = format!("unknown action `{other}`, expected one of {ACTION_NAMES}");
             if at_key {
@@ -314,6 +330,14 @@ pub(crate) fn parse(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Ac
         return None;
     }
     let arg = arg.filter(|a| !a.is_null());
+    // The store-backed actions take a mapping of options and check their own stages.
+    match kind {
+        ActionKind::Greylist => return greylist::parse(d, arg, &apath).map(Action::Greylist),
+        ActionKind::RateLimit => {
+            return rate_limit::parse(d, arg, &apath).map(Action::RateLimit);
+        }
+        _ => {}
+    }
     let text = match arg {
         None => None,
         Some(Value::String(s)) => Some(s.as_str()),
@@ -344,6 +368,7 @@ pub(crate) fn parse(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Ac
         (ActionKind::Tempfail, Some(s)) => parse_reply(s, kind, d.stage).map(Action::Tempfail),
         (ActionKind::AddHeader, None) => Err("`add_header` needs a \"Name: value\" line".into()),
         (ActionKind::AddHeader, Some(s)) => parse_header(s).map(|(n, v)| Action::AddHeader(n, v)),
+        (ActionKind::Greylist | ActionKind::RateLimit, _) => unreachable!("parsed above"),
     };
     match result {
         Ok(a) => Some(a),

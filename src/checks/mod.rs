@@ -1,0 +1,90 @@
+//! Checks that need the state store: greylisting and rate limits, one module each.
+//!
+//! The policy stays pure: a matching `greylist` or `rate_limit` rule ends its
+//! evaluation with [`Decision::Check`](crate::envelope::Decision::Check) carrying a
+//! [`Pending`] check — the keys already derived from the facts, the rule's parameters,
+//! and where to resume. The session resolves it with one store call ([`resolve`]): a
+//! refusal ends the stage, a pass resumes the stage's later rules.
+
+pub mod greylist;
+pub mod ratelimit;
+
+use tracing::warn;
+
+use crate::envelope::Stage;
+use crate::reply::{Reply, StatusCode};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+pub use greylist::GreylistCheck;
+pub use ratelimit::RateLimitCheck;
+
+/// What a check does when the store fails (Redis down, file store error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Let the mail through: losing greylisting for a while beats refusing all mail.
+    #[default]
+    Open,
+    /// Refuse with `451 4.3.0` so the sender retries once the store is back.
+    Tempfail,
+}
+
+impl FailMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Open => "open",
+            FailMode::Tempfail => "tempfail",
+        }
+    }
+}
+
+/// A check a rule asked for, prepared by the pure evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Greylist(GreylistCheck),
+    RateLimit(RateLimitCheck),
+}
+
+/// A pending check and how to go on after it passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub check: Check,
+    pub fail: FailMode,
+    /// Position in the stage's rule list after the rule that asked for the check:
+    /// evaluation resumes there when the check passes.
+    pub resume: usize,
+}
+
+/// Runs a pending check against the store: `Some(reply)` refuses, `None` passes.
+pub async fn resolve(
+    store: &dyn Store,
+    metrics: &Metrics,
+    stage: Stage,
+    rule: &str,
+    pending: &Pending,
+) -> Option<Reply> {
+    let (op, result) = match &pending.check {
+        Check::Greylist(g) => ("greylist", g.run(store, metrics).await),
+        Check::RateLimit(r) => ("rate_limit", r.run(store, metrics).await),
+    };
+    match result {
+        Ok(refusal) => refusal,
+        Err(e) => {
+            metrics.store_errors_total.with_label_values(&[op]).inc();
+            warn!(stage = %stage, rule, op, fail = pending.fail.as_str(), error = %e, "state store failed");
+            match pending.fail {
+                FailMode::Open => None,
+                FailMode::Tempfail => Some(Reply::new(
+                    451,
+                    StatusCode(4, 3, 0),
+                    "Temporary local problem, please try again later".to_owned(),
+                )),
+            }
+        }
+    }
+}
+
+/// Whole seconds for a reply text, rounded up so "try again in N s" is never early.
+pub(crate) fn secs_ceil(us: u64) -> u64 {
+    us.div_ceil(1_000_000).max(1)
+}
