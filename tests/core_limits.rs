@@ -358,3 +358,25 @@ fn junk_commands_are_capped() {
     expect(&r, "421 4.7.0", "too many junk commands");
     assert!(c.closed_within(Duration::from_secs(5)));
 }
+
+#[test]
+fn too_many_sessions_in_total_get_421_4_7_0() {
+    // ASSUMED config key: limits.max_sessions
+    let (_up, mx) = start(Some("limits:\n  max_sessions: 2\n"));
+    // the harness's readiness probe may still hold a slot for a moment: retry until two
+    // sessions are in
+    let mut a = support::wait_for(Duration::from_secs(10), "a first session", || {
+        let mut c = RawClient::connect_from(mx.addr, Some("127.0.7.1")).ok()?;
+        (c.reply_within(Duration::from_secs(5))?.code == 220).then_some(c)
+    });
+    let _b = support::wait_for(Duration::from_secs(10), "a second session", || {
+        let mut c = RawClient::connect_from(mx.addr, Some("127.0.8.1")).ok()?;
+        (c.reply_within(Duration::from_secs(5))?.code == 220).then_some(c)
+    });
+    let mut c = RawClient::connect_from(mx.addr, Some("127.0.9.1")).unwrap();
+    let r = c.reply_within(Duration::from_secs(10)).expect("a reply");
+    expect(&r, "421 4.7.0", "third session over max_sessions");
+    assert!(c.closed_within(Duration::from_secs(5)));
+    // the sessions inside the limit work on
+    expect(&a.cmd("NOOP"), "250", "first session still served");
+}

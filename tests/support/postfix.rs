@@ -32,6 +32,11 @@ pub struct PostfixOpts {
     /// `(user, password)` pairs for AUTH PLAIN/LOGIN through Cyrus SASL with a private
     /// sasldb (Debian's Postfix reads `smtpd.conf` from `$config_directory/sasl`).
     pub sasl_users: Vec<(String, String)>,
+    /// SENDING mode: relay all mail (from loopback clients) to this host, e.g.
+    /// `[127.0.0.1]:2525`, instead of delivering to files. Postfix as a client MTA.
+    pub relayhost: Option<String>,
+    /// Source address of the outbound SMTP client in sending mode (e.g. `127.0.0.7`).
+    pub smtp_bind_address: Option<String>,
 }
 
 impl Default for PostfixOpts {
@@ -40,6 +45,8 @@ impl Default for PostfixOpts {
             hostname: "mx.test".into(),
             extra_main_cf: Vec::new(),
             sasl_users: Vec::new(),
+            relayhost: None,
+            smtp_bind_address: None,
         }
     }
 }
@@ -146,6 +153,26 @@ impl Postfix {
 
     pub fn mail_dir(&self) -> PathBuf {
         self.dir.join("mail")
+    }
+
+    /// Submits a message with Postfix's own `sendmail -C DIR/etc` (as root: no postdrop
+    /// trouble); the message goes through the queue like any local submission.
+    pub fn sendmail(&self, from: &str, to: &[&str], msg: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("/usr/sbin/sendmail")
+            .arg("-C")
+            .arg(self.dir.join("etc"))
+            // -i: a line with a lone "." is content, not the end of input
+            .arg("-i")
+            .arg("-f")
+            .arg(from)
+            .args(to)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("postfix sendmail");
+        child.stdin.take().unwrap().write_all(msg).unwrap();
+        let st = child.wait().unwrap();
+        assert!(st.success(), "sendmail -C: {st}\n{}", self.maillog());
     }
 
     pub fn maillog(&self) -> String {
@@ -364,6 +391,21 @@ relay_transport = error:5.7.1 test instance does not relay
 message_size_limit = 104857600
 "
     );
+    if let Some(relayhost) = &opts.relayhost {
+        // SENDING mode: everything from loopback goes to the relay host, nothing to files
+        main_cf += &format!(
+            "relayhost = {relayhost}\n\
+             mynetworks = 127.0.0.0/8\n\
+             virtual_mailbox_domains =\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+             default_transport = smtp\n\
+             relay_transport = relay\n\
+             smtp_tls_security_level = none\n"
+        );
+        if let Some(src) = &opts.smtp_bind_address {
+            main_cf += &format!("smtp_bind_address = {src}\n");
+        }
+    }
     if !opts.sasl_users.is_empty() {
         main_cf += &write_sasl(dir, opts, pf_gid);
     }
