@@ -26,4 +26,4 @@ fi
 
 profile=()
 if [ "${MXGUARD_TEST_PROFILE:-debug}" = release ]; then profile=(--release); fi
-exec cargo test "${profile[@]}" --all-targets "$@"
+exec cargo test "${profile[@]}" --all-targets --no-fail-fast "$@"
