@@ -74,10 +74,7 @@ impl Decoder {
         while i < input.len() && self.state != State::Done {
             if self.state == State::Mid {
                 // Fast path: copy the run of plain bytes up to the next CR, LF or NUL.
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n' || b == 0)
-                    .unwrap_or(input.len() - i);
+                let run = memchr::memchr3(b'\r', b'\n', 0, &input[i..]).unwrap_or(input.len() - i);
                 out.extend_from_slice(&input[i..i + run]);
                 i += run;
                 if i == input.len() {
@@ -221,10 +218,7 @@ impl Encoder {
                     if self.at_line_start && b == b'.' {
                         out.push(b'.');
                     }
-                    let run = chunk[i..]
-                        .iter()
-                        .position(|&c| c == b'\r' || c == b'\n')
-                        .unwrap_or(chunk.len() - i);
+                    let run = memchr::memchr2(b'\r', b'\n', &chunk[i..]).unwrap_or(chunk.len() - i);
                     out.extend_from_slice(&chunk[i..i + run]);
                     i += run;
                     self.at_line_start = false;

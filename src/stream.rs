@@ -187,21 +187,14 @@ impl BufferedConn {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + self.chunk, 0);
-        let res = tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf[len..])).await;
+        // Read into spare capacity: no zeroing of the read buffer on every call.
+        self.buf.reserve(self.chunk);
+        let res = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
         let n = match res {
-            Err(_) => {
-                self.buf.truncate(len);
-                return Err(ReadError::Timeout);
-            }
-            Ok(Err(e)) => {
-                self.buf.truncate(len);
-                return Err(ReadError::Io(e));
-            }
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
             Ok(Ok(n)) => n,
         };
-        self.buf.truncate(len + n);
         if n == 0 {
             return Err(ReadError::Closed);
         }

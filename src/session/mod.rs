@@ -642,7 +642,7 @@ fn verb_of(line: &[u8]) -> &[u8] {
 }
 
 fn memchr_lf(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', buf)
 }
 
 /// A short random id for log correlation.
