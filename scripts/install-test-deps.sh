@@ -21,7 +21,11 @@ PACKAGES=(
     m4 libwrap0 libdb5.3 libldap-2.5-0 libnsl2 libsasl2-2   # Sendmail (unpacked by the tests)
     util-linux              # unshare, flock (the Sendmail harness)
     systemd                 # systemd-analyze verify for the unit file test
-    procps iproute2
+    procps iproute2 util-linux
+    sasl2-bin libsasl2-modules   # AUTH at the private Postfix (saslpasswd2, sasldb)
+    # Sendmail upstream tests: the sendmail debs are fetched with `apt-get download` and
+    # unpacked (installing sendmail would remove postfix); these are their runtime needs
+    m4 libwrap0 libdb5.3 libldap-2.5-0 libnsl2 libsasl2-2
 )
 
 missing=()

@@ -210,18 +210,37 @@ fn body_sent_before_354_gets_554_5_5_0_and_close() {
 fn pre_greeting_talk_gets_554_5_5_0_and_close() {
     // ASSUMED config key: limits.greet_pause (banner delayed, talkers refused)
     let (_up, mx) = start(Some("limits:\n  greet_pause: 1s\n"));
+    // several immediate talkers (a race shows in some of them) and one that talks 200 ms
+    // into the pause
+    for (i, delay_ms) in [0u64, 0, 0, 0, 0, 200].into_iter().enumerate() {
+        let t0 = Instant::now();
+        let mut c = RawClient::connect_from(mx.addr, Some("127.0.0.2")).unwrap();
+        if delay_ms > 0 {
+            // the banner must not come before the pause is over
+            assert!(
+                c.reply_within(Duration::from_millis(delay_ms)).is_none(),
+                "talker {i}: banner before greet_pause elapsed"
+            );
+        }
+        c.send(b"EHLO impatient.example\r\n");
+        let r = c.reply_within(Duration::from_secs(10)).expect("a reply");
+        assert!(
+            r.is("554 5.5.0"),
+            "talker {i} (talks after {delay_ms} ms of a 1 s greet_pause): expected 554 5.5.0, got {r} after {:?}",
+            t0.elapsed()
+        );
+        assert!(c.closed_within(Duration::from_secs(5)));
+    }
+    // a patient client gets the banner after the pause
+    let t0 = Instant::now();
     let mut c = RawClient::connect_from(mx.addr, Some("127.0.0.2")).unwrap();
-    c.send(b"EHLO impatient.example\r\n");
-    let r = c.reply_within(Duration::from_secs(10)).expect("a reply");
-    // either the banner is replaced by 554, or the banner is followed by 554
-    let r = if r.code == 220 {
-        c.reply_within(Duration::from_secs(10))
-            .expect("554 after banner")
-    } else {
-        r
-    };
-    expect(&r, "554 5.5.0", "pre-greeting talk");
-    assert!(c.closed_within(Duration::from_secs(5)));
+    let r = c.reply_within(Duration::from_secs(10)).expect("banner");
+    assert_eq!(r.code, 220, "{r}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "banner after {:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -301,4 +320,63 @@ fn too_many_sessions_per_network_get_421_4_7_0() {
         let r = c.reply_within(Duration::from_secs(5))?;
         (r.code == 220).then_some(())
     });
+}
+
+/// Sends `line` up to `max` times; returns how many were answered before a 421, and the 421.
+fn until_421(c: &mut RawClient, line: &str, max: usize) -> Option<(usize, Reply)> {
+    for i in 0..max {
+        if c.try_send(format!("{line}\r\n").as_bytes()).is_err() {
+            return None;
+        }
+        let r = c.reply_within(Duration::from_secs(10))?;
+        if r.code == 421 {
+            return Some((i, r));
+        }
+    }
+    None
+}
+
+#[test]
+fn too_many_errors_close_the_session_with_421() {
+    // default hard error limit mirrors Postfix's smtpd_hard_error_limit = 20
+    let (_up, mx) = start(None);
+    let mut c = RawClient::connect(mx.addr);
+    let (n, r) = until_421(&mut c, "BOGUS", 50).expect("a 421 within 50 bad commands");
+    assert!(n <= 25, "cut off after {n} errors");
+    expect(&r, "421 4.7.0", "too many errors");
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn junk_commands_are_capped() {
+    // default junk command limit mirrors Postfix's smtpd_junk_command_limit = 100
+    let (_up, mx) = start(None);
+    let mut c = RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    let (n, r) = until_421(&mut c, "NOOP", 300).expect("a 421 within 300 NOOPs");
+    assert!(n >= 20, "NOOP is allowed a while: cut off after {n}");
+    expect(&r, "421 4.7.0", "too many junk commands");
+    assert!(c.closed_within(Duration::from_secs(5)));
+}
+
+#[test]
+fn too_many_sessions_in_total_get_421_4_7_0() {
+    // ASSUMED config key: limits.max_sessions
+    let (_up, mx) = start(Some("limits:\n  max_sessions: 2\n"));
+    // the harness's readiness probe may still hold a slot for a moment: retry until two
+    // sessions are in
+    let mut a = support::wait_for(Duration::from_secs(10), "a first session", || {
+        let mut c = RawClient::connect_from(mx.addr, Some("127.0.7.1")).ok()?;
+        (c.reply_within(Duration::from_secs(5))?.code == 220).then_some(c)
+    });
+    let _b = support::wait_for(Duration::from_secs(10), "a second session", || {
+        let mut c = RawClient::connect_from(mx.addr, Some("127.0.8.1")).ok()?;
+        (c.reply_within(Duration::from_secs(5))?.code == 220).then_some(c)
+    });
+    let mut c = RawClient::connect_from(mx.addr, Some("127.0.9.1")).unwrap();
+    let r = c.reply_within(Duration::from_secs(10)).expect("a reply");
+    expect(&r, "421 4.7.0", "third session over max_sessions");
+    assert!(c.closed_within(Duration::from_secs(5)));
+    // the sessions inside the limit work on
+    expect(&a.cmd("NOOP"), "250", "first session still served");
 }

@@ -216,6 +216,10 @@ fn fifty_megabyte_message_streams_through_without_holding_it_twice() {
         "mxguard peak RSS {hwm} KiB for a {} MiB message (limit {limit_kib} KiB)",
         SIZE >> 20
     );
+    // the spool file is gone once the transaction has ended
+    support::wait_for(Duration::from_secs(10), "the spool to be emptied", || {
+        (dir_bytes(&mx.dir.join("state")) < 4 << 20).then_some(())
+    });
     c.cmd("QUIT");
     // the sink got it all
     let dump = support::wait_for(Duration::from_secs(30), "the sink's dump", || {
@@ -226,4 +230,53 @@ fn fifty_megabyte_message_streams_through_without_holding_it_twice() {
         (len as usize >= sent / line.len() * (line.len() - 1)).then_some(len)
     });
     assert!(dump as usize >= sent / line.len() * (line.len() - 1));
+}
+
+/// Total size of the regular files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn a_client_that_vanishes_mid_data_leaves_no_spool_and_no_message() {
+    let up = support::fake_upstream::FakeUpstream::start(support::fake_upstream::Script::default());
+    let mx = MxGuard::start(MxOpts::new(up.addr));
+    let mut c = RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@example.net>").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(b"Subject: vanishing\r\n\r\n");
+    let line = [b'x'; 998];
+    let mut chunk = Vec::new();
+    for _ in 0..1000 {
+        chunk.extend_from_slice(&line);
+        chunk.extend_from_slice(b"\r\n");
+    }
+    for _ in 0..8 {
+        c.send(&chunk); // 8 MB, beyond the in-memory threshold: it goes to a spool file
+    }
+    let state = mx.dir.join("state");
+    support::wait_for(Duration::from_secs(10), "a spool file", || {
+        (dir_bytes(&state) > 1 << 20).then_some(())
+    });
+    drop(c);
+    support::wait_for(
+        Duration::from_secs(10),
+        "the spool file to be removed",
+        || (dir_bytes(&state) < 1 << 20).then_some(()),
+    );
+    assert!(
+        up.messages().is_empty(),
+        "a vanished client's message must not be relayed"
+    );
 }

@@ -323,3 +323,49 @@ fn null_sender_bounce_reaches_postfix() {
     let d = pf.wait_delivered(1, Duration::from_secs(20));
     assert_eq!(d[0].env("sender"), "");
 }
+
+/// Postfix as the sending MTA (relayhost = mxguard) and Postfix as the upstream: a message
+/// submitted at one end arrives at the other unchanged, with the sender MTA's address.
+#[test]
+fn postfix_relays_through_mxguard_to_postfix() {
+    let Some((pf, mx)) = setup() else { return };
+    let sender = Postfix::start_with(support::postfix::PostfixOpts {
+        hostname: "client-mta.test".into(),
+        relayhost: Some(format!("[{}]:{}", mx.addr.ip(), mx.addr.port())),
+        smtp_bind_address: Some("127.0.0.7".into()),
+        ..Default::default()
+    });
+    let msg = message("mta-to-mta");
+    sender.sendmail(
+        "sender@example.org",
+        &["carol@test.example"],
+        &support::crlf_to_lf(&msg),
+    );
+    let d = pf.wait_delivered(1, Duration::from_secs(30));
+    assert_eq!(
+        d[0].env("client_address"),
+        "127.0.0.7",
+        "{}",
+        d[0].first_received()
+    );
+    assert_eq!(d[0].env("client_helo"), "client-mta.test");
+    assert_eq!(d[0].env("recipient"), "carol@test.example");
+    // the sending Postfix adds its own Received line (local pickup); everything after it is
+    // the submitted message
+    let body = d[0].without_first_received();
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        text.starts_with("Received: "),
+        "the sender MTA's own trace: {text}"
+    );
+    let want = support::crlf_to_lf(&msg);
+    assert!(
+        body.ends_with(&want),
+        "submitted message must arrive unchanged:\n{text}"
+    );
+    assert!(
+        sender.maillog().contains("status=sent"),
+        "{}",
+        sender.maillog()
+    );
+}

@@ -65,16 +65,27 @@ fn smuggle(addr: std::net::SocketAddr, variant: &[u8]) -> Vec<Reply> {
     out
 }
 
-fn check_variant_against_postfix(name: &str, variant: &[u8]) {
+/// ASSUMED config key: data.normalize_networks (bare CR/LF normalised instead of refused).
+const NORMALIZE_LOOPBACK: &str = "data:\n  normalize_networks: [\"127.0.0.0/8\"]\n";
+
+fn check_variant_against_postfix(name: &str, variant: &[u8], normalize: bool) {
     if !support::require(TOOLS, true) {
         return;
     }
     let pf = Postfix::start();
-    let mut mx = MxGuard::start(MxOpts::new(pf.addr));
+    let mut opts = MxOpts::new(pf.addr);
+    if normalize {
+        opts = opts.config(NORMALIZE_LOOPBACK);
+    }
+    let mut mx = MxGuard::start(opts);
     let replies = smuggle(mx.addr, variant);
     // stop the proxy so its upstream sessions close, then let Postfix finish everything
     mx.stop(Duration::from_secs(40));
     let d = pf.settle(Duration::from_secs(30));
+    eprintln!(
+        "variant {name} normalize={normalize}: replies {replies:?}, {} delivered",
+        d.len()
+    );
     let ctx = format!(
         "variant {name} {variant:?}: client replies {replies:?}\n--- delivered ---\n{}\n--- mxguard log ---\n{}",
         d.iter()
@@ -117,6 +128,33 @@ fn check_variant_against_postfix(name: &str, variant: &[u8]) {
             "a 250 means exactly one delivered message: {ctx}"
         );
     }
+    // refused by default (550 5.6.0) when the variant has a bare CR, bare LF or NUL;
+    // accepted as one message when normalised for the client's network
+    let verdict = verdicts.first().map(|r| r.code);
+    if normalize || !has_bare_cr_lf_or_nul(variant) {
+        assert_eq!(verdict, Some(250), "expected one accepted message: {ctx}");
+    } else {
+        assert!(
+            verdicts.first().is_some_and(|r| r.is("550 5.6.0")),
+            "expected 550 5.6.0: {ctx}"
+        );
+    }
+    if normalize && d.len() == 1 {
+        // normalised, the smuggled lines are content of the one message
+        let body = String::from_utf8_lossy(d[0].without_first_received()).into_owned();
+        assert!(
+            body.contains("smuggled body") && body.contains("MAIL FROM:<smuggler@example.org>"),
+            "normalised: the smuggling attempt must stay inside the message: {ctx}"
+        );
+    }
+}
+
+fn has_bare_cr_lf_or_nul(v: &[u8]) -> bool {
+    v.iter().enumerate().any(|(i, &b)| {
+        b == 0
+            || (b == b'\r' && v.get(i + 1) != Some(&b'\n'))
+            || (b == b'\n' && (i == 0 || v[i - 1] != b'\r'))
+    })
 }
 
 macro_rules! variant_tests {
@@ -124,9 +162,21 @@ macro_rules! variant_tests {
         #[test]
         fn $name() {
             let (n, v) = VARIANTS[$idx];
-            check_variant_against_postfix(n, v);
+            check_variant_against_postfix(n, v, false);
         }
-    )*};
+    )*
+        /// The same variants for a client in a network whose bare CR/LF is normalised.
+        mod normalized {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let (n, v) = VARIANTS[$idx];
+                    check_variant_against_postfix(n, v, true);
+                }
+            )*
+        }
+    };
 }
 
 variant_tests! {

@@ -399,15 +399,18 @@ async fn serve(
                 // strict end of data: CRLF . CRLF, where the first CRLF may be the DATA line's
                 let mut data: Vec<u8> = Vec::new();
                 let end = loop {
-                    // bytes already buffered belong to the message
-                    let prefix = b"\r\n";
-                    let mut scan = prefix.to_vec();
-                    scan.extend_from_slice(&data);
+                    // Bytes already buffered belong to the message. Scan only the new
+                    // bytes plus the last 4 already seen (a terminator may straddle reads);
+                    // the virtual CRLF in front is the DATA line's.
+                    let mut tail: Vec<u8> = b"\r\n".to_vec();
+                    tail.extend_from_slice(&data);
+                    let keep = tail.len().min(4);
+                    let tail = tail.split_off(tail.len() - keep);
+                    let mut scan = tail;
                     scan.extend_from_slice(&c.buf);
                     if let Some(p) = scan.windows(5).position(|w| w == b"\r\n.\r\n") {
-                        // p is in scan coordinates; content up to p+5 minus the fake prefix
-                        let total = p + 5 - prefix.len();
-                        let from_buf = total - data.len();
+                        // bytes of c.buf up to the end of the terminator
+                        let from_buf = p + 5 - keep;
                         data.extend(c.buf.drain(..from_buf));
                         break true;
                     }

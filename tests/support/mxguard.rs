@@ -2,17 +2,20 @@
 //! `mxguard run` with flags, waits for its greeting, captures stderr (the log) to a file,
 //! stops it with SIGTERM by PID.
 //!
-//! ASSUMED INTERFACE (align with the core when it changes):
+//! Interface relied on (checked against the merged core):
 //! - `mxguard run --config FILE --listen ADDR --upstream HOST:PORT --rules DIR --state DIR
-//!   --hostname NAME` (flags from issue 2), logs `listening addr=...` at info, honours
-//!   `RUST_LOG`;
+//!   --hostname NAME [--log-format json]`, logs `listening ... addr=...` at info, honours
+//!   `RUST_LOG`; `mxguard check --config FILE` exits non-zero with `file:line:col`;
 //! - flags override the file: `--listen` sets the first listener's address (keeping its
-//!   `tls`/`implicit_tls`), `--upstream` the first upstream's address (keeping timeouts);
-//! - YAML keys (from the core's config.rs draft): `listeners: [{address, tls: {cert, key},
-//!   implicit_tls}]`, `upstreams: [{address, command_timeout, data_timeout,
-//!   connect_timeout}]`, `limits: {max_message_size, max_recipients, command_timeout,
-//!   min_data_rate, max_sessions, max_sessions_per_network, greet_pause, ...}`,
-//!   `data: {normalize_networks}`; durations like `2s`, sizes like `10M` or plain numbers.
+//!   `tls`/`implicit_tls`); `--upstream` replaces the upstream list with one upstream that
+//!   keeps the first configured upstream's settings (so tests with several upstreams set
+//!   `upstream_flag = false`);
+//! - YAML keys: `listeners: [{name, address, tls: {cert, key}, implicit_tls}]`,
+//!   `upstreams: [{address, tls, tls_verify, ca_file, tls_name, connect_timeout,
+//!   command_timeout, data_timeout}]`, `limits: {max_message_size, max_recipients,
+//!   command_timeout, min_data_rate, max_sessions, max_sessions_per_network,
+//!   exempt_networks, greet_pause, ...}`, `data: {normalize_networks}`; durations like
+//!   `2s`, sizes like `100M` or plain numbers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

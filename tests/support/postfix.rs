@@ -27,11 +27,16 @@ pub const TOOLS: &[&str] = &["postfix", MASTER];
 #[derive(Clone, Debug)]
 pub struct PostfixOpts {
     pub hostname: String,
-    /// Extra `main.cf` lines, appended last (later lines win in Postfix).
+    /// Extra `main.cf` lines (`key = value`), each replacing any earlier setting of its key.
     pub extra_main_cf: Vec<String>,
     /// `(user, password)` pairs for AUTH PLAIN/LOGIN through Cyrus SASL with a private
     /// sasldb (Debian's Postfix reads `smtpd.conf` from `$config_directory/sasl`).
     pub sasl_users: Vec<(String, String)>,
+    /// SENDING mode: relay all mail (from loopback clients) to this host, e.g.
+    /// `[127.0.0.1]:2525`, instead of delivering to files. Postfix as a client MTA.
+    pub relayhost: Option<String>,
+    /// Source address of the outbound SMTP client in sending mode (e.g. `127.0.0.7`).
+    pub smtp_bind_address: Option<String>,
 }
 
 impl Default for PostfixOpts {
@@ -40,6 +45,8 @@ impl Default for PostfixOpts {
             hostname: "mx.test".into(),
             extra_main_cf: Vec::new(),
             sasl_users: Vec::new(),
+            relayhost: None,
+            smtp_bind_address: None,
         }
     }
 }
@@ -146,6 +153,26 @@ impl Postfix {
 
     pub fn mail_dir(&self) -> PathBuf {
         self.dir.join("mail")
+    }
+
+    /// Submits a message with Postfix's own `sendmail -C DIR/etc` (as root: no postdrop
+    /// trouble); the message goes through the queue like any local submission.
+    pub fn sendmail(&self, from: &str, to: &[&str], msg: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("/usr/sbin/sendmail")
+            .arg("-C")
+            .arg(self.dir.join("etc"))
+            // -i: a line with a lone "." is content, not the end of input
+            .arg("-i")
+            .arg("-f")
+            .arg(from)
+            .args(to)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("postfix sendmail");
+        child.stdin.take().unwrap().write_all(msg).unwrap();
+        let st = child.wait().unwrap();
+        assert!(st.success(), "sendmail -C: {st}\n{}", self.maillog());
     }
 
     pub fn maillog(&self) -> String {
@@ -325,8 +352,6 @@ alias_database =
 inet_interfaces = {ip}
 # all (not ipv4): XCLIENT ADDR=IPV6:... must be accepted
 inet_protocols = all
-# trust only the proxy's own address; test clients bind 127.0.0.2 and up
-mynetworks = 127.0.0.1/32
 smtpd_authorized_xclient_hosts = 127.0.0.1/32
 smtpd_authorized_xforward_hosts = 127.0.0.1/32
 biff = no
@@ -354,22 +379,42 @@ smtpd_recipient_restrictions = check_recipient_access texthash:{d}/etc/recipient
 smtpd_data_restrictions = check_sender_access texthash:{d}/etc/data_access
 smtpd_end_of_data_restrictions = check_sender_access texthash:{d}/etc/eod_access
 header_checks = regexp:{d}/etc/header_checks
-virtual_mailbox_domains = {domains} {catchall}
-virtual_mailbox_maps = texthash:{d}/etc/recipients
-virtual_transport = filesink
-filesink_destination_recipient_limit = 1
-smtpd_relay_restrictions = reject_unauth_destination
-default_transport = error:5.7.1 test instance does not deliver outside
-relay_transport = error:5.7.1 test instance does not relay
 message_size_limit = 104857600
 "
     );
+    // No key may appear twice in main.cf: Postfix then logs "overriding earlier entry"
+    // from every process, and under load that logging has been seen to wedge the
+    // instance (smtpd and postlogd stuck writing to the postlog socket).
+    if let Some(relayhost) = &opts.relayhost {
+        // SENDING mode: everything from loopback goes to the relay host, nothing to files
+        main_cf += &format!(
+            "relayhost = {relayhost}\n\
+             mynetworks = 127.0.0.0/8\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+             smtp_tls_security_level = none\n"
+        );
+        if let Some(src) = &opts.smtp_bind_address {
+            main_cf += &format!("smtp_bind_address = {src}\n");
+        }
+    } else {
+        // RECEIVING mode: virtual mailbox domains delivered to files; trust only the
+        // proxy's own address (test clients bind 127.0.0.2 and up)
+        main_cf += &format!(
+            "mynetworks = 127.0.0.1/32\n\
+             virtual_mailbox_domains = {domains} {catchall}\n\
+             virtual_mailbox_maps = texthash:{d}/etc/recipients\n\
+             virtual_transport = filesink\n\
+             filesink_destination_recipient_limit = 1\n\
+             smtpd_relay_restrictions = reject_unauth_destination\n\
+             default_transport = error:5.7.1 test instance does not deliver outside\n\
+             relay_transport = error:5.7.1 test instance does not relay\n"
+        );
+    }
     if !opts.sasl_users.is_empty() {
         main_cf += &write_sasl(dir, opts, pf_gid);
     }
     for l in &opts.extra_main_cf {
-        main_cf += l;
-        main_cf += "\n";
+        main_cf = set_main_cf(&main_cf, l);
     }
     write(&dir.join("etc/main.cf"), &main_cf);
 
@@ -492,4 +537,28 @@ pub fn read_mail_dir(dir: &Path) -> Vec<Delivered> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.path.cmp(&b.1.path)));
     out.into_iter().map(|(_, d)| d).collect()
+}
+
+/// Appends `line` (`key = value`) to a main.cf text, dropping an earlier setting of the
+/// same key (and its continuation lines): later settings win without the duplicate-key
+/// warnings that can wedge an instance's logging.
+fn set_main_cf(main_cf: &str, line: &str) -> String {
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+    let k = key(line);
+    let mut out = String::new();
+    let mut skipping = false;
+    for l in main_cf.lines() {
+        let continuation = l.starts_with(' ') || l.starts_with('\t');
+        if continuation && skipping {
+            continue;
+        }
+        skipping = !continuation && !l.starts_with('#') && l.contains('=') && key(l) == k;
+        if !skipping {
+            out += l;
+            out += "\n";
+        }
+    }
+    out += line;
+    out += "\n";
+    out
 }
