@@ -278,6 +278,15 @@ impl Metrics {
                 self.auth_results_total.with_label_values(&[check, r]);
             }
         }
+        for rtype in ["A", "TXT", "PTR", "A_AAAA"] {
+            self.dns_lookup_seconds.with_label_values(&[rtype]);
+            for result in ["ok", "nxdomain", "timeout", "error"] {
+                self.dns_lookups_total.with_label_values(&[rtype, result]);
+            }
+        }
+        for check in ["spf", "spf_helo", "dkim", "dmarc", "arc", "dnsbl", "rdns"] {
+            self.auth_check_seconds.with_label_values(&[check]);
+        }
         for result in ["success", "error"] {
             self.rules_reload_total.with_label_values(&[result]);
             self.tls_reload_total.with_label_values(&[result]);
