@@ -5,6 +5,9 @@
 #   bash benches/bench.sh            # full run (a few minutes), markdown on stdout
 #   REPS=5 SCALE=2 bash benches/bench.sh
 #   QUICK=1 bash benches/bench.sh    # one repetition, small counts (smoke test)
+#   BENCH_TARGETS="mxguard mxfile mxredis" SIZES=1024 SESSIONS=100 bash benches/bench.sh
+#                                    # issue 5: greylist + rate limit on the file store and
+#                                    # on Redis against mxguard without rules
 #
 # Matrix: message size 1 KiB and 100 KiB x 1/10/100 parallel sessions x one message per
 # connection / many per connection (smtp-source -d) x the three targets, interleaved in
@@ -119,6 +122,42 @@ fi
 declare -A PORT=([sink]=$SINK_PORT [haproxy]=$HAP_PORT [mxguard]=$MX_PORT)
 declare -A PID=([sink]=$SINK_PID [haproxy]=$HAP_PID [mxguard]=$MX_PID)
 
+# --- mxguard with greylisting and a rate limit on a state store (issue 5) ---------------
+# The benchmark's one client network is allowed through greylisting beforehand, so every
+# message costs a greylist lookup and a rate-limit update in the store, and none is refused.
+cat > "$W/store-rules.yaml" <<'RULES'
+rules:
+  - name: bench-rate
+    stage: mail
+    then: { rate_limit: { key: [client_ip], rate: 1000000/1s, burst: 1000000 } }
+  - name: bench-greylist
+    stage: rcpt
+    then: { greylist: { delay: 1m } }
+RULES
+start_store_mx() { # name store-url
+    local name=$1 store=$2 port dir
+    port=$(free_port); dir="$W/$name"
+    mkdir -p "$dir/rules" "$dir/state"
+    cp "$W/store-rules.yaml" "$dir/rules/10-bench.yaml"
+    "$MXGUARD" greylist --store "$store" --state "$dir/state" allow 127.0.0.0/24 --ttl 1d >/dev/null
+    RUST_LOG=${RUST_LOG:-warn} "$MXGUARD" run --config "$W/mxguard.yaml" --listen "127.0.0.1:$port" \
+        --upstream "127.0.0.1:$SINK_PORT" --rules "$dir/rules" --state "$dir/state" \
+        --store "$store" --hostname bench.test >"$dir/mxguard.log" 2>&1 &
+    PID[$name]=$!; PIDS+=("$!"); PORT[$name]=$port
+    wait_banner "$port" || { cat "$dir/mxguard.log" >&2; exit 1; }
+}
+if [[ " ${TARGETS[*]} " == *" mxfile "* ]]; then
+    start_store_mx mxfile "file:$W/mxfile/state/bench.redb"
+fi
+if [[ " ${TARGETS[*]} " == *" mxredis "* ]]; then
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize no >/dev/null 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 1 200); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.02; done
+    start_store_mx mxredis "redis://127.0.0.1:$REDIS_PORT/0"
+fi
+
 # messages per run: enough for ~1 s at the expected rates, bounded
 count_for() { # size sessions
     local base
@@ -184,9 +223,11 @@ HAP_IDLE=$(idle_kib "$HAP_PORT" "$HAP_PID" "$HAP_N" || echo "failed")
 
 echo "bench: running (REPS=$REPS SCALE=$SCALE)" >&2
 RES="$W/results.txt"; : > "$RES"
+read -r -a SIZE_LIST <<< "${SIZES:-1024 102400}"
+read -r -a SESSION_LIST <<< "${SESSIONS:-1 10 100}"
 for rep in $(seq 1 "$REPS"); do
-    for size in 1024 102400; do
-        for sess in 1 10 100; do
+    for size in "${SIZE_LIST[@]}"; do
+        for sess in "${SESSION_LIST[@]}"; do
             for pattern in conn reuse; do
                 n=$(count_for "$size" "$sess")
                 # rotate the target order each repetition (interleaved, no fixed order bias)
@@ -234,4 +275,19 @@ print(f"\nResident memory per idle session (VmRSS delta / sessions, after the ba
       f"mxguard {mx_idle} KiB ({idle} sessions), HAProxy {hap_idle} KiB ({hap_n} sessions; "
       f"its banner comes from smtp-sink).")
 print(f"\nmxguard open file descriptors after the load runs: {mx_fds}.")
+stores = [t for t in ("mxfile", "mxredis") if any(k[3] == t for k in runs)]
+if stores:
+    print("\nGreylist + rate limit on a state store (every message: one greylist lookup, one")
+    print("rate-limit update) against mxguard without rules; msg/s and CPU us/msg.\n")
+    print("| size | sessions | connection | mxguard, no rules | " + " | ".join(f"{t} | {t}/no rules | CPU {t}" for t in stores) + " |")
+    print("|---|---|---|---|" + "---|---|---|" * len(stores))
+    for (size, sess, pattern) in sorted({k[:3] for k in runs if k[3] in stores}):
+        k = lambda t: (size, sess, pattern, t)
+        base = med(k("mxguard"), 0)
+        label = "1 msg/conn" if pattern == "conn" else "many/conn (-d)"
+        cells = []
+        for t in stores:
+            v = med(k(t), 0)
+            cells.append(f"{v:.0f} | {v / base * 100:.0f} % | {med(k(t), 1):.0f}")
+        print(f"| {size//1024} KiB | {sess} | {label} | {base:.0f} | " + " | ".join(cells) + " |")
 PY

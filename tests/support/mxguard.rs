@@ -88,7 +88,9 @@ impl MxGuard {
         for (name, text) in &opts.rules {
             std::fs::write(rules.join(name), text).unwrap();
         }
-        let addr: SocketAddr = ([127, 0, 0, 1], super::free_port()).into();
+        // Port 0: the kernel picks a free port and mxguard logs it, so parallel tests can
+        // never race for the same "free" port.
+        let requested: SocketAddr = ([127, 0, 0, 1], 0).into();
         let log_path = dir.join("mxguard.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = Command::new(BIN);
@@ -96,7 +98,7 @@ impl MxGuard {
         if let Some(yaml) = &opts.config {
             let p = dir.join("mxguard.yaml");
             let text = yaml
-                .replace("{listen}", &addr.to_string())
+                .replace("{listen}", &requested.to_string())
                 .replace("{upstream}", &opts.upstream.to_string())
                 .replace("{dir}", &dir.display().to_string());
             std::fs::write(&p, text).unwrap();
@@ -106,7 +108,7 @@ impl MxGuard {
             cmd.arg("--upstream").arg(opts.upstream.to_string());
         }
         cmd.arg("--listen")
-            .arg(addr.to_string())
+            .arg(requested.to_string())
             .arg("--rules")
             .arg(&rules)
             .arg("--state")
@@ -122,6 +124,19 @@ impl MxGuard {
             .stderr(log);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
         let mut proc = ProcGuard::new(child, "mxguard", false);
+        let addr = wait_for(
+            Duration::from_secs(20),
+            "mxguard to log its address",
+            || {
+                if let Err(e) = proc.check_alive() {
+                    panic!(
+                        "mxguard died before listening: {e}\n--- mxguard log ---\n{}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                }
+                first_listening_addr(&std::fs::read_to_string(&log_path).unwrap_or_default())
+            },
+        );
         let lp = log_path.clone();
         let alive = || {
             proc.check_alive().map_err(|e| {
@@ -225,4 +240,22 @@ fn wait_banner_tls(
         }
     });
     let _ = last;
+}
+
+/// The address of the first listener in mxguard's log (`listening … addr=IP:PORT` in text,
+/// `"addr":"IP:PORT"` in JSON).
+fn first_listening_addr(log: &str) -> Option<SocketAddr> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening") && l.contains("listener"))?;
+    let rest = if let Some(i) = line.find("addr=") {
+        &line[i + 5..]
+    } else {
+        let i = line.find("\"addr\":\"")?;
+        &line[i + 8..]
+    };
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '"')
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
