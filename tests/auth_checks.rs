@@ -225,6 +225,9 @@ fn dkim_rsa_ed25519_tampered_and_dmarc() {
         ("reject.test", "reject"),
         ("quarantine.test", "quarantine"),
         ("testing.test", "quarantine"),
+        // RFC 7489 pct: 0 % keep the policy (lowered one step), 100 % all do.
+        ("sampled.test", "quarantine"),
+        ("fullpct.test", "reject"),
     ] {
         let m = message(&format!("bob@{dom}"), "unaligned", "Hi.\r\n");
         let s = e.keys.sign_rsa(&m, "other.test", Canonicalization::Relaxed);

@@ -11,7 +11,7 @@
 //! | `mailauth` | the one wrapper over mail-auth 0.13 (the 0.15 upgrade touches only it) |
 //! | `spf` | HELO and MAIL FROM identities, the null sender |
 //! | `dkim` | the relaxed-body workaround for mail-auth bug #62 |
-//! | `dmarc` | what counts as DNS trouble for a DMARC failure |
+//! | `dmarc` | RFC 7489 `pct` on top of mail-auth, DNS trouble behind a failure |
 //! | `arc` | ARC chain validation (reported in the header) |
 //! | `dnsbl` | DNS block/allow lists, weights, unusable zones |
 //! | `rdns` | PTR, FCrDNS, generic names |
@@ -254,6 +254,9 @@ impl Checker {
         });
         facts.dkim = Some(results.dkim);
         facts.dmarc = results.dmarc;
+        if let Some(d) = facts.dmarc.as_mut() {
+            deadline(cfg.timeout, dmarc::apply_pct(&self.dns, d, raw)).await;
+        }
         facts.arc = results.arc;
         let dkim = facts.dkim_status().unwrap_or(AuthStatus::None);
         self.record("dkim", dkim.as_str(), started);

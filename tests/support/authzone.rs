@@ -144,6 +144,8 @@ other           TXT "v=spf1 ip4:127.0.0.0/24 -all"
 _dmarc.reject   TXT "v=DMARC1; p=reject"
 _dmarc.quarantine TXT "v=DMARC1; p=quarantine"
 _dmarc.testing  TXT "v=DMARC1; p=reject; t=y"
+_dmarc.sampled  TXT "v=DMARC1; p=reject; pct=0"
+_dmarc.fullpct  TXT "v=DMARC1; p=reject; pct=100"
 10.0.0.127.bl   A   127.0.0.2
 10.0.0.127.bl   TXT "Listed: see https://bl.test/127.0.0.10"
 11.0.0.127.bl   A   127.255.255.254
