@@ -62,6 +62,12 @@ impl Spool {
         &self.head
     }
 
+    /// Reserves memory for a message of about `size` octets (never beyond the threshold).
+    pub fn reserve(&mut self, size: u64) {
+        let want = size.min(self.threshold as u64) as usize;
+        self.head.reserve(want.saturating_sub(self.head.len()));
+    }
+
     /// Appends message bytes, spilling to a file when the threshold is crossed.
     pub async fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.len += bytes.len() as u64;

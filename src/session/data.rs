@@ -69,6 +69,8 @@ impl Session {
         let normalize = self.rt.normalizes(self.client.ip);
         let mut decoder = Decoder::new(normalize);
         let mut spool = Spool::new(&self.rt.spool_dir, limits.memory_spool_threshold);
+        // The declared SIZE (bounded by what stays in memory) saves regrowing the buffer.
+        spool.reserve(self.env.declared_size.unwrap_or(0));
         let mut headers = HeaderScan::default();
         let mut got = Received::default();
         let mut decoded = Vec::with_capacity(DATA_CHUNK);

@@ -181,12 +181,15 @@ impl Session {
     }
 
     async fn serve(&mut self) -> End {
-        if let Err(end) = self.greet().await {
+        // The handlers below are boxed: a task's future is as large as its largest state,
+        // and an idle session should not carry the state of a DKIM check or a TLS
+        // handshake it is not doing.
+        if let Err(end) = Box::pin(self.greet()).await {
             return end;
         }
         loop {
             while let Some(line) = self.next_line() {
-                let flow = self.handle_line(&line).await;
+                let flow = Box::pin(self.handle_line(&line)).await;
                 let flow = if flow == Flow::Continue {
                     self.check_limits()
                 } else {
@@ -203,12 +206,12 @@ impl Session {
                         return End::Quit;
                     }
                     Flow::StartTls => {
-                        if let Err(end) = self.start_tls().await {
+                        if let Err(end) = Box::pin(self.start_tls()).await {
                             return end;
                         }
                     }
                     Flow::Data => {
-                        if let Err(end) = self.receive_data().await {
+                        if let Err(end) = Box::pin(self.receive_data()).await {
                             return end;
                         }
                     }
