@@ -333,3 +333,22 @@ fn proxy_header_from_an_untrusted_peer_is_never_believed() {
     c.send(b"EHLO not-a-proxy-header\r\n");
     assert!(c.closed_within(Duration::from_secs(10)));
 }
+
+#[test]
+fn auth_parameter_from_an_unauthenticated_client_is_never_passed_on() {
+    use support::fake_upstream::{FakeUpstream, Script};
+    let up = FakeUpstream::start(Script::default());
+    let mx = MxGuard::start(MxOpts::new(up.addr));
+    let mut c = RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org> AUTH=<>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@example.net>").code, 250);
+    c.cmd("QUIT");
+    let mails: Vec<String> = up
+        .connections()
+        .iter()
+        .flat_map(|c| c.commands.clone())
+        .filter(|c| c.to_ascii_uppercase().starts_with("MAIL"))
+        .collect();
+    assert_eq!(mails, vec!["MAIL FROM:<a@example.org>".to_string()]);
+}
