@@ -240,3 +240,48 @@ fn explain_prints_check_results() {
     assert!(text.contains("rule dnsbl-score"), "{text}");
     assert!(text.contains("dnsbl_score=4"), "{text}");
 }
+
+/// Reverse DNS end to end: loopback clients have no PTR of their own (the resolver answers
+/// `localhost` for 127/8), so the client addresses come from a trusted PROXY header — the
+/// deployment behind an L4 balancer — and the rules see the PTR/FCrDNS of 192.0.2.x.
+#[test]
+fn reverse_dns_rules_over_smtp_behind_a_proxy_header() {
+    let keys = Keys::generate();
+    let dns = TestDns::start(&zones(&keys));
+    let up = FakeUpstream::start(Script::default());
+    let config = format!(
+        "{CONFIG}listeners:\n  - name: mx\n    address: {{listen}}\n    proxy_protocol: {{ trusted: [127.0.0.7/32] }}\n"
+    );
+    let mut opts = MxOpts::new(up.addr).config(&config);
+    opts.rules = vec![(
+        "10-rdns.yaml".into(),
+        "rules:\n  - name: need-fcrdns\n    stage: connect\n    if: { rdns: { in: [none, mismatch] } }\n    then: { reject: \"550 5.7.25 Reverse DNS of {client_ip} does not match\" }\n  - name: generic-names\n    stage: helo\n    if: { rdns: generic }\n    then: { tempfail: \"450 4.7.25 Generic reverse DNS\" }\n".into(),
+    )];
+    opts.args = vec!["--dns".into(), dns.addr.to_string()];
+    let mx = MxGuard::start(opts);
+    let greet = |ip: &str| {
+        let mut c = RawClient::connect_from(mx.addr, Some("127.0.0.7")).unwrap();
+        c.timeout = Duration::from_secs(10);
+        c.send(format!("PROXY TCP4 {ip} 192.0.2.254 40000 25\r\n").as_bytes());
+        let banner = c.reply();
+        (c, banner)
+    };
+    // FCrDNS passes: welcome, and HELO passes.
+    let (mut c, banner) = greet("192.0.2.10");
+    assert_eq!(banner.code, 220, "{banner}");
+    assert_eq!(c.cmd("EHLO mail.pass.test").code, 250);
+    // PTR whose name points elsewhere, and no PTR at all: refused at connect.
+    for ip in ["192.0.2.11", "192.0.2.12"] {
+        let (_, banner) = greet(ip);
+        assert_eq!(
+            banner.raw(),
+            format!("554 5.7.25 Reverse DNS of {ip} does not match"),
+            "{ip}"
+        );
+    }
+    // A generic-looking name (confirmed): tempfailed at HELO.
+    let (mut c, banner) = greet("192.0.2.13");
+    assert_eq!(banner.code, 220, "{banner}");
+    assert!(c.cmd("EHLO dyn.example").is("450 4.7.25"));
+    assert!(up.messages().is_empty());
+}
