@@ -123,6 +123,10 @@ pub struct GreylistArgs {
     /// State directory (for the default file store).
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Ask a running server instead (its `metrics` address, with `admin_endpoints: true`):
+    /// the way to edit a file store the server has locked.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
     #[command(subcommand)]
     pub command: GreylistCommand,
 }
@@ -142,6 +146,22 @@ pub enum GreylistCommand {
     },
     /// Remove entries whose key contains PATTERN (every entry without one).
     Purge { pattern: Option<String> },
+}
+
+impl GreylistCommand {
+    pub fn to_admin(&self) -> crate::admin::AdminCommand {
+        use crate::admin::AdminCommand;
+        match self {
+            GreylistCommand::List => AdminCommand::List,
+            GreylistCommand::Allow { key, ttl } => AdminCommand::Allow {
+                key: key.clone(),
+                ttl: *ttl,
+            },
+            GreylistCommand::Purge { pattern } => AdminCommand::Purge {
+                pattern: pattern.clone().unwrap_or_default(),
+            },
+        }
+    }
 }
 
 impl GreylistArgs {

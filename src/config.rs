@@ -30,6 +30,10 @@ pub struct Config {
     pub data: DataConfig,
     /// Address for the HTTP metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`).
     pub metrics: Option<SocketAddr>,
+    /// Serve the greylist admin endpoints (`GET /greylist`, `POST /greylist/allow`,
+    /// `POST /greylist/purge`) on the `metrics` listener. They change state: enable them
+    /// only with `metrics` bound to loopback or a management network.
+    pub admin_endpoints: bool,
     /// How long SIGTERM waits for transactions in flight before exiting.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
@@ -54,6 +58,7 @@ impl Default for Config {
             limits: Limits::default(),
             data: DataConfig::default(),
             metrics: None,
+            admin_endpoints: false,
             shutdown_grace: Duration::from_secs(30),
             store: crate::store::StoreConfig::default(),
             dns: DnsConfig::default(),

@@ -7,6 +7,7 @@
 //! | [`envelope`] | types every piece shares: stage, client facts, envelope, verdict |
 //! | [`reply`] | SMTP replies as values and their one wire formatter |
 //! | [`config`] | the YAML configuration, its defaults and command-line overrides |
+//! | [`admin`] | greylist administration, offline and over the HTTP listener |
 //! | [`auth_guard`] | failed AUTH attempts per network and user |
 //! | [`cli`] | the `run` and `check` commands and their flags |
 //! | [`listener`] | accept loops, connection limits per client network, implicit TLS |
@@ -27,6 +28,7 @@
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
 //! | [`systemd`] | readiness/reload/watchdog notifications, socket activation |
 
+pub mod admin;
 pub mod auth_guard;
 pub mod checks;
 pub mod cli;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use clap::Parser;
-use mxguard::cli::{CheckArgs, Cli, Command, ExplainArgs, GreylistArgs, GreylistCommand, RunArgs};
+use mxguard::cli::{CheckArgs, Cli, Command, ExplainArgs, GreylistArgs, RunArgs};
 use mxguard::policy::{ExplainInput, RuleSet};
 use mxguard::server::Server;
 use mxguard::telemetry::{LogFormat, init_logging};
@@ -85,53 +85,23 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mxguard greylist list|allow|purge`.
+/// `mxguard greylist list|allow|purge`: offline on the store, or through a running
+/// server's admin endpoint with `--admin`.
 fn greylist(args: GreylistArgs) -> anyhow::Result<()> {
-    use mxguard::store::{AllowTarget, GreyEntry, SystemClock};
-    let (store_cfg, state) = args.store()?;
-    runtime(false)?.block_on(async {
+    let cmd = args.command.to_admin();
+    let out = runtime(false)?.block_on(async {
+        if let Some(addr) = args.admin {
+            return anyhow::Ok(mxguard::admin::remote(addr, &cmd).await?);
+        }
+        let (store_cfg, state) = args.store()?;
         let store = store_cfg
-            .open(&state, std::sync::Arc::new(SystemClock))
+            .open(&state, std::sync::Arc::new(mxguard::store::SystemClock))
             .await
             .map_err(|e| anyhow!("store {store_cfg}: {e}"))?;
-        match &args.command {
-            GreylistCommand::List => {
-                let mut entries = store.list().await?;
-                entries.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
-                for e in entries {
-                    match e {
-                        GreyEntry::Triplet { key, record } => println!(
-                            "triplet {key} {} first_seen={} expires={}",
-                            if record.passed { "passed" } else { "pending" },
-                            record.first_seen / 1_000_000,
-                            record.expires / 1_000_000
-                        ),
-                        GreyEntry::Network { net, record } => println!(
-                            "network {net} passes={} expires={}",
-                            record.passes,
-                            record.expires / 1_000_000
-                        ),
-                    }
-                }
-            }
-            GreylistCommand::Allow { key, ttl } => {
-                let target = if key.contains('|') {
-                    AllowTarget::Triplet(key.clone())
-                } else {
-                    let net: mxguard::config::IpNet =
-                        key.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-                    AllowTarget::Network(net.to_string())
-                };
-                store.allow(&target, *ttl).await?;
-                println!("allowed {key}");
-            }
-            GreylistCommand::Purge { pattern } => {
-                let n = store.purge(pattern.as_deref().unwrap_or("")).await?;
-                println!("purged {n} entries");
-            }
-        }
-        Ok(())
-    })
+        Ok(mxguard::admin::run(&*store, &cmd).await?)
+    })?;
+    print!("{out}");
+    Ok(())
 }
 
 /// `mxguard explain`: the offline run of every stage, printed.

@@ -172,10 +172,12 @@ impl Server {
                         source,
                     })?;
             info!(addr = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+            let admin = rt.config.admin_endpoints.then(|| rt.store.clone());
             tokio::spawn(crate::telemetry::serve_http(
                 http,
                 rt.metrics.clone(),
                 rt.health.clone(),
+                admin,
             ));
         }
         // Learn the upstream's extensions before the first client: EHLO must never offer

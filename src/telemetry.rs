@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -363,21 +363,25 @@ impl Health {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped.
+/// Serves `/metrics`, `/healthz` and `/readyz` (and, given a store, the greylist admin
+/// endpoints of [`crate::admin`]) until the task is dropped.
 pub async fn serve_http(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    admin: Option<Arc<dyn crate::store::Store>>,
 ) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let metrics = metrics.clone();
         let health = health.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let metrics = metrics.clone();
                 let health = health.clone();
-                async move { Ok::<_, Infallible>(route(&req, &metrics, &health)) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(req, &metrics, &health, admin.as_deref()).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -386,30 +390,60 @@ pub async fn serve_http(
     }
 }
 
-fn route<B>(req: &Request<B>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics.encode(),
-        ),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" if health.ready() => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+/// Admin request bodies are a key or a pattern: anything longer is refused.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+async fn route(
+    req: Request<hyper::body::Incoming>,
+    metrics: &Metrics,
+    health: &Health,
+    admin: Option<&dyn crate::store::Store>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let (status, body) = match path.as_str() {
+        "/metrics" => {
+            return text_response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics.encode(),
+            );
+        }
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" if health.ready() => (StatusCode::OK, "ready\n".to_owned()),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
             format!(
                 "not ready: rules_loaded={} upstream_reachable={}\n",
                 health.rules_loaded.load(Ordering::Relaxed),
                 health.upstream_reachable.load(Ordering::Relaxed)
             ),
         ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_owned(),
-        ),
+        p if p.starts_with("/greylist") && admin.is_some() => {
+            let method = req.method().clone();
+            let body = match http_body_util::Limited::new(req.into_body(), MAX_ADMIN_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+                Err(_) => {
+                    return text_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "text/plain",
+                        "body too large\n".into(),
+                    );
+                }
+            };
+            match crate::admin::from_http(&method, &path, &body) {
+                Some(cmd) => crate::admin::serve(admin.expect("checked above"), cmd).await,
+                None => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+            }
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
     };
+    text_response(status, "text/plain", body)
+}
+
+fn text_response(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", ctype)

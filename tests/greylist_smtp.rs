@@ -157,3 +157,48 @@ fn two_instances_share_greylist_and_rate_limits_through_redis() {
     );
     retry_until_accepted(&a, "later@example.org", "z@example.net");
 }
+
+/// `mxguard greylist --admin` edits a running server's (locked) file store: list the
+/// pending triplet, allow it so the retry passes at once, purge it so it is new again.
+#[test]
+fn admin_endpoint_lists_allows_and_purges_on_a_running_server() {
+    let up = FakeUpstream::start(Script::default());
+    let metrics = format!("127.0.0.1:{}", support::free_port());
+    let mut opts = MxOpts::new(up.addr).config("admin_endpoints: true\n");
+    opts.rules = vec![(
+        "10-grey.yaml".into(),
+        GREYLIST
+            .replace("delay: 1s", "delay: 1h")
+            .replace("retry_window: 1h", "retry_window: 2h"),
+    )];
+    opts.args = vec!["--metrics".into(), metrics.clone()];
+    let mx = MxGuard::start(opts);
+    let admin = |args: &[&str]| -> String {
+        let out = std::process::Command::new(support::mxguard::BIN)
+            .args(["greylist", "--admin", &metrics])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(try_rcpt(&mx, "a@example.org", "b@example.net").is("451 4.7.1"));
+    let list = admin(&["list"]);
+    let line = list
+        .lines()
+        .find(|l| l.contains("a@example.org") && l.contains("pending"))
+        .unwrap_or_else(|| panic!("{list}"));
+    let key = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert_eq!(admin(&["allow", &key]), format!("allowed {key}\n"));
+    assert_eq!(try_rcpt(&mx, "a@example.org", "b@example.net").code, 250);
+    assert!(admin(&["purge", "a@example.org"]).starts_with("purged 1 entries"));
+    assert!(try_rcpt(&mx, "a@example.org", "b@example.net").is("451 4.7.1"));
+    assert!(
+        mx.log()
+            .contains("greylist changed through the admin endpoint")
+    );
+}

@@ -174,6 +174,19 @@ fn metrics_show_exact_counts_after_scripted_traffic() {
         assert_eq!(metric_line(&text, series), Some(want), "{series}\n{text}");
     }
     assert_eq!(http_get(&format!("http://{metrics}/healthz")), "ok\n");
+    // The greylist admin endpoints are off unless configured.
+    let code = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{metrics}/greylist"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&code.stdout), "404");
     assert_eq!(http_get(&format!("http://{metrics}/readyz")), "ready\n");
     drop(mx);
 }
