@@ -132,7 +132,7 @@ impl RuleSet {
         let mut needs = [Checks::NONE; 5];
         for (i, r) in rules.iter().enumerate() {
             by_stage[r.stage as usize].push(i);
-            needs[r.stage as usize] |= r.cond.needs();
+            needs[r.stage as usize] |= r.cond.needs() | r.action.needs();
         }
         RuleSet {
             rules,

@@ -187,3 +187,52 @@ fn bad_options_are_located() {
         ]
     );
 }
+
+#[test]
+fn spf_domain_key_uses_the_authorised_domain_when_spf_passes() {
+    let rules = load(
+        "rules:\n  - name: grey-pool\n    stage: rcpt\n    then: { greylist: { key: [spf_domain, sender, recipient] } }\n",
+    );
+    assert!(
+        rules
+            .needs(Stage::Rcpt)
+            .contains(crate::envelope::Checks::SPF)
+    );
+    let e = env("alice@bigsender.example", "bob@example.org");
+    let triplet = |ip: &str, auth: &crate::envelope::AuthFacts| {
+        let c = client(ip);
+        let facts = Facts {
+            stage: Stage::Rcpt,
+            client: &c,
+            envelope: &e,
+            message: None,
+            auth,
+        };
+        let ev = rules.evaluate(&facts);
+        let Decision::Check(p) = &ev.verdict.decision else {
+            panic!("{:?}", ev.verdict)
+        };
+        let Check::Greylist(g) = &p.check else {
+            panic!()
+        };
+        g.triplet.clone()
+    };
+    let mut pass = crate::envelope::AuthFacts::default();
+    pass.spf = Some(crate::envelope::SpfFact {
+        status: crate::envelope::AuthStatus::Pass,
+        domain: "BigSender.example".into(),
+    });
+    // Two addresses of the sender's pool: one triplet.
+    let a = triplet("192.0.2.10", &pass);
+    assert_eq!(
+        a,
+        "spf:bigsender.example|alice@bigsender.example|bob@example.org"
+    );
+    assert_eq!(triplet("203.0.113.99", &pass), a);
+    // Without an SPF pass: the client network, as with client_net.
+    let none = crate::envelope::AuthFacts::default();
+    assert_eq!(
+        triplet("192.0.2.10", &none),
+        "192.0.2.0/24|alice@bigsender.example|bob@example.org"
+    );
+}

@@ -89,7 +89,8 @@ impl GreylistAction {
             .key
             .iter()
             .map(|k| match k {
-                GreyKey::ClientNet | GreyKey::SpfDomain => net.clone(),
+                GreyKey::ClientNet => net.clone(),
+                GreyKey::SpfDomain => spf_domain_or_net(s, &net),
                 GreyKey::Sender => normalize_sender(s.sender.as_ref().map_or("", |t| t.orig)),
                 GreyKey::Recipient => s
                     .recipients
@@ -102,6 +103,29 @@ impl GreylistAction {
             triplet: parts.join("|"),
             net,
             params: self.params,
+        }
+    }
+}
+
+/// Large senders retry from other addresses of a pool: when SPF passed for the MAIL FROM
+/// domain, that domain stands for the client instead of its network, so a retry from
+/// another authorised address finds the same triplet. Otherwise the network, as usual.
+fn spf_domain_or_net(s: &Subject<'_>, net: &str) -> String {
+    match s.facts.auth.spf.as_ref() {
+        Some(spf) if spf.status == crate::envelope::AuthStatus::Pass && !spf.domain.is_empty() => {
+            format!("spf:{}", spf.domain.to_ascii_lowercase())
+        }
+        _ => net.to_owned(),
+    }
+}
+
+impl GreylistAction {
+    /// The checks the key needs before the rule runs: SPF for `spf_domain`.
+    pub fn needs(&self) -> crate::envelope::Checks {
+        if self.key.contains(&GreyKey::SpfDomain) {
+            crate::envelope::Checks::SPF
+        } else {
+            crate::envelope::Checks::NONE
         }
     }
 }

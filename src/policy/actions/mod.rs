@@ -103,6 +103,14 @@ pub(crate) enum Action {
 }
 
 impl Action {
+    /// The checks the action itself needs before its rule runs.
+    pub fn needs(&self) -> crate::envelope::Checks {
+        match self {
+            Action::Greylist(g) => g.needs(),
+            _ => crate::envelope::Checks::NONE,
+        }
+    }
+
     pub fn kind(&self) -> ActionKind {
         match self {
             Action::Accept => ActionKind::Accept,
