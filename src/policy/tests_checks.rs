@@ -217,11 +217,13 @@ fn spf_domain_key_uses_the_authorised_domain_when_spf_passes() {
         };
         g.triplet.clone()
     };
-    let mut pass = crate::envelope::AuthFacts::default();
-    pass.spf = Some(crate::envelope::SpfFact {
-        status: crate::envelope::AuthStatus::Pass,
-        domain: "BigSender.example".into(),
-    });
+    let pass = crate::envelope::AuthFacts {
+        spf: Some(crate::envelope::SpfFact {
+            status: crate::envelope::AuthStatus::Pass,
+            domain: "BigSender.example".into(),
+        }),
+        ..Default::default()
+    };
     // Two addresses of the sender's pool: one triplet.
     let a = triplet("192.0.2.10", &pass);
     assert_eq!(
