@@ -1,6 +1,6 @@
 //! Policy: compiled rules and their evaluation at each SMTP stage.
 //!
-//! The administrator writes `rules/*.yaml` (reference: `docs/rules-reference.md`);
+//! The administrator writes `rules/*.yaml` (reference: README.md, "Rules");
 //! [`RuleSet::load`] validates the whole directory, reporting *every* problem with its
 //! `file:line:column`, and compiles it into matchers (network ranges, hash sets, regex
 //! sets). [`RuleSet::evaluate`] is a pure function of the [`Facts`] of one decision:
