@@ -163,6 +163,11 @@ pub struct UpstreamConfig {
     /// Deadline for the reply after the final dot (Postfix `smtp_data_done_timeout` 600 s).
     #[serde(deserialize_with = "de_duration")]
     pub data_timeout: Duration,
+    /// While a client is still sending a message, a NOOP goes upstream this often, so the
+    /// upstream's idle timeout (Postfix `smtpd_timeout`, 300 s) never ends the waiting
+    /// transaction of a slow, large message.
+    #[serde(deserialize_with = "de_duration")]
+    pub keepalive: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -176,6 +181,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            keepalive: Duration::from_secs(60),
         }
     }
 }

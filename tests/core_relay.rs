@@ -187,3 +187,42 @@ fn sigterm_lets_the_transaction_in_flight_finish() {
     assert!(st.success(), "{st}");
     assert_eq!(up.messages().len(), 1);
 }
+
+/// A slow client: while it is still sending its message, NOOPs keep the waiting upstream
+/// transaction alive (Postfix would otherwise time the idle session out after
+/// `smtpd_timeout`), and the message is then relayed on the same session.
+#[test]
+fn upstream_is_kept_alive_while_a_slow_client_sends() {
+    let up = FakeUpstream::start(Script::default());
+    let mx = MxGuard::start(
+        MxOpts::new(up.addr)
+            .config("upstreams:\n  - address: \"{upstream}\"\n    keepalive: 100ms\n"),
+    );
+    let mut c = RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    assert_eq!(c.cmd("MAIL FROM:<slow@example.org>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@example.net>").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(b"Subject: slow\r\n\r\n");
+    // The client's own pace (this is the behaviour under test, not a synchronisation):
+    // well past several keepalive intervals.
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(150));
+        c.send(format!("line {i}\r\n").as_bytes());
+    }
+    c.send(b".\r\n");
+    assert_eq!(c.reply().code, 250);
+    let conns = up.connections();
+    let noops = conns
+        .iter()
+        .flat_map(|c| c.commands.iter())
+        .filter(|c| c.eq_ignore_ascii_case("NOOP"))
+        .count();
+    assert!(
+        noops >= 3,
+        "expected keepalive NOOPs upstream, got {noops}: {:?}",
+        up.transcript()
+    );
+    assert_eq!(up.accepted().len(), 1);
+    assert!(up.accepted()[0].content().ends_with(b"line 4\r\n"));
+}

@@ -199,6 +199,7 @@ impl Upstreams {
             trace: TraceMode::ReceivedHeader,
             command_timeout: cfg.command_timeout,
             data_timeout: cfg.data_timeout,
+            keepalive: cfg.keepalive,
             metrics: self.metrics.clone(),
             address: cfg.address.clone(),
         };
@@ -246,6 +247,8 @@ pub struct Upstream {
     pub trace: TraceMode,
     command_timeout: Duration,
     data_timeout: Duration,
+    /// How often to NOOP while the client is still sending a message.
+    pub keepalive: Duration,
     metrics: Arc<Metrics>,
     pub address: String,
 }
@@ -485,6 +488,19 @@ impl Upstream {
             .observe(started.elapsed().as_secs_f64());
         self.metrics.upstream_reply("end_of_data", reply.code);
         Ok(reply)
+    }
+
+    /// NOOP, to keep a waiting transaction alive: `Err` if the session is gone.
+    pub async fn noop(&mut self) -> Result<(), RelayError> {
+        let reply = self.command("noop", b"NOOP\r\n").await?;
+        if reply.code == 250 {
+            Ok(())
+        } else {
+            Err(RelayError::Refused {
+                stage: "noop",
+                reply,
+            })
+        }
     }
 
     /// Aborts the upstream transaction so the session can be reused.

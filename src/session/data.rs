@@ -76,6 +76,11 @@ impl Session {
         let mut decoded = Vec::with_capacity(DATA_CHUNK);
         let started = Instant::now();
         let mut wire_bytes: u64 = 0;
+        let every = self
+            .upstream
+            .as_ref()
+            .map_or(Duration::from_secs(60), |u| u.keepalive);
+        let mut keepalive = tokio::time::interval_at(started + every, every);
         self.conn.set_chunk(DATA_CHUNK);
         loop {
             decoded.clear();
@@ -105,7 +110,15 @@ impl Session {
                 limits.command_timeout,
                 limits.min_data_rate,
             );
-            match self.conn.fill(deadline).await {
+            let input = tokio::select! {
+                r = self.conn.fill(deadline) => Some(r),
+                _ = keepalive.tick(), if self.upstream.is_some() => None,
+            };
+            let Some(input) = input else {
+                self.keep_upstream_alive().await;
+                continue;
+            };
+            match input {
                 Ok(_) => {}
                 Err(ReadError::Timeout) => {
                     self.conn.set_chunk(COMMAND_CHUNK);
@@ -133,6 +146,18 @@ impl Session {
             .observe(eod.elapsed().as_secs_f64());
         self.push(&r);
         Ok(())
+    }
+
+    /// A NOOP to the waiting upstream while the client is still sending; a session that
+    /// does not answer is dropped (the message then gets 451 4.4.1 and is retried).
+    async fn keep_upstream_alive(&mut self) {
+        if let Some(up) = self.upstream.as_mut()
+            && let Err(e) = up.noop().await
+        {
+            warn!(session = %self.id, error = %e, "upstream lost while the client was sending");
+            self.upstream = None;
+            self.upstream_in_transaction = false;
+        }
     }
 
     /// Decides a fully received message: limits, content rules, then the upstream.
