@@ -105,6 +105,24 @@ impl Spool {
         Ok(())
     }
 
+    /// The whole message: borrowed when it is in memory, read from the file when spilled
+    /// (DKIM needs it all; the size limit bounds it).
+    pub async fn read_all(&mut self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        if self.file.is_none() {
+            return Ok(std::borrow::Cow::Borrowed(&self.head));
+        }
+        let mut out = Vec::with_capacity(self.len as usize);
+        let mut pos = 0;
+        let mut scratch = Vec::new();
+        loop {
+            let chunk = self.next_chunk(&mut pos, &mut scratch).await?;
+            if chunk.is_empty() {
+                return Ok(std::borrow::Cow::Owned(out));
+            }
+            out.extend_from_slice(chunk);
+        }
+    }
+
     /// Returns the next piece of the message after `*pos` (empty at the end) and
     /// advances `pos`. Reading from position 0 starts over, so a message can be sent
     /// twice (e.g. to a second upstream).
@@ -146,16 +164,7 @@ mod tests {
     use super::*;
 
     async fn collect(s: &mut Spool) -> Vec<u8> {
-        let mut all = Vec::new();
-        let mut pos = 0;
-        let mut scratch = Vec::new();
-        loop {
-            let chunk = s.next_chunk(&mut pos, &mut scratch).await.unwrap();
-            if chunk.is_empty() {
-                return all;
-            }
-            all.extend_from_slice(chunk);
-        }
+        s.read_all().await.unwrap().into_owned()
     }
 
     #[tokio::test]

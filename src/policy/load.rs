@@ -16,7 +16,7 @@ use super::actions;
 use super::conditions::{self, Always};
 use super::error::{LoadError, LoadErrors};
 use super::lists::{NetSet, Pattern, TextSet, check_regex, looks_like_net, parse_net};
-use super::yaml::{KeyPath, kind_of, locate};
+use super::yaml::{KeyPath, kind_of, locate, one_or_many};
 use super::{Mode, Rule, RuleSet};
 use crate::envelope::Stage;
 
@@ -299,14 +299,7 @@ impl Decoder<'_> {
         path: &KeyPath,
         make: impl Fn(&str) -> Pattern,
     ) -> Option<(Arc<TextSet>, String)> {
-        let items: Vec<(KeyPath, &Value)> = match v {
-            Value::Sequence(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, x)| (path.index(i), x))
-                .collect(),
-            other => vec![(path.clone(), other)],
-        };
+        let items = one_or_many(v, path);
         let mut patterns = Vec::new();
         let mut ok = true;
         for (p, item) in &items {
@@ -614,13 +607,8 @@ fn read_lists(d: &mut Decoder<'_>, dir: &Path, v: &Value, path: &KeyPath) {
             d.error_at_key(&lpath, format!("duplicate list `{name}`"));
             continue;
         }
-        let items: Vec<(KeyPath, &Value)> = match val {
-            Value::Sequence(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, x)| (lpath.index(i), x))
-                .collect(),
-            Value::String(_) => vec![(lpath.clone(), val)],
+        let items = match val {
+            Value::Sequence(_) | Value::String(_) => one_or_many(val, &lpath),
             Value::Null => Vec::new(),
             other => {
                 d.error(

@@ -278,6 +278,22 @@ impl<'de> Visitor<'de> for Fail {
     }
 }
 
+/// A list's items with their paths, or a single value as a list of one: rule files may
+/// write `[a, b]` or just `a` wherever a list of values is allowed.
+pub(crate) fn one_or_many<'v>(
+    v: &'v serde_yaml_ng::Value,
+    path: &KeyPath,
+) -> Vec<(KeyPath, &'v serde_yaml_ng::Value)> {
+    match v {
+        serde_yaml_ng::Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (path.index(i), x))
+            .collect(),
+        other => vec![(path.clone(), other)],
+    }
+}
+
 /// A short name for a node's type, for "expected X, found Y" messages.
 pub(crate) fn kind_of(v: &serde_yaml_ng::Value) -> &'static str {
     use serde_yaml_ng::Value;

@@ -166,10 +166,10 @@ impl Session {
         self.rt.metrics.message_size_bytes.observe(got.size as f64);
         if let Some((kind, r)) = self.refusal_for_content(&got, normalize) {
             self.note_bad_input(kind, &r);
-            self.errors += 1;
-            self.finish_transaction(refusal_outcome(&r), None);
-            self.reset_upstream().await;
-            return r;
+            return self.refuse_message(r).await;
+        }
+        if let Some(e) = &got.spool_error {
+            return self.local_failure("spool write", e).await;
         }
         let mut view = crate::policy::message_view(
             spool.head(),
@@ -179,23 +179,15 @@ impl Session {
         let want = self.checks_wanted(Stage::Data);
         if want.intersects(Checks::DKIM | Checks::DMARC | Checks::ARC) {
             // DKIM needs the whole message; it is bounded by the size limit.
-            match whole_message(&mut spool).await {
+            match spool.read_all().await {
                 Ok(raw) => self.run_checks(want, Some(&raw)).await,
-                Err(e) => {
-                    warn!(session = %self.id, error = %e, "spool read failed");
-                    self.finish_transaction("tempfailed", None);
-                    self.reset_upstream().await;
-                    return reply(451, (4, 3, 0), "Error: local error, try again later");
-                }
+                Err(e) => return self.local_failure("spool read", &e).await,
             }
         } else {
             self.run_checks(want, None).await;
         }
         if let Some(refusal) = self.evaluate_with(Stage::Data, Some(&view)).await {
-            self.errors += 1;
-            self.finish_transaction(refusal_outcome(&refusal), None);
-            self.reset_upstream().await;
-            return refusal;
+            return self.refuse_message(refusal).await;
         }
         let prepend = self.headers_to_prepend();
         let Some(up) = self.upstream.as_mut() else {
@@ -279,14 +271,25 @@ impl Session {
                 reply(550, (5, 6, 0), "Error: message contains NUL characters"),
             ));
         }
-        if let Some(e) = &got.spool_error {
-            warn!(session = %self.id, error = %e, "spool write failed");
-            return Some((
-                "spool_error",
-                reply(451, (4, 3, 0), "Error: local error, try again later"),
-            ));
-        }
         None
+    }
+
+    /// Our own failure (the spool): a 4xx so the sender retries; not the client's fault,
+    /// so not counted as bad input.
+    async fn local_failure(&mut self, what: &str, e: &std::io::Error) -> Reply {
+        warn!(session = %self.id, error = %e, "{what} failed");
+        self.finish_transaction("tempfailed", None);
+        self.reset_upstream().await;
+        reply(451, (4, 3, 0), "Error: local error, try again later")
+    }
+
+    /// Refuses the received message (a content limit or a `data` rule): it never reaches
+    /// the upstream, whose transaction is reset.
+    async fn refuse_message(&mut self, r: Reply) -> Reply {
+        self.errors += 1;
+        self.finish_transaction(refusal_outcome(&r), None);
+        self.reset_upstream().await;
+        r
     }
 
     /// Our trace header when the upstream cannot be told the client any other way, and
@@ -322,20 +325,6 @@ impl Session {
             prepend.push_str("\r\n");
         }
         prepend
-    }
-}
-
-/// The whole message from the spool (in memory already unless it spilled to a file).
-async fn whole_message(spool: &mut Spool) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(spool.len() as usize);
-    let mut pos = 0;
-    let mut scratch = Vec::new();
-    loop {
-        let chunk = spool.next_chunk(&mut pos, &mut scratch).await?;
-        if chunk.is_empty() {
-            return Ok(out);
-        }
-        out.extend_from_slice(chunk);
     }
 }
 

@@ -16,7 +16,7 @@ use super::spf::{names, statuses};
 use crate::envelope::{AuthStatus, Checks};
 use crate::policy::load::Decoder;
 use crate::policy::subject::Subject;
-use crate::policy::yaml::{KeyPath, kind_of};
+use crate::policy::yaml::{KeyPath, kind_of, one_or_many};
 
 const RESULTS: &[AuthStatus] = &[
     AuthStatus::Pass,
@@ -59,13 +59,8 @@ impl Condition for Dmarc {
 }
 
 fn policies(d: &mut Decoder<'_>, v: &Value, path: &KeyPath) -> Option<Vec<&'static str>> {
-    let items: Vec<(KeyPath, &Value)> = match v {
-        Value::Sequence(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, x)| (path.index(i), x))
-            .collect(),
-        Value::String(_) => vec![(path.clone(), v)],
+    let items = match v {
+        Value::Sequence(_) | Value::String(_) => one_or_many(v, path),
         other => {
             d.error(
                 path,
