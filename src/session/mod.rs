@@ -510,8 +510,7 @@ impl Session {
     /// and `data`, those the Authentication-Results header reports. None after an
     /// `accept` (nothing left to decide), except what the header needs.
     fn checks_wanted(&self, stage: Stage) -> Checks {
-        let skipped = self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail);
-        let rules = if skipped {
+        let rules = if self.accepted_before(stage) {
             Checks::NONE
         } else {
             self.rules.needs(stage)
@@ -545,8 +544,7 @@ impl Session {
         stage: Stage,
         message: Option<&MessageView>,
     ) -> Option<Reply> {
-        let skipped = self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail);
-        if skipped {
+        if self.accepted_before(stage) {
             return None;
         }
         let facts = Facts {
@@ -627,6 +625,12 @@ impl Session {
             debug!(session = %self.id, stage = %stage, rule = %rule, "policy accept");
         }
         refusal
+    }
+
+    /// Whether an earlier `accept` ended rule evaluation for `stage`: for the session at
+    /// connect/helo, for the transaction at mail and later.
+    fn accepted_before(&self, stage: Stage) -> bool {
+        self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail)
     }
 
     /// The identity the upstream should see for this client.
