@@ -447,7 +447,10 @@ impl Upstream {
         }
         let started = Instant::now();
         let mut encoder = Encoder::new();
-        let mut out = Vec::with_capacity(64 * 1024 + 1024);
+        // Sized for the message (stuffing adds little), up to one write batch: a 1 KiB
+        // message should not cost a 65 KiB allocation.
+        let wire = (prepend.len() as u64 + spool.len()).min(32 * 1024) as usize;
+        let mut out = Vec::with_capacity(wire + wire / 32 + 1024);
         encoder.encode(prepend, &mut out);
         let mut pos = 0;
         let mut scratch = Vec::new();
