@@ -73,7 +73,8 @@ impl Session {
         spool.reserve(self.env.declared_size.unwrap_or(0));
         let mut headers = HeaderScan::default();
         let mut got = Received::default();
-        let mut decoded = Vec::with_capacity(DATA_CHUNK);
+        // Grows to the size of what one read decodes; small messages stay small.
+        let mut decoded = Vec::new();
         let started = Instant::now();
         let mut wire_bytes: u64 = 0;
         let every = self
