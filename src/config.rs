@@ -206,11 +206,27 @@ pub struct Limits {
     pub max_header_size: u64,
     /// Recipients per transaction (`smtpd_recipient_limit`); the next gets `452 4.5.3`.
     pub max_recipients: usize,
+    /// RCPTs beyond `max_recipients` that are only refused; each one after these also
+    /// counts as an error, so `hard_error_limit` ends the session
+    /// (`smtpd_recipient_overshoot_limit`).
+    pub recipient_overshoot_limit: usize,
     /// Longest command line in octets including CRLF (`line_length_limit`).
     pub max_line_length: usize,
-    /// Deadline for each command read (`smtpd_timeout`).
+    /// Deadline for each command line, from the moment we wait for it to its CRLF:
+    /// bytes dripped in one at a time do not extend it (`smtpd_timeout` together with
+    /// `smtpd_per_record_deadline`).
     #[serde(deserialize_with = "de_duration")]
     pub command_timeout: Duration,
+    /// Above this share of `max_sessions` open, the server is under stress and the
+    /// `stress_*` limits apply (Postfix's stress-dependent `smtpd_timeout` and error
+    /// limits). `100%` never.
+    #[serde(deserialize_with = "de_percent")]
+    pub stress_threshold: f64,
+    /// `command_timeout` under stress.
+    #[serde(deserialize_with = "de_duration")]
+    pub stress_command_timeout: Duration,
+    /// `hard_error_limit` under stress.
+    pub stress_hard_error_limit: u32,
     /// Minimum DATA transfer rate in bytes/s (`smtpd_min_data_rate`).
     pub min_data_rate: u64,
     /// Concurrent sessions in total.
@@ -233,10 +249,19 @@ pub struct Limits {
     /// Failed AUTH attempts per client network within `auth_failure_window`; beyond it
     /// `421 4.7.0` and close.
     pub auth_failures_per_network: u32,
-    /// Failed AUTH attempts per user name within `auth_failure_window`.
+    /// Failed AUTH attempts per user name from one client network within
+    /// `auth_failure_window`; beyond it that network may not try that user (`421 4.7.0`,
+    /// nothing relayed). Across all networks, the same count starts `auth_backoff`.
     pub auth_failures_per_user: u32,
     #[serde(deserialize_with = "de_duration")]
     pub auth_failure_window: Duration,
+    /// Delay before relaying an attempt for a user who had `auth_failures_per_user`
+    /// failures across networks, from a network it never logged in from; doubles per
+    /// further failure, up to `auth_max_backoff`.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_backoff: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_max_backoff: Duration,
     /// Message bytes held in memory before spilling to a file in the state directory.
     #[serde(deserialize_with = "de_size")]
     pub memory_spool_threshold: u64,
@@ -254,8 +279,12 @@ impl Default for Limits {
             max_message_size: 25 * 1024 * 1024,
             max_header_size: 1024 * 1024,
             max_recipients: 1000,
+            recipient_overshoot_limit: 1000,
             max_line_length: 2048,
             command_timeout: Duration::from_secs(300),
+            stress_threshold: 0.8,
+            stress_command_timeout: Duration::from_secs(10),
+            stress_hard_error_limit: 1,
             min_data_rate: 500,
             max_sessions: 10_000,
             max_sessions_per_network: 50,
@@ -271,6 +300,8 @@ impl Default for Limits {
             auth_failures_per_network: 20,
             auth_failures_per_user: 10,
             auth_failure_window: Duration::from_secs(900),
+            auth_backoff: Duration::from_secs(1),
+            auth_max_backoff: Duration::from_secs(30),
             memory_spool_threshold: 1024 * 1024,
             body_scan_limit: 64 * 1024,
             greet_pause: Duration::ZERO,
@@ -626,6 +657,37 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Raw::Num(n) => Err(serde::de::Error::custom(format!("negative duration {n}"))),
         Raw::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
     }
+}
+
+/// `80%`, `80` or `0.8` (a number up to 1 is a fraction) as a fraction in 0..=1.
+fn de_percent<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(f64),
+        Str(String),
+    }
+    let (n, pct) = match Raw::deserialize(d)? {
+        Raw::Num(n) => (n, n > 1.0),
+        Raw::Str(s) => {
+            let t = s.trim();
+            let (num, pct) = match t.strip_suffix('%') {
+                Some(n) => (n.trim(), true),
+                None => (t, false),
+            };
+            let n: f64 = num
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("invalid percentage {s:?}")))?;
+            (n, pct || n > 1.0)
+        }
+    };
+    let f = if pct { n / 100.0 } else { n };
+    if !(0.0..=1.0).contains(&f) {
+        return Err(serde::de::Error::custom(format!(
+            "percentage {n} out of range"
+        )));
+    }
+    Ok(f)
 }
 
 /// Numbers are octets; strings take units.

@@ -57,6 +57,8 @@ pub struct ClientInfo {
     pub port: u16,
     /// The listener's configured name (e.g. "mx", "submission").
     pub listener: String,
+    /// The listener takes mail clients (`mode: submission`), not other MTAs.
+    pub submission: bool,
     /// Whether the session is (now) under TLS.
     pub tls: bool,
     /// The SASL user once authenticated.

@@ -21,6 +21,115 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
+/// The kinds of client protocol errors and limit hits (`mxguard_protocol_errors_total`'s
+/// `kind` label): one list that both counts and initialises the series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolErrorKind {
+    Syntax,
+    UnknownCommand,
+    LineTooLong,
+    NulInCommand,
+    BareLineEnd,
+    BadUtf8,
+    BadHelo,
+    ForbiddenCommand,
+    ControlCommand,
+    UnsupportedParameter,
+    Size,
+    HeaderSize,
+    NulInData,
+    Timeout,
+    SlowCommand,
+    StressTimeout,
+    DataTimeout,
+    Pregreet,
+    PipeliningAfterData,
+    TooManyErrors,
+    TooManyJunkCommands,
+    TooManyRecipients,
+    TooManyTransactions,
+    AuthRequired,
+    AuthFailed,
+    AuthRateLimited,
+    AuthDelayed,
+    Bdat,
+    StarttlsInjection,
+    TlsHandshake,
+    ProxyProtocol,
+}
+
+impl ProtocolErrorKind {
+    pub const ALL: [ProtocolErrorKind; 31] = [
+        ProtocolErrorKind::Syntax,
+        ProtocolErrorKind::UnknownCommand,
+        ProtocolErrorKind::LineTooLong,
+        ProtocolErrorKind::NulInCommand,
+        ProtocolErrorKind::BareLineEnd,
+        ProtocolErrorKind::BadUtf8,
+        ProtocolErrorKind::BadHelo,
+        ProtocolErrorKind::ForbiddenCommand,
+        ProtocolErrorKind::ControlCommand,
+        ProtocolErrorKind::UnsupportedParameter,
+        ProtocolErrorKind::Size,
+        ProtocolErrorKind::HeaderSize,
+        ProtocolErrorKind::NulInData,
+        ProtocolErrorKind::Timeout,
+        ProtocolErrorKind::SlowCommand,
+        ProtocolErrorKind::StressTimeout,
+        ProtocolErrorKind::DataTimeout,
+        ProtocolErrorKind::Pregreet,
+        ProtocolErrorKind::PipeliningAfterData,
+        ProtocolErrorKind::TooManyErrors,
+        ProtocolErrorKind::TooManyJunkCommands,
+        ProtocolErrorKind::TooManyRecipients,
+        ProtocolErrorKind::TooManyTransactions,
+        ProtocolErrorKind::AuthRequired,
+        ProtocolErrorKind::AuthFailed,
+        ProtocolErrorKind::AuthRateLimited,
+        ProtocolErrorKind::AuthDelayed,
+        ProtocolErrorKind::Bdat,
+        ProtocolErrorKind::StarttlsInjection,
+        ProtocolErrorKind::TlsHandshake,
+        ProtocolErrorKind::ProxyProtocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolErrorKind::Syntax => "syntax",
+            ProtocolErrorKind::UnknownCommand => "unknown_command",
+            ProtocolErrorKind::LineTooLong => "line_too_long",
+            ProtocolErrorKind::NulInCommand => "nul_in_command",
+            ProtocolErrorKind::BareLineEnd => "bare_line_end",
+            ProtocolErrorKind::BadUtf8 => "bad_utf8",
+            ProtocolErrorKind::BadHelo => "bad_helo",
+            ProtocolErrorKind::ForbiddenCommand => "forbidden_command",
+            ProtocolErrorKind::ControlCommand => "control_command",
+            ProtocolErrorKind::UnsupportedParameter => "unsupported_parameter",
+            ProtocolErrorKind::Size => "size",
+            ProtocolErrorKind::HeaderSize => "header_size",
+            ProtocolErrorKind::NulInData => "nul_in_data",
+            ProtocolErrorKind::Timeout => "timeout",
+            ProtocolErrorKind::SlowCommand => "slow_command",
+            ProtocolErrorKind::StressTimeout => "stress_timeout",
+            ProtocolErrorKind::DataTimeout => "data_timeout",
+            ProtocolErrorKind::Pregreet => "pregreet",
+            ProtocolErrorKind::PipeliningAfterData => "pipelining_after_data",
+            ProtocolErrorKind::TooManyErrors => "too_many_errors",
+            ProtocolErrorKind::TooManyJunkCommands => "too_many_junk_commands",
+            ProtocolErrorKind::TooManyRecipients => "too_many_recipients",
+            ProtocolErrorKind::TooManyTransactions => "too_many_transactions",
+            ProtocolErrorKind::AuthRequired => "auth_required",
+            ProtocolErrorKind::AuthFailed => "auth_failed",
+            ProtocolErrorKind::AuthRateLimited => "auth_rate_limited",
+            ProtocolErrorKind::AuthDelayed => "auth_delayed",
+            ProtocolErrorKind::Bdat => "bdat",
+            ProtocolErrorKind::StarttlsInjection => "starttls_injection",
+            ProtocolErrorKind::TlsHandshake => "tls_handshake",
+            ProtocolErrorKind::ProxyProtocol => "proxy_protocol",
+        }
+    }
+}
+
 /// Every metric family mxguard exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -28,10 +137,12 @@ pub struct Metrics {
     pub sessions_total: IntCounterVec,
     pub sessions_open: IntGaugeVec,
     pub sessions_refused_total: IntCounterVec,
+    pub stress_active: IntGauge,
     pub transactions_total: IntCounterVec,
     pub protocol_errors_total: IntCounterVec,
     pub upstream_replies_total: IntCounterVec,
     pub upstream_connect_failures_total: IntCounterVec,
+    pub upstream_protocol_errors_total: IntCounterVec,
     pub upstream_reply_seconds: HistogramVec,
     pub end_of_data_seconds: Histogram,
     pub message_size_bytes: Histogram,
@@ -71,6 +182,11 @@ impl Metrics {
                 "Connections refused before the banner, by reason",
                 &["listener", "reason"],
             ),
+            stress_active: IntGauge::new(
+                "mxguard_stress_active",
+                "1 while more than limits.stress_threshold of max_sessions are open (stress timeouts and error limits apply)",
+            )
+            .expect("valid gauge"),
             transactions_total: counter_vec(
                 "mxguard_transactions_total",
                 "Transactions by outcome (delivered, rejected, tempfailed, upstream_rejected, upstream_failed, aborted)",
@@ -90,6 +206,11 @@ impl Metrics {
                 "mxguard_upstream_connect_failures_total",
                 "Failed connections to an upstream, by upstream index and reason",
                 &["upstream", "reason"],
+            ),
+            upstream_protocol_errors_total: counter_vec(
+                "mxguard_upstream_protocol_errors_total",
+                "Upstream replies that did not fit the command (a 250 to DATA, unsolicited or unparsable replies), by stage; the connection was dropped",
+                &["stage"],
             ),
             upstream_reply_seconds: HistogramVec::new(
                 HistogramOpts::new(
@@ -208,10 +329,12 @@ impl Metrics {
             Box::new(self.sessions_total.clone()),
             Box::new(self.sessions_open.clone()),
             Box::new(self.sessions_refused_total.clone()),
+            Box::new(self.stress_active.clone()),
             Box::new(self.transactions_total.clone()),
             Box::new(self.protocol_errors_total.clone()),
             Box::new(self.upstream_replies_total.clone()),
             Box::new(self.upstream_connect_failures_total.clone()),
+            Box::new(self.upstream_protocol_errors_total.clone()),
             Box::new(self.upstream_reply_seconds.clone()),
             Box::new(self.end_of_data_seconds.clone()),
             Box::new(self.message_size_bytes.clone()),
@@ -303,11 +426,17 @@ impl Metrics {
         for op in ["greylist", "rate_limit", "sweep"] {
             self.store_errors_total.with_label_values(&[op]);
         }
+        for kind in ProtocolErrorKind::ALL {
+            self.protocol_errors_total
+                .with_label_values(&[kind.as_str()]);
+        }
     }
 
-    /// Counts a client protocol error or limit hit (`kind` is from a fixed set).
-    pub fn protocol_error(&self, kind: &str) {
-        self.protocol_errors_total.with_label_values(&[kind]).inc();
+    /// Counts a client protocol error or limit hit.
+    pub fn protocol_error(&self, kind: ProtocolErrorKind) {
+        self.protocol_errors_total
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     pub fn transaction(&self, outcome: &str) {

@@ -53,6 +53,7 @@ fn s() -> S {
             ip: "192.0.2.10".parse().unwrap(),
             port: 4000,
             listener: "mx".into(),
+            submission: false,
             tls: false,
             auth_user: None,
         },

@@ -51,6 +51,7 @@ fn decide(set: &RuleSet, stage: Stage, auth: &AuthFacts) -> Decision {
         ip: "192.0.2.1".parse().unwrap(),
         port: 1,
         listener: "mx".into(),
+        submission: false,
         tls: false,
         auth_user: None,
     };

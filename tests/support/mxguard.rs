@@ -86,7 +86,9 @@ impl MxGuard {
         std::fs::create_dir_all(&rules).unwrap();
         std::fs::create_dir_all(&state).unwrap();
         for (name, text) in &opts.rules {
-            std::fs::write(rules.join(name), text).unwrap();
+            let path = rules.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
         }
         // Port 0: the kernel picks a free port and mxguard logs it, so parallel tests can
         // never race for the same "free" port.
