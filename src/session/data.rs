@@ -312,7 +312,13 @@ impl Session {
                 now,
             ));
         }
-        if self.rt.config.checks.auth_results {
+        if self
+            .rt
+            .config
+            .checks
+            .auth_results
+            .adds_header(&self.auth_facts)
+        {
             prepend.push_str(&auth_results::header(
                 self.rt.config.authserv_id(),
                 &self.auth_facts,
