@@ -418,6 +418,23 @@ impl AuthFacts {
         Some(sigs.first().map_or(AuthStatus::None, |s| s.status))
     }
 
+    /// `pass[permerror:a.example/s1,pass:b.example/s2]`: the overall DKIM result, then
+    /// each signature's (`-` when DKIM did not run, `none` without signatures).
+    fn dkim_summary(&self) -> String {
+        let Some(overall) = self.dkim_status() else {
+            return "-".into();
+        };
+        let sigs = self.dkim.as_deref().unwrap_or_default();
+        if sigs.is_empty() {
+            return overall.as_str().into();
+        }
+        let each: Vec<String> = sigs
+            .iter()
+            .map(|s| format!("{}:{}/{}", s.status, s.domain, s.selector))
+            .collect();
+        format!("{overall}[{}]", each.join(","))
+    }
+
     /// Whether a check that the Authentication-Results header reports has run (reverse
     /// DNS as `iprev`, SPF, DKIM, DMARC, ARC; DNS lists have no A-R method).
     pub fn has_header_results(&self) -> bool {
@@ -433,7 +450,7 @@ impl AuthFacts {
     pub fn summary(&self) -> String {
         let spf = self.spf.as_ref().map_or("-", |s| s.status.as_str());
         let helo = self.spf_helo.as_ref().map_or("-", |s| s.status.as_str());
-        let dkim = self.dkim_status().map_or("-", AuthStatus::as_str);
+        let dkim = self.dkim_summary();
         let dmarc = self
             .dmarc
             .as_ref()

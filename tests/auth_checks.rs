@@ -318,6 +318,15 @@ fn signatures_rfc_8301_and_6376_refuse() {
             "i= is not within d= (RFC 6376 section 3.5)".into()
         )
     );
+    // l= lets anyone append to the signed body: mail-auth's strict parser refuses it.
+    let f = check(&e.keys.sign_rsa_body_length(&msg, "signed.test"));
+    assert_eq!(
+        one(&f),
+        (
+            AuthStatus::PermError,
+            "Insecure 'l=' tag found in Signature".into()
+        )
+    );
     let good = e
         .keys
         .sign_rsa(&msg, "signed.test", Canonicalization::Relaxed);

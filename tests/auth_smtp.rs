@@ -388,9 +388,11 @@ fn explain_prints_check_results() {
     std::fs::write(&cfg, CONFIG).unwrap();
     let m = message("alice@signed.test", "explain", "Hello.\r\n");
     let msg = dir.path().join("m.eml");
+    // Two signatures: rsa-sha256 on top of an rsa-sha1 one; one result each.
+    let sha1 = keys.sign_rsa_sha1(&m, "signed.test");
     std::fs::write(
         &msg,
-        keys.sign_rsa(&m, "signed.test", Canonicalization::Relaxed),
+        keys.sign_rsa(&sha1, "signed.test", Canonicalization::Relaxed),
     )
     .unwrap();
     let out = std::process::Command::new(support::mxguard::BIN)
@@ -419,7 +421,7 @@ fn explain_prints_check_results() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("checks: spf=pass spf_helo=fail dkim=pass dmarc=pass(p=reject) arc=none dnsbl=listed:bl.test,bl2.test(score=4)"),
+        text.contains("checks: spf=pass spf_helo=fail dkim=pass[pass:signed.test/rsa,permerror:signed.test/rsa] dmarc=pass(p=reject) arc=none dnsbl=listed:bl.test,bl2.test(score=4)"),
         "{text}"
     );
     assert!(text.contains("rule dnsbl-score"), "{text}");

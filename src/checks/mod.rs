@@ -10,10 +10,10 @@
 //! |---|---|
 //! | `mailauth` | the one wrapper over mail-auth 0.13 (the 0.15 upgrade touches only it) |
 //! | `spf` | HELO and MAIL FROM identities, the null sender |
-//! | `dkim` | the relaxed-body workaround for mail-auth bug #62 |
-//! | `dmarc` | RFC 7489 `pct` on top of mail-auth, DNS trouble behind a failure |
+//! | `dkim` | signatures RFC 6376/8301 refuse (rsa-sha1, no `v=`, short keys, …), the relaxed-body workaround for mail-auth bug #62 |
+//! | `dmarc` | author domains of every From field, several records, RFC 7489 `pct`, DNS trouble behind a failure |
 //! | `arc` | ARC chain validation (reported in the header) |
-//! | `dnsbl` | DNS block/allow lists, weights, unusable zones |
+//! | `dnsbl` | DNS block/allow lists: display names, codes, masks, weights, unusable zones |
 //! | `rdns` | PTR, FCrDNS, generic names |
 //! | `auth_results` | the RFC 8601 header and removal of forged ones |
 //! | `greylist` | the greylist triplet and its store call |

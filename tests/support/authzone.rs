@@ -181,6 +181,22 @@ impl Keys {
         [sig.to_header().into_bytes(), msg.to_vec()].concat()
     }
 
+    /// Signs `msg` with the 2048-bit key (rsa-sha256, `s=rsa`) and a body length `l=`.
+    pub fn sign_rsa_body_length(&self, msg: &[u8], domain: &str) -> Vec<u8> {
+        let key = RsaKey::<Sha256>::from_key_der(rustls_pki_types::PrivateKeyDer::Pkcs1(
+            self.rsa_pkcs1.clone().into(),
+        ))
+        .unwrap();
+        let sig = DkimSigner::from_key(key)
+            .domain(domain)
+            .selector("rsa")
+            .headers(["From", "To", "Subject", "Date"])
+            .body_length(true)
+            .sign(msg)
+            .unwrap();
+        [sig.to_header().into_bytes(), msg.to_vec()].concat()
+    }
+
     /// Signs `msg` with the 2048-bit key (rsa-sha256, `s=rsa`) and `i=auid`.
     pub fn sign_rsa_auid(&self, msg: &[u8], domain: &str, auid: &str) -> Vec<u8> {
         let key = RsaKey::<Sha256>::from_key_der(rustls_pki_types::PrivateKeyDer::Pkcs1(
