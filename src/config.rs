@@ -847,6 +847,12 @@ impl Config {
         self.checks.authserv_id.as_deref().unwrap_or(&self.hostname)
     }
 
+    /// Whether a relayed message gets our Authentication-Results header, given what
+    /// was checked for it (`checks.auth_results`).
+    pub fn adds_auth_results(&self, facts: &crate::envelope::AuthFacts) -> bool {
+        self.checks.auth_results.adds_header(facts)
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)

@@ -312,13 +312,7 @@ impl Session {
                 now,
             ));
         }
-        if self
-            .rt
-            .config
-            .checks
-            .auth_results
-            .adds_header(&self.auth_facts)
-        {
+        if self.rt.config.adds_auth_results(&self.auth_facts) {
             prepend.push_str(&auth_results::header(
                 self.rt.config.authserv_id(),
                 &self.auth_facts,
