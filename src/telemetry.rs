@@ -160,6 +160,7 @@ pub struct Metrics {
     pub auth_check_seconds: HistogramVec,
     pub dns_lookups_total: IntCounterVec,
     pub dns_lookup_seconds: HistogramVec,
+    pub dnsbl_zone_results_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -283,7 +284,7 @@ impl Metrics {
             ),
             auth_results_total: counter_vec(
                 "mxguard_auth_results_total",
-                "Results of the authentication and reputation checks (spf, spf_helo, dkim, dmarc, arc, dnsbl, rdns)",
+                "Results of the authentication and reputation checks (spf, spf_helo, dkim, dmarc, dmarc_reason, arc, dnsbl, rdns)",
                 &["check", "result"],
             ),
             auth_check_seconds: HistogramVec::new(
@@ -314,6 +315,11 @@ impl Metrics {
                 &["type"],
             )
             .expect("valid histogram"),
+            dnsbl_zone_results_total: counter_vec(
+                "mxguard_dnsbl_zone_results_total",
+                "DNS list answers per zone (its display name) and result (listed, clean, unusable)",
+                &["zone", "result"],
+            ),
             registry,
         };
         m.register_all();
@@ -352,6 +358,7 @@ impl Metrics {
             Box::new(self.auth_check_seconds.clone()),
             Box::new(self.dns_lookups_total.clone()),
             Box::new(self.dns_lookup_seconds.clone()),
+            Box::new(self.dnsbl_zone_results_total.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");
@@ -393,6 +400,7 @@ impl Metrics {
             ("spf_helo", crate::checks::SPF_RESULTS),
             ("dkim", crate::checks::DKIM_RESULTS),
             ("dmarc", crate::checks::DMARC_RESULTS),
+            ("dmarc_reason", crate::checks::DMARC_REASONS),
             ("arc", crate::checks::DKIM_RESULTS),
             ("dnsbl", crate::checks::DNSBL_RESULTS),
             ("rdns", crate::checks::RDNS_RESULTS),

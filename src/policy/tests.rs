@@ -540,7 +540,7 @@ fn shipped_rules_load_and_behave_as_the_issue_shows() {
         Ok(s) => s,
         Err(e) => panic!("shipped rules do not load:\n{e}"),
     };
-    assert_eq!(set.rule_count(), 10);
+    assert_eq!(set.rule_count(), 11);
     assert_eq!(set.content_hash().len(), 16);
     assert!(
         set.watched_paths()

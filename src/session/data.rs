@@ -315,7 +315,7 @@ impl Session {
                 now,
             ));
         }
-        if self.rt.config.checks.auth_results {
+        if self.rt.config.adds_auth_results(&self.auth_facts) {
             prepend.push_str(&auth_results::header(
                 self.rt.config.authserv_id(),
                 &self.auth_facts,
