@@ -259,8 +259,14 @@ fn sentinel_two_instances_share_state_through_a_master_failover() {
     assert_window_replies(&a, &b, &during, &limited);
 
     rs.wait_master(rs.replica.port, FAILOVER_TIMEOUT);
+    let promoted = Instant::now();
+    eprintln!("sentinel: kill to promotion {:?}", window.elapsed());
     a.wait_store_back("instance A");
     b.wait_store_back("instance B");
+    eprintln!(
+        "sentinel: promotion to both deciding {:?}",
+        promoted.elapsed()
+    );
     assert!(
         a.mx.log().contains("the master moved") || b.mx.log().contains("the master moved"),
         "the new master is logged"
@@ -335,8 +341,14 @@ fn cluster_two_instances_share_state_through_a_master_failover() {
 
     let owner = cluster.wait_failover(slot, victim, FAILOVER_TIMEOUT);
     assert_ne!(owner, victim);
+    let promoted = Instant::now();
+    eprintln!("cluster: kill to promotion {:?}", window.elapsed());
     a.wait_store_back("instance A");
     b.wait_store_back("instance B");
+    eprintln!(
+        "cluster: promotion to both deciding {:?}",
+        promoted.elapsed()
+    );
     state_survived(&a, &b);
     eprintln!("cluster failover test: {:?}", t0.elapsed());
 }

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `memory` | [`memory`] | one process, lost on restart; governor's GCRA for rates |
 //! | `file` (default) | [`file`] | redb under the state directory: passes survive restarts |
-//! | `redis` | [`redis`] | shared by every instance behind MX records or a balancer |
+//! | `redis`, `redis_sentinel`, `redis_cluster` | [`redis`] | shared by every instance behind MX records or a balancer; one Redis, a Sentinel-managed master, or a Cluster |
 //!
 //! The decision rules are pure functions here ([`greylist_step`], [`gcra`]) over stored
 //! records and a time passed in, so every back end decides the same way and tests need no

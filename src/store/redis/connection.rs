@@ -437,7 +437,7 @@ impl SentinelLink {
         match known.as_deref() {
             Some(old) if old == addr => {}
             Some(old) => {
-                warn!(master = %self.master, old, new = %addr, "redis sentinel: the master moved");
+                warn!(master = %self.master, old = %old, new = %addr, "redis sentinel: the master moved");
             }
             None => info!(master = %self.master, addr = %addr, "redis sentinel: master found"),
         }
