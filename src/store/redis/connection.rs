@@ -118,7 +118,11 @@ impl Link {
     /// The master the sentinels of `spec` name, whichever it is at the time.
     pub fn sentinel(spec: &SentinelSpec) -> Result<Link, StoreError> {
         Ok(Link::Sentinel(Box::new(SentinelLink {
-            client: tokio::sync::Mutex::new(spec.client().map_err(StoreError::Other)?),
+            lookup: tokio::sync::Mutex::new(Lookup {
+                client: spec.client().map_err(StoreError::Other)?,
+                first: 0,
+            }),
+            spec: spec.clone(),
             master: spec.master.clone(),
             current: Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -142,24 +146,30 @@ impl Link {
     /// was just demoted (`READONLY`) is forgotten and the request sent once more to the
     /// new one (it wrote nothing, so the retry cannot count twice).
     pub async fn query<T: FromRedisValue>(&self, req: Request<'_>) -> Result<T, StoreError> {
-        within_deadline(async {
-            let mut retried = false;
-            loop {
-                let mut lease = self.lease().await?;
-                match req.run(&mut lease.con).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) => {
-                        let again = self.failed(&lease, &e);
-                        if again && !retried {
-                            retried = true;
-                            continue;
-                        }
-                        return Err(e.into());
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        let late = || StoreError::Timeout(CALL_TIMEOUT);
+        let mut retried = false;
+        loop {
+            let mut lease = tokio::time::timeout_at(deadline, self.lease())
+                .await
+                .map_err(|_| late())??;
+            match tokio::time::timeout_at(deadline, req.run(&mut lease.con)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    if self.failed(&lease, &e) && !retried {
+                        retried = true;
+                        continue;
                     }
+                    return Err(e.into());
+                }
+                Err(_) => {
+                    // A master that does not answer within the deadline may be cut off
+                    // (no reset ever arrives): the next call asks the sentinels again.
+                    self.silent(&lease);
+                    return Err(late());
                 }
             }
-        })
-        .await
+        }
     }
 
     /// Every key matching `pattern`, by SCAN (never KEYS: it blocks the server) on each
@@ -233,6 +243,13 @@ impl Link {
         match self {
             Link::Sentinel(s) => s.failed(lease, e),
             _ => false,
+        }
+    }
+
+    /// Tells the link that a call on `lease` got no answer within the deadline.
+    fn silent(&self, lease: &Lease) {
+        if let Link::Sentinel(s) = self {
+            s.forget(lease, "no answer within the deadline");
         }
     }
 }
@@ -350,7 +367,8 @@ impl Lease {
 /// The Sentinel-managed master: the current connection, and how to find a new one.
 pub struct SentinelLink {
     /// Asks the sentinels; one lookup at a time (the client keeps its sentinel connections).
-    client: tokio::sync::Mutex<SentinelClient>,
+    lookup: tokio::sync::Mutex<Lookup>,
+    spec: SentinelSpec,
     master: String,
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
     generation: AtomicU64,
@@ -358,6 +376,12 @@ pub struct SentinelLink {
     failed_lookup: Mutex<Option<(Instant, String)>>,
     /// The master's address as last found, to log each change once.
     known_master: Mutex<Option<String>>,
+}
+
+/// The sentinel client, and which sentinel it asks first.
+struct Lookup {
+    client: SentinelClient,
+    first: usize,
 }
 
 impl SentinelLink {
@@ -373,7 +397,7 @@ impl SentinelLink {
         if let Some(l) = self.cached() {
             return Ok(l);
         }
-        let mut client = self.client.lock().await;
+        let mut lookup = self.lookup.lock().await;
         // Another call may have found the master while this one waited for the lock.
         if let Some(l) = self.cached() {
             return Ok(l);
@@ -387,7 +411,7 @@ impl SentinelLink {
                 at.elapsed().as_millis()
             )));
         }
-        let found = tokio::time::timeout(LOOKUP_TIMEOUT, self.connect_master(&mut client))
+        let found = tokio::time::timeout(LOOKUP_TIMEOUT, self.connect_master(&mut lookup.client))
             .await
             .unwrap_or_else(|_| {
                 Err(RedisError::from(std::io::Error::new(
@@ -410,6 +434,7 @@ impl SentinelLink {
             Err(e) => {
                 *self.failed_lookup.lock().expect("lookup lock") =
                     Some((Instant::now(), e.to_string()));
+                self.start_with_next_sentinel(&mut lookup);
                 Err(e.into())
             }
         }
@@ -430,6 +455,14 @@ impl SentinelLink {
             .get_multiplexed_async_connection_with_config(&cfg)
             .await?;
         Ok((addr, con))
+    }
+
+    /// After a failed lookup: the next one asks another sentinel first.
+    fn start_with_next_sentinel(&self, lookup: &mut Lookup) {
+        let first = (lookup.first + 1) % self.spec.sentinels.len().max(1);
+        if let Ok(client) = self.spec.client_starting_at(first) {
+            *lookup = Lookup { client, first };
+        }
     }
 
     fn note_master(&self, addr: String) {
@@ -458,13 +491,19 @@ impl SentinelLink {
                 ErrorKind::Server(ServerErrorKind::MasterDown | ServerErrorKind::BusyLoading)
             );
         if gone {
-            let mut cur = self.current.lock().expect("sentinel connection lock");
-            if cur.as_ref().is_some_and(|(g, _)| *g == lease.generation) {
-                *cur = None;
-                info!(master = %self.master, error = %e, "redis sentinel: connection to the master dropped; asking the sentinels again");
-            }
+            self.forget(lease, &e.to_string());
         }
         demoted
+    }
+
+    /// Drops the connection `lease` came from (not a newer one): the next call asks the
+    /// sentinels again.
+    fn forget(&self, lease: &Lease, why: &str) {
+        let mut cur = self.current.lock().expect("sentinel connection lock");
+        if cur.as_ref().is_some_and(|(g, _)| *g == lease.generation) {
+            *cur = None;
+            info!(master = %self.master, error = why, "redis sentinel: connection to the master dropped; asking the sentinels again");
+        }
     }
 }
 

@@ -99,11 +99,25 @@ impl SentinelSpec {
 
     /// A client that asks the sentinels for the current master of [`Self::master`].
     pub fn client(&self) -> Result<redis::sentinel::SentinelClient, String> {
+        self.client_starting_at(0)
+    }
+
+    /// The same, asking the sentinels from the `first`-th on (the client takes their
+    /// answers in order: a sentinel that hangs at the head of the list would delay each
+    /// lookup, so after a failed one the next starts with another sentinel).
+    pub fn client_starting_at(
+        &self,
+        first: usize,
+    ) -> Result<redis::sentinel::SentinelClient, String> {
         use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
-        let mut b =
-            SentinelClientBuilder::new(self.addresses()?, &self.master, SentinelServerType::Master)
-                .map_err(|e| format!("redis_sentinel: {e}"))?
-                .set_client_to_redis_db(self.db);
+        let mut addrs = self.addresses()?;
+        if !addrs.is_empty() {
+            let n = addrs.len();
+            addrs.rotate_left(first % n);
+        }
+        let mut b = SentinelClientBuilder::new(addrs, &self.master, SentinelServerType::Master)
+            .map_err(|e| format!("redis_sentinel: {e}"))?
+            .set_client_to_redis_db(self.db);
         if let Some(u) = &self.username {
             b = b.set_client_to_redis_username(u);
         }
