@@ -198,6 +198,26 @@ fn state_survived(a: &Instance, b: &Instance) {
     );
 }
 
+/// `mxguard greylist --store URL list` (offline, as an admin runs it) shows the triplet
+/// that passed before the failover.
+fn admin_lists_the_passed_triplet(store_url: &str) {
+    let out = Command::new(support::mxguard::BIN)
+        .args(["greylist", "--store", store_url, "list"])
+        .output()
+        .expect("run mxguard greylist");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("|x@example.org|y@example.net") && l.contains("passed")),
+        "{text}"
+    );
+}
+
 /// During the window, what the clients saw: greylisting failed open (a new triplet
 /// passes), the rate limit (when its key is on the failed master) tempfailed; both
 /// counted and logged.
@@ -272,6 +292,7 @@ fn sentinel_two_instances_share_state_through_a_master_failover() {
         "the new master is logged"
     );
     state_survived(&a, &b);
+    admin_lists_the_passed_triplet(&rs.store_url());
     eprintln!("sentinel failover test: {:?}", t0.elapsed());
 }
 
@@ -350,6 +371,7 @@ fn cluster_two_instances_share_state_through_a_master_failover() {
         promoted.elapsed()
     );
     state_survived(&a, &b);
+    admin_lists_the_passed_triplet(&cluster.store_url());
     eprintln!("cluster failover test: {:?}", t0.elapsed());
 }
 
