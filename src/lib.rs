@@ -23,6 +23,7 @@
 //! | [`store`] | greylist and rate state: memory, embedded file (redb), Redis |
 //! | [`dns`] | the one resolver and cache every check shares |
 //! | [`checks`] | SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS, Authentication-Results |
+//! | [`milter`] | the milter protocol client (clamav-milter, opendkim, opendmarc, rspamd proxy) |
 //! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
@@ -37,6 +38,7 @@ pub mod dns;
 pub mod dotstream;
 pub mod envelope;
 pub mod listener;
+pub mod milter;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod relay;
