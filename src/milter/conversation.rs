@@ -625,15 +625,17 @@ fn connect_data(
 ) -> Result<(), ProtocolError> {
     let name = match (hostname.filter(|h| !h.is_empty()), addr) {
         (Some(h), _) => h.to_owned(),
-        (None, Some(a)) => format!("[{}]", a.ip()),
+        (None, Some(a)) => format!("[{}]", a.ip().to_canonical()),
         (None, None) => "unknown".to_owned(),
     };
     push_cstr(d, name.as_bytes(), "client name")?;
     match addr {
         Some(a) => {
-            d.push(if a.is_ipv4() { b'4' } else { b'6' });
+            // An IPv4 client on a dual-stack socket is an IPv4 client.
+            let ip = a.ip().to_canonical();
+            d.push(if ip.is_ipv4() { b'4' } else { b'6' });
             d.extend_from_slice(&a.port().to_be_bytes());
-            push_cstr(d, a.ip().to_string().as_bytes(), "client address")?;
+            push_cstr(d, ip.to_string().as_bytes(), "client address")?;
         }
         None => d.push(b'U'),
     }
@@ -801,6 +803,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d, b"mail.example\x006\x00\x192001:db8::1\0");
+        let mut d = Vec::new();
+        connect_data(
+            &mut d,
+            Some("h"),
+            Some("[::ffff:192.0.2.1]:25".parse().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(d, b"h\x004\x00\x19192.0.2.1\0");
     }
 
     #[test]
