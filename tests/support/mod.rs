@@ -9,6 +9,7 @@
 //! | [`redis`] | a private `redis-server`, a Redis Cluster, or a master + replica + three sentinels, for the shared store |
 //! | [`sendmail`] | a private Sendmail 8.17 (unpacked, not installed), the upstream without XCLIENT |
 //! | [`sink`] | Postfix's `smtp-sink`, for load |
+//! | [`filters`] | clamd + clamav-milter, opendkim (sign/verify), opendmarc, rspamd (HTTP and milter), a scripted fake milter |
 //! | [`fake_upstream`] | a scripted SMTP server for fault injection that records what it got |
 //! | [`certs`] | a test CA and a leaf for `mx.test`, `localhost`, `127.0.0.1` |
 //! | [`authzone`] | the SPF/DKIM/DMARC/DNSBL/PTR test zone, DKIM keys generated at test time, signing |
@@ -24,6 +25,7 @@ pub mod certs;
 pub mod client;
 pub mod dns;
 pub mod fake_upstream;
+pub mod filters;
 pub mod mxguard;
 pub mod postfix;
 pub mod redis;
