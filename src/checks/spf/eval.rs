@@ -203,7 +203,10 @@ impl<'a, D: SpfDns> Evaluator<'a, D> {
                         Qualifier::SoftFail => SpfResult::SoftFail,
                         Qualifier::Neutral => SpfResult::Neutral,
                     };
-                    let exp = record.explanation().map(|e| (e.clone(), domain.clone()));
+                    let exp = (result == SpfResult::Fail)
+                        .then(|| record.explanation())
+                        .flatten()
+                        .map(|e| (e.clone(), domain.clone()));
                     return Ok(Verdict {
                         result,
                         why: format!("{domain}: matched {d}"),
@@ -242,7 +245,7 @@ impl<'a, D: SpfDns> Evaluator<'a, D> {
 
     /// The one SPF record at `domain`: `None` if there is none; several are a
     /// `permerror` (§4.5), so is a record that does not parse (§4.6).
-    async fn fetch_record(&mut self, domain: &str) -> Result<Option<Record>, Abort> {
+    async fn fetch_record(&self, domain: &str) -> Result<Option<Record>, Abort> {
         let txts = match self.dns.txt(domain).await {
             Answer::Records(t) => t,
             Answer::NoData | Answer::NxDomain => return Ok(None),
