@@ -8,6 +8,10 @@
 #   BENCH_TARGETS="mxguard mxfile mxredis" SIZES=1024 SESSIONS=100 bash benches/bench.sh
 #                                    # issue 5: greylist + rate limit on the file store and
 #                                    # on Redis against mxguard without rules
+#   BENCH=counts bash benches/bench.sh   # issue 14: system calls and instructions per message
+#   BENCH=tls bash benches/bench.sh      # issue 14: STARTTLS, mxguard vs Postfix's smtpd
+#   BENCH=flood bash benches/bench.sh    # issue 14: legitimate load under a flood, vs postscreen
+#                                    # (each mode is benches/bench-MODE.sh; see its header)
 #
 # Matrix: message size 1 KiB and 100 KiB x 1/10/100 parallel sessions x one message per
 # connection / many per connection (smtp-source -d) x the three targets, interleaved in
@@ -17,6 +21,11 @@
 # Loopback only; every loop is bounded; every process started here is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${BENCH:-matrix}" in
+    matrix) ;;   # the matrix below, unchanged, so that figures compare across commits
+    counts|tls|flood) exec bash "benches/bench-$BENCH.sh" ;;
+    *) echo "bench: unknown BENCH=$BENCH (matrix, counts, tls, flood)" >&2; exit 2 ;;
+esac
 export PATH="$PATH:/usr/sbin:/sbin"
 
 REPS=${REPS:-3}
