@@ -128,6 +128,7 @@ run_one() { # target flood rep
     python3 -c '
 import json, sys
 r = json.loads(open(sys.argv[2]).read())
+r = {k: float("nan") if v is None else v for k, v in r.items()}  # no message: no latency
 print("  %s: %.0f msg/s, p50 %.2f ms, p99 %.2f ms, %d failed, %d waiting > 1 s at the end, memory %s KiB, errors %s" % (
     sys.argv[1], r["rate"], r["p50_ms"], r["p99_ms"], r["failed"], r["unfinished_over_1s"], sys.argv[3], r["errors"]))' \
         "rep $rep flood=$n $t" "$base.legit" "$mem" >&2
@@ -154,6 +155,7 @@ for meta in glob.glob(f"{d}/*.meta"):
     base = meta[:-5]
     m = dict(kv.split("=") for kv in open(meta).read().split())
     r = json.loads(open(base + ".legit").read())
+    r = {k: float("nan") if v is None else v for k, v in r.items()}  # no message: no latency
     f = json.loads(open(base + ".flood").read()) if os.path.exists(base + ".flood") else {}
     r["cpu_pct"] = int(m["cpu_ticks"]) / tck / (int(m["ms"]) / 1000) * 100
     r["mem_mib"] = int(m["mem_kib"]) / 1024

@@ -80,6 +80,7 @@ run_one() { # target variant sessions
     python3 -c '
 import json, sys
 r = json.loads(sys.argv[2])
+r = {k: float("nan") if v is None else v for k, v in r.items()}  # no message: no latency
 print("  %s: %.0f msg/s, p50 %.2f ms, p99 %.2f ms, %d/%d resumed, %d failed" % (
     sys.argv[1], r["rate"], r["p50_ms"], r["p99_ms"], r["resumed"], r["handshakes"], r["failed"]))' \
         "rep $rep sessions=$s $v $t" "$out" >&2
@@ -116,6 +117,7 @@ runs = collections.defaultdict(list)
 for line in open(res):
     t, v, s, n, cpu, js = line.split(" ", 5)
     r = json.loads(js)
+    r = {k: float("nan") if v is None else v for k, v in r.items()}  # no message: no latency
     r["cpu_us"] = int(cpu) / tck / max(1, r["ok"]) * 1e6
     runs[(t, v, int(s))].append(r)
 def med(key, field):

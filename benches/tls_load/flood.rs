@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -302,8 +302,7 @@ async fn slot(
 }
 
 async fn connect(src: Ipv4Addr, args: &FloodArgs) -> std::io::Result<TcpStream> {
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(src.into(), 0))?;
+    let sock = crate::source_addr::socket_from(Some(src.into()), args.target)?;
     match tokio::time::timeout(args.connect_timeout, sock.connect(args.target)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::ErrorKind::TimedOut.into()),

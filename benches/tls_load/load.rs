@@ -20,7 +20,7 @@ use rustls::HandshakeKind;
 use rustls_pki_types::ServerName;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::smtp::{Conn, SmtpError};
@@ -331,14 +331,7 @@ async fn connect(args: &LoadArgs) -> Result<TcpStream, SmtpError> {
         stage: "connect",
         source,
     };
-    let sock = match args.target {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(io)?;
-    if let Some(src) = args.source {
-        sock.bind(SocketAddr::new(src, 0)).map_err(io)?;
-    }
+    let sock = crate::source_addr::socket_from(args.source, args.target).map_err(io)?;
     let tcp = tokio::time::timeout(args.io_timeout, sock.connect(args.target))
         .await
         .map_err(|_| SmtpError::Timeout {

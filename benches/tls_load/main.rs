@@ -22,6 +22,7 @@ mod flood;
 mod load;
 mod selftest;
 mod smtp;
+mod source_addr;
 
 #[allow(dead_code)] // the self-test needs the files, not the test helpers' client config
 #[path = "../../tests/support/certs.rs"]
