@@ -169,6 +169,8 @@ for meta in glob.glob(f"{d}/*.meta"):
 def med(key, field):
     v = [r[field] for r in runs.get(key, [])]
     return statistics.median(v) if v else float("nan")
+def f(v, spec, unit=""):
+    return "n/a" if v != v else format(v, spec) + unit
 name = {"mxguard": "mxguard", "postfix": "Postfix + postscreen"}
 print(f"Medians of {reps} repetition(s). Legitimate load: {sessions} sessions, {'one message' if per_conn == '1' else per_conn + ' messages'} "
       f"per connection, 1 KiB, plaintext, for {legit_time}; latency per message from connect to the 250 after the dot. "
@@ -190,7 +192,7 @@ for n in sorted({k[1] for k in runs}):
         mem = f"{med(k, 'mem_mib'):.1f}" + (f" (peak {med(k, 'hwm_mib'):.1f})" if t == "mxguard" else "")
         failed = sum(r["failed"] for r in runs[k])
         stuck = sum(r["unfinished_over_1s"] for r in runs[k])
-        print(f"| {n:,} | {name[t]} | {rate:.0f} | {vs:.2f}x | {med(k, 'p50_ms'):.2f} | {p99:.2f} | {p99vs:.2f}x | {failed} | {stuck} | "
+        print(f"| {n:,} | {name[t]} | {rate:.0f} | {f(vs, '.2f', 'x')} | {f(med(k, 'p50_ms'), '.2f')} | {f(p99, '.2f')} | {f(p99vs, '.2f', 'x')} | {failed} | {stuck} | "
               f"{med(k, 'cpu_pct'):.0f} | {mem} | {med(k, 'procs'):.0f} | {med(k, 'open_at_end'):.0f} | {med(k, 'dropped'):.0f} | {med(k, 'refused'):.0f} |")
 mx = [(n, med(("mxguard", n), "mem_mib"), med(("mxguard", n), "fresh_mib")) for n in sorted({k[1] for k in runs}) if n and ("mxguard", n) in runs]
 if mx:

@@ -138,7 +138,7 @@ for s in sorted({k[2] for k in runs}):
         plain_v = "conn-resume" if v == "conn-noresume" else v
         p, m, f = med(("mxplain", plain_v, s), "rate"), med(("mxguard", v, s), "rate"), med(("postfix", v, s), "rate")
         ratio = f"{m / f:.2f}x" if f == f and f > 0 else "n/a"
-        lat = lambda t: f"{med((t, v, s), 'p50_ms'):.2f} / {med((t, v, s), 'p99_ms'):.2f}"
+        lat = lambda t: " / ".join("n/a" if x != x else f"{x:.2f}" for x in (med((t, v, s), "p50_ms"), med((t, v, s), "p99_ms")))
         conn, res_ = label[v]
         resum = "n/a" if v == "reuse" else f"{resumed(('mxguard', v, s))} / {resumed(('postfix', v, s))}"
         print(f"| {s} | {conn} | {res_} | {p:.0f} | {m:.0f} | {f:.0f} | {ratio} | {lat('mxguard')} | {lat('postfix')} | {resum} | {med(('mxguard', v, s), 'cpu_us'):.0f} | {med(('postfix', v, s), 'cpu_us'):.0f} |")
