@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mxguard::envelope::{ClientInfo, Envelope, Facts, MessageView, Stage};
+use mxguard::envelope::{ClientInfo, Facts, MessageView, Stage};
 use mxguard::policy::{Policy, RuleSet};
+use mxguard::smtp::{parse_mail, parse_rcpt};
+use mxguard::transaction::{Recipient, Transaction};
 
 const RULES_PER_STAGE: usize = 200;
 const CIDR_ENTRIES: usize = 100_000;
@@ -143,13 +145,17 @@ fn main() {
         tls: false,
         auth_user: None,
     };
-    let env = Envelope {
-        helo: Some("mail.client.example".into()),
-        sender: Some("alice@sender.example".into()),
-        declared_size: Some(20_000),
-        recipients: (0..5).map(|i| format!("rcpt{i}@example.org")).collect(),
-        current_recipient: Some("bob@example.org".into()),
+    let mail = parse_mail("MAIL FROM:<alice@sender.example> SIZE=20000").unwrap();
+    let mut tx = Transaction::new(mail.from, mail.params, &mxguard::envelope::AuthFacts::EMPTY);
+    let rcpt = |a: &str| {
+        let r = parse_rcpt(&format!("RCPT TO:<{a}>")).unwrap();
+        Recipient::new(r.to, r.params)
     };
+    tx.recipients = (0..5)
+        .map(|i| rcpt(&format!("rcpt{i}@example.org")))
+        .collect();
+    let current = rcpt("bob@example.org");
+    let helo = Some("mail.client.example");
     let mut body = Vec::new();
     for i in 0..1000 {
         body.extend_from_slice(format!("line {i} of an ordinary message body text\r\n").as_bytes());
@@ -167,7 +173,9 @@ fn main() {
         let facts = Facts {
             stage,
             client: &client,
-            envelope: &env,
+            helo,
+            transaction: Some(&tx),
+            recipient: (stage == Stage::Rcpt).then_some(&current),
             message: (stage == Stage::Data).then_some(&msg),
             auth: &mxguard::envelope::AuthFacts::EMPTY,
         };
@@ -207,7 +215,6 @@ fn main() {
             n
         })
     };
-    let facts_env = &env;
     let mut lat = Vec::new();
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
@@ -216,7 +223,9 @@ fn main() {
         let facts = Facts {
             stage: Stage::Rcpt,
             client: &client,
-            envelope: facts_env,
+            helo,
+            transaction: Some(&tx),
+            recipient: Some(&current),
             message: None,
             auth: &mxguard::envelope::AuthFacts::EMPTY,
         };

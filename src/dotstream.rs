@@ -247,6 +247,75 @@ pub fn encode_all(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// BDAT content (RFC 3030): raw octets with no stuffing and no terminator, so only bare
+/// CR, bare LF and NUL are looked for — across chunk boundaries — and reported as for
+/// DATA (or, when normalising, bare line ends become CRLF).
+#[derive(Debug, Clone)]
+pub struct RawScanner {
+    normalize: bool,
+    anomalies: Anomalies,
+    /// A CR ended the previous input: a LF may follow in the next.
+    pending_cr: bool,
+}
+
+impl RawScanner {
+    pub fn new(normalize: bool) -> Self {
+        RawScanner {
+            normalize,
+            anomalies: Anomalies::default(),
+            pending_cr: false,
+        }
+    }
+
+    pub fn anomalies(&self) -> Anomalies {
+        self.anomalies
+    }
+
+    /// Appends the content of `input` to `out`.
+    pub fn scan(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut i = 0;
+        while i < input.len() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if input[i] == b'\n' {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                    continue;
+                }
+                self.bare_cr(out);
+            }
+            let run = memchr::memchr3(b'\r', b'\n', 0, &input[i..]).unwrap_or(input.len() - i);
+            out.extend_from_slice(&input[i..i + run]);
+            i += run;
+            let Some(&b) = input.get(i) else { break };
+            i += 1;
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => {
+                    self.anomalies.bare_lf = true;
+                    out.extend_from_slice(if self.normalize { b"\r\n" } else { b"\n" });
+                }
+                _ => {
+                    self.anomalies.nul = true;
+                    out.push(0);
+                }
+            }
+        }
+    }
+
+    /// The end of the message: a CR left over is a bare CR.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.pending_cr) {
+            self.bare_cr(out);
+        }
+    }
+
+    fn bare_cr(&mut self, out: &mut Vec<u8>) {
+        self.anomalies.bare_cr = true;
+        out.extend_from_slice(if self.normalize { b"\r\n" } else { b"\r" });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,5 +443,36 @@ mod tests {
         assert!(done && !a.any());
         assert_eq!(used, wire.len());
         assert_eq!(out, msg);
+    }
+
+    #[test]
+    fn raw_scanner_finds_bare_line_ends_across_chunks() {
+        let msg = b"A: b\r\n\r\nline\r\n.\r\nbare\nlf and cr\rx\r\n";
+        for cut in 0..msg.len() {
+            let mut s = RawScanner::new(false);
+            let mut out = Vec::new();
+            s.scan(&msg[..cut], &mut out);
+            s.scan(&msg[cut..], &mut out);
+            s.finish(&mut out);
+            assert_eq!(out, msg, "cut {cut}: content is kept as it is");
+            let a = s.anomalies();
+            assert!(a.bare_lf && a.bare_cr && !a.nul, "cut {cut}");
+            let mut n = RawScanner::new(true);
+            let mut norm = Vec::new();
+            n.scan(&msg[..cut], &mut norm);
+            n.scan(&msg[cut..], &mut norm);
+            n.finish(&mut norm);
+            assert_eq!(
+                norm,
+                b"A: b\r\n\r\nline\r\n.\r\nbare\r\nlf and cr\r\nx\r\n".to_vec(),
+                "cut {cut}"
+            );
+        }
+        let mut s = RawScanner::new(false);
+        let mut out = Vec::new();
+        s.scan(b"clean\r\n", &mut out);
+        s.scan(b"end\r", &mut out);
+        s.finish(&mut out);
+        assert!(s.anomalies().bare_cr, "a CR at the very end is bare");
     }
 }

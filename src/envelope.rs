@@ -65,32 +65,6 @@ pub struct ClientInfo {
     pub auth_user: Option<String>,
 }
 
-/// The envelope of the current transaction plus the session's HELO name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Envelope {
-    /// The HELO/EHLO argument, once given.
-    pub helo: Option<String>,
-    /// MAIL FROM address; `Some("")` is the null sender `<>`; `None` before MAIL.
-    pub sender: Option<String>,
-    /// `SIZE=` from MAIL FROM, if any.
-    pub declared_size: Option<u64>,
-    /// Recipients accepted so far (by the policy and by the upstream).
-    pub recipients: Vec<String>,
-    /// The recipient being decided at the `rcpt` stage.
-    pub current_recipient: Option<String>,
-}
-
-impl Envelope {
-    /// Clears the transaction (MAIL, RCPT, DATA) but keeps the HELO name, as RSET does.
-    pub fn reset_transaction(&mut self) {
-        let helo = self.helo.take();
-        *self = Envelope {
-            helo,
-            ..Envelope::default()
-        };
-    }
-}
-
 /// The received message at the `data` stage: enough for header and body rules without
 /// handing the policy the spool itself.
 #[derive(Debug, Clone, Default)]
@@ -108,7 +82,12 @@ pub struct MessageView {
 pub struct Facts<'a> {
     pub stage: Stage,
     pub client: &'a ClientInfo,
-    pub envelope: &'a Envelope,
+    /// The HELO/EHLO argument, once given.
+    pub helo: Option<&'a str>,
+    /// The transaction, from MAIL on.
+    pub transaction: Option<&'a crate::transaction::Transaction>,
+    /// At `rcpt`: the recipient being decided.
+    pub recipient: Option<&'a crate::transaction::Recipient>,
     pub message: Option<&'a MessageView>,
     /// Results of the DNS-based checks run before this decision (see [`AuthFacts`]).
     pub auth: &'a AuthFacts,
@@ -125,30 +104,6 @@ pub enum Decision {
     Reject(Reply),
     /// Temporary refusal with this reply (4xx).
     Tempfail(Reply),
-    /// A `greylist` or `rate_limit` rule matched: the session asks the state store
-    /// (one async call) and then refuses, or resumes the stage's later rules.
-    Check(Box<crate::checks::Pending>),
-}
-
-/// The full outcome of evaluating one stage: the decision, and any headers that
-/// matching rules asked to add (relayed above the message at the `data` stage).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub decision: Decision,
-    /// The rule that made the decision, if any (for logs and metrics).
-    pub rule: Option<String>,
-    /// `Name: value` header lines to prepend to the message.
-    pub add_headers: Vec<String>,
-}
-
-impl Verdict {
-    pub fn continue_() -> Self {
-        Verdict {
-            decision: Decision::Continue,
-            rule: None,
-            add_headers: Vec::new(),
-        }
-    }
 }
 
 /// A set of checks, as bits: which checks a rule needs, which ones had DNS trouble.
@@ -409,6 +364,17 @@ impl AuthFacts {
         rdns: None,
         degraded: Checks::NONE,
     };
+
+    /// A copy of the results that belong to the client rather than to one message (DNS
+    /// lists, reverse DNS), for the start of a new transaction.
+    pub fn client_part(&self) -> AuthFacts {
+        AuthFacts {
+            dnsbl: self.dnsbl.clone(),
+            rdns: self.rdns.clone(),
+            degraded: Checks(self.degraded.0 & (Checks::DNSBL | Checks::RDNS).0),
+            ..AuthFacts::EMPTY
+        }
+    }
 
     /// The overall DKIM result: `pass` if any signature passed, else the first
     /// signature's result, `none` without signatures.

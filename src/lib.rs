@@ -18,6 +18,7 @@
 //! | [`tls`] | certificates (reloadable) and upstream TLS client settings |
 //! | [`dotstream`] | the DATA wire format: end-of-data, (un)stuffing, bare CR/LF |
 //! | [`spool`] | message bodies in memory, spilling to a file in the state directory |
+//! | [`transaction`] | one mail transaction, typed: sender and MAIL parameters, recipients, its checks, its edits |
 //! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
 //! | [`checks`] | store-backed checks the session resolves: greylist, rate limit |
@@ -56,3 +57,4 @@ pub mod stream;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;
+pub mod transaction;

@@ -44,8 +44,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let config = args.config()?;
     runtime(true)?.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
         let server = Server::start(config).await?;
-        server.run().await?;
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let reload = server.reload_handle();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reload.reload();
+            }
+        });
+        server
+            .run(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            })
+            .await?;
         Ok(())
     })
 }

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -42,8 +41,6 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("signal handler: {0}")]
-    Signal(std::io::Error),
     #[error("state store {store}: {source}")]
     Store {
         store: String,
@@ -57,45 +54,93 @@ pub enum StartError {
 pub struct Server {
     rt: Arc<Runtime>,
     listeners: Vec<Listener>,
-    certs: Vec<(Arc<ReloadableCert>, crate::config::TlsFiles)>,
+    reload: ReloadHandle,
     shutdown_tx: watch::Sender<bool>,
+}
+
+/// Builds the handles every session shares from a configuration: the rules (validated
+/// first), the spool directory, the upstreams, the state store, the resolver and the
+/// checks, and the metrics. The server's own start-up uses it; so do the session's
+/// in-process tests, which may swap the upstreams for scripted in-memory ones.
+pub async fn build_runtime(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Runtime, StartError> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+    metrics.initialize_series(&listener_names, config.upstreams.len());
+    let health = Arc::new(Health::default());
+    let policy = Arc::new(load_policy(&config.rules_dir)?);
+    record_success(&metrics, &health, &policy.current());
+    let spool_dir = config.state_dir.join("spool");
+    prepare_spool_dir(&spool_dir).map_err(|source| StartError::State {
+        dir: spool_dir.display().to_string(),
+        source,
+    })?;
+    let upstreams = Upstreams::new(
+        config.upstreams.clone(),
+        config.hostname.clone(),
+        metrics.clone(),
+    )?;
+    let store = config
+        .store
+        .open(&config.state_dir, Arc::new(crate::store::SystemClock))
+        .await
+        .map_err(|source| StartError::Store {
+            store: config.store.to_string(),
+            source,
+        })?;
+    let dns = crate::dns::Dns::new(&config.dns, metrics.clone())?;
+    let checker = Arc::new(crate::checks::Checker::new(
+        config.clone(),
+        dns,
+        metrics.clone(),
+    ));
+    Ok(Runtime {
+        config: config.clone(),
+        policy,
+        upstreams,
+        metrics,
+        health,
+        shutdown,
+        spool_dir,
+        auth_guard: crate::auth_guard::AuthGuard::new(crate::auth_guard::AuthLimits {
+            window: config.limits.auth_failure_window,
+            per_network: config.limits.auth_failures_per_network,
+            per_user: config.limits.auth_failures_per_user,
+            backoff: config.limits.auth_backoff,
+            max_backoff: config.limits.auth_max_backoff,
+        }),
+        store,
+        checker,
+        sessions: Arc::new(ConnectionLimits::new(&config.limits)),
+    })
+}
+
+/// Asks a running server to reload its rules and certificates (what SIGHUP does).
+#[derive(Clone)]
+pub struct ReloadHandle {
+    rt: Arc<Runtime>,
+    certs: Arc<Vec<(Arc<ReloadableCert>, crate::config::TlsFiles)>>,
+    requests: tokio::sync::mpsc::UnboundedSender<ReloadRequest>,
+}
+
+impl ReloadHandle {
+    /// Reloads the certificates now and queues a rules reload (READY=1 follows it).
+    pub fn reload(&self) {
+        crate::systemd::reloading();
+        reload_certs(&self.rt, &self.certs);
+        let _ = self.requests.send(ReloadRequest::Signal);
+    }
 }
 
 impl Server {
     /// Loads rules, prepares the state directory, binds every socket.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::new());
-        let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
-        metrics.initialize_series(&listener_names, config.upstreams.len());
-        let health = Arc::new(Health::default());
-        let policy = Arc::new(load_policy(&config.rules_dir)?);
-        record_success(&metrics, &health, &policy.current());
-        let spool_dir = config.state_dir.join("spool");
-        prepare_spool_dir(&spool_dir).map_err(|source| StartError::State {
-            dir: spool_dir.display().to_string(),
-            source,
-        })?;
-        let upstreams = Upstreams::new(
-            config.upstreams.clone(),
-            config.hostname.clone(),
-            metrics.clone(),
-        )?;
-        let store = config
-            .store
-            .open(&config.state_dir, Arc::new(crate::store::SystemClock))
-            .await
-            .map_err(|source| StartError::Store {
-                store: config.store.to_string(),
-                source,
-            })?;
-        let dns = crate::dns::Dns::new(&config.dns, metrics.clone())?;
-        let checker = Arc::new(crate::checks::Checker::new(
-            config.clone(),
-            dns,
-            metrics.clone(),
-        ));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let rt = Arc::new(build_runtime(config, shutdown_rx).await?);
+        let config = rt.config.clone();
         let mut listeners = Vec::new();
         let mut certs = Vec::new();
         let mut activated = crate::systemd::activated_listeners();
@@ -133,38 +178,32 @@ impl Server {
                 proxy_protocol: l.proxy_protocol.clone().map(Arc::new),
             });
         }
-        let rt = Arc::new(Runtime {
-            config: config.clone(),
-            policy,
-            upstreams,
-            metrics,
-            health,
-            shutdown: shutdown_rx,
-            spool_dir,
-            auth_guard: crate::auth_guard::AuthGuard::new(crate::auth_guard::AuthLimits {
-                window: config.limits.auth_failure_window,
-                per_network: config.limits.auth_failures_per_network,
-                per_user: config.limits.auth_failures_per_user,
-                backoff: config.limits.auth_backoff,
-                max_backoff: config.limits.auth_max_backoff,
-            }),
-            store,
-            checker,
-            sessions: Arc::new(ConnectionLimits::new(&config.limits)),
-        });
+        let reloads = spawn_reloader(&rt);
+        let reload = ReloadHandle {
+            rt: rt.clone(),
+            certs: Arc::new(certs),
+            requests: reloads,
+        };
         Ok(Server {
             rt,
             listeners,
-            certs,
+            reload,
             shutdown_tx,
         })
     }
 
-    /// Runs until SIGTERM/SIGINT, then drains.
-    pub async fn run(self) -> Result<(), StartError> {
-        let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
-        let mut hup = signal(SignalKind::hangup()).map_err(StartError::Signal)?;
+    /// What SIGHUP does, for `main`'s signal handler.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
+    /// Serves until `shutdown` resolves (`main` wires SIGTERM and SIGINT to it), then
+    /// drains: idle sessions get `421 4.3.2`, transactions in flight may finish within
+    /// `shutdown_grace`.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), StartError> {
         let rt = self.rt.clone();
         if let Some(addr) = rt.config.metrics {
             let http =
@@ -183,8 +222,8 @@ impl Server {
                 admin,
             ));
         }
-        // Learn the upstream's extensions before the first client: EHLO must never offer
-        // what the upstream lacks, nor withhold what it has. If no upstream answers in
+        // Learn the upstreams' extensions before the first client: EHLO must never offer
+        // what an upstream lacks, nor withhold what all have. If no upstream answers in
         // time, start anyway (offering only what needs no upstream) and keep trying.
         let (probed_tx, probed_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(probe_upstreams(rt.clone(), probed_tx));
@@ -205,24 +244,12 @@ impl Server {
                 tracker.clone(),
             )));
         }
-        let reload_tx = spawn_reloader(&rt);
         crate::systemd::spawn_watchdog();
         crate::systemd::ready(&format!(
             "listening; {} rules",
             rt.policy.current().rule_count()
         ));
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = hup.recv() => {
-                    crate::systemd::reloading();
-                    reload_certs(&rt, &self.certs);
-                    // READY=1 follows when the rules reload has finished (see spawn_reloader).
-                    let _ = reload_tx.send(ReloadRequest::Signal);
-                }
-            }
-        }
+        shutdown.await;
         crate::systemd::stopping();
         info!(
             grace_s = rt.config.shutdown_grace.as_secs(),

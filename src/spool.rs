@@ -24,6 +24,8 @@ pub struct Spool {
     file: Option<SpoolFile>,
     len: u64,
     threshold: usize,
+    /// Bytes of a spilled message kept in memory: at least its whole header section.
+    head_keep: usize,
     dir: PathBuf,
 }
 
@@ -31,6 +33,8 @@ pub struct Spool {
 struct SpoolFile {
     path: PathBuf,
     writer: BufWriter<File>,
+    /// Where the next read continues, when reading.
+    read_at: Option<u64>,
 }
 
 impl Spool {
@@ -41,8 +45,16 @@ impl Spool {
             file: None,
             len: 0,
             threshold: threshold.min(usize::MAX as u64) as usize,
+            head_keep: HEAD_KEEP,
             dir: dir.to_owned(),
         }
+    }
+
+    /// Keeps at least `bytes` of a spilled message in memory (the header section, up to
+    /// its size limit, so header rules and edits never need the file).
+    pub fn keeping_head(mut self, bytes: u64) -> Self {
+        self.head_keep = HEAD_KEEP.max(bytes.min(usize::MAX as u64) as usize);
+        self
     }
 
     pub fn len(&self) -> u64 {
@@ -72,7 +84,11 @@ impl Spool {
     pub async fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.len += bytes.len() as u64;
         if let Some(f) = &mut self.file {
-            let keep = HEAD_KEEP.saturating_sub(self.head.len()).min(bytes.len());
+            f.read_at = None;
+            let keep = self
+                .head_keep
+                .saturating_sub(self.head.len())
+                .min(bytes.len());
             self.head.extend_from_slice(&bytes[..keep]);
             return f.writer.write_all(bytes).await;
         }
@@ -98,9 +114,13 @@ impl Spool {
         let mut writer = BufWriter::with_capacity(64 * 1024, file);
         let written = writer.write_all(&self.head).await;
         // Register the file before checking the write, so Drop removes it either way.
-        self.file = Some(SpoolFile { path, writer });
+        self.file = Some(SpoolFile {
+            path,
+            writer,
+            read_at: None,
+        });
         written?;
-        self.head.truncate(HEAD_KEEP);
+        self.head.truncate(self.head_keep);
         self.head.shrink_to_fit();
         Ok(())
     }
@@ -124,8 +144,9 @@ impl Spool {
     }
 
     /// Returns the next piece of the message after `*pos` (empty at the end) and
-    /// advances `pos`. Reading from position 0 starts over, so a message can be sent
-    /// twice (e.g. to a second upstream).
+    /// advances `pos`. Any position may start a read (the body after an edited header
+    /// section), and reading again from an earlier one starts over, so a message can be
+    /// sent twice (e.g. to a second upstream).
     pub async fn next_chunk<'a>(
         &'a mut self,
         pos: &mut u64,
@@ -138,13 +159,14 @@ impl Spool {
                 Ok(&self.head[start..])
             }
             Some(sf) => {
-                if *pos == 0 {
+                if sf.read_at != Some(*pos) {
                     sf.writer.flush().await?;
-                    sf.writer.get_mut().seek(SeekFrom::Start(0)).await?;
+                    sf.writer.get_mut().seek(SeekFrom::Start(*pos)).await?;
                 }
                 scratch.resize(64 * 1024, 0);
                 let n = sf.writer.get_mut().read(scratch).await?;
                 *pos += n as u64;
+                sf.read_at = Some(*pos);
                 Ok(&scratch[..n])
             }
         }
@@ -192,6 +214,18 @@ mod tests {
         assert_eq!(collect(&mut s).await, data);
         // Reading twice works (a retry to a second upstream would do this).
         assert_eq!(collect(&mut s).await, data);
+        // From the middle on, as when the header section was rewritten.
+        let mut pos = 300_000;
+        let mut scratch = Vec::new();
+        let mut tail = Vec::new();
+        loop {
+            let c = s.next_chunk(&mut pos, &mut scratch).await.unwrap();
+            if c.is_empty() {
+                break;
+            }
+            tail.extend_from_slice(c);
+        }
+        assert_eq!(tail, &data[300_000..]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         drop(s);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

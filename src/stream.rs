@@ -1,10 +1,12 @@
-//! A TCP connection that may be upgraded to TLS in place, with the read buffer both
-//! sides of the proxy parse from.
+//! A connection that may be upgraded to TLS in place, with the read buffer both sides
+//! of the proxy parse from.
 //!
 //! The session and the relay both read replies or commands out of a buffer they own, so
 //! they can tell exactly which bytes arrived before a STARTTLS handshake (to discard
-//! them) and which belong to the next command.
+//! them) and which belong to the next command. The transport underneath is a
+//! [`Transport`]: a TCP socket in production, an in-memory pipe in the session tests.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,22 +16,63 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Plain TCP, or TLS as either side of the handshake.
-pub enum Stream {
-    Plain(TcpStream),
-    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+/// What a session can run over: a byte stream, and a way to see whether the peer has
+/// already sent something without consuming it (to catch clients that talk before the
+/// banner).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether a first byte arrives within `wait` (zero: whether one is there now),
+    /// without consuming it. Transports that cannot tell answer `false`.
+    fn first_byte_within(&self, wait: Duration) -> impl Future<Output = bool> + Send {
+        let _ = wait;
+        std::future::ready(false)
+    }
+}
+
+impl Transport for TcpStream {
+    async fn first_byte_within(&self, wait: Duration) -> bool {
+        if wait.is_zero() {
+            // A non-blocking peek ("nothing yet" is WouldBlock).
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            return matches!(socket2::SockRef::from(self).peek(&mut probe), Ok(n) if n > 0);
+        }
+        // Wait the whole pause for a first byte (without consuming it); `readable()` is
+        // not enough: it can report a fresh socket ready before anything arrived.
+        let mut probe = [0u8; 1];
+        matches!(
+            tokio::time::timeout(wait, self.peek(&mut probe)).await,
+            Ok(Ok(n)) if n > 0
+        )
+    }
+}
+
+/// In-memory transport for the session's own tests.
+impl Transport for tokio::io::DuplexStream {}
+
+/// Any byte stream, boxed: what the relay talks to the upstream over (TCP in
+/// production, an in-memory pipe to a scripted upstream in the session tests).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+pub type BoxIo = Box<dyn Io>;
+
+impl Transport for BoxIo {}
+
+/// Plain, or TLS as either side of the handshake.
+pub enum Stream<S = TcpStream> {
+    Plain(S),
+    ServerTls(Box<tokio_rustls::server::TlsStream<S>>),
+    ClientTls(Box<tokio_rustls::client::TlsStream<S>>),
     /// Transiently empty while a handshake owns the socket.
     Detached,
 }
 
-impl Stream {
+impl<S: Transport> Stream<S> {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
     }
 
     /// Takes the plain socket out for a TLS handshake.
-    pub fn take_plain(&mut self) -> Option<TcpStream> {
+    pub fn take_plain(&mut self) -> Option<S> {
         match std::mem::replace(self, Stream::Detached) {
             Stream::Plain(tcp) => Some(tcp),
             other => {
@@ -66,7 +109,7 @@ fn detached() -> io::Error {
     )
 }
 
-impl AsyncRead for Stream {
+impl<S: Transport> AsyncRead for Stream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -81,7 +124,7 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
+impl<S: Transport> AsyncWrite for Stream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -126,16 +169,16 @@ pub enum ReadError {
 }
 
 /// A stream with an input buffer: bytes are read in, parsed from the front, consumed.
-pub struct BufferedConn {
-    pub stream: Stream,
+pub struct BufferedConn<S = TcpStream> {
+    pub stream: Stream<S>,
     buf: Vec<u8>,
     start: usize,
     /// Read granularity; the buffer grows only as far as unparsed input requires.
     chunk: usize,
 }
 
-impl BufferedConn {
-    pub fn new(stream: Stream, chunk: usize) -> Self {
+impl<S: Transport> BufferedConn<S> {
+    pub fn new(stream: Stream<S>, chunk: usize) -> Self {
         BufferedConn {
             stream,
             buf: Vec::new(),

@@ -91,7 +91,13 @@ fn brute_force_is_cut_off_before_the_upstream_without_an_oracle() {
     // The user logs in from her usual network first.
     let r = attempt(&s, HOME, "alice", "right-password");
     assert!(r.is("235"), "{r}\n{}", s.mx.log());
-    let before = sasl_attempts(&s.pf);
+    // Counted once its upstream session has ended.
+    support::wait_for(
+        Duration::from_secs(10),
+        "the first login in the maillog",
+        || (sasl_attempts(&s.pf) == 1).then_some(()),
+    );
+    let before = 1;
     // Three wrong guesses from network A reach the upstream and get its 535.
     for i in 0..3 {
         let r = attempt(&s, A, "alice", &format!("guess-{i}"));

@@ -145,13 +145,13 @@ async fn redis_outage_applies_fail_mode_then_recovers() {
             count: "messages",
         }),
         fail,
-        resume: 1,
+        rule: "r".into(),
     };
     assert_eq!(
-        resolve(&store, &metrics, Stage::Mail, "r", &check(FailMode::Open)).await,
+        resolve(&store, &metrics, Stage::Mail, &check(FailMode::Open)).await,
         None
     );
-    let limited = resolve(&store, &metrics, Stage::Mail, "r", &check(FailMode::Open))
+    let limited = resolve(&store, &metrics, Stage::Mail, &check(FailMode::Open))
         .await
         .expect("second message is over the limit");
     assert_eq!(limited.code, 451);
@@ -165,18 +165,12 @@ async fn redis_outage_applies_fail_mode_then_recovers() {
     redis.kill();
     // Open: passes; tempfail: 451 4.3.0. Both counted as store errors.
     assert_eq!(
-        resolve(&store, &metrics, Stage::Mail, "r", &check(FailMode::Open)).await,
+        resolve(&store, &metrics, Stage::Mail, &check(FailMode::Open)).await,
         None
     );
-    let r = resolve(
-        &store,
-        &metrics,
-        Stage::Mail,
-        "r",
-        &check(FailMode::Tempfail),
-    )
-    .await
-    .expect("tempfail mode refuses");
+    let r = resolve(&store, &metrics, Stage::Mail, &check(FailMode::Tempfail))
+        .await
+        .expect("tempfail mode refuses");
     assert!(r.to_string().starts_with("451 4.3.0 "), "{r}");
     let errors = metrics
         .store_errors_total
@@ -205,14 +199,7 @@ async fn redis_outage_applies_fail_mode_then_recovers() {
         }
     }
     assert_eq!(
-        resolve(
-            &store,
-            &metrics,
-            Stage::Mail,
-            "r",
-            &check(FailMode::Tempfail)
-        )
-        .await,
+        resolve(&store, &metrics, Stage::Mail, &check(FailMode::Tempfail)).await,
         None
     );
 }

@@ -155,11 +155,15 @@ async fn flood_run(target: SocketAddr) -> Result<(), String> {
         let _ = stop_rx.await;
     }));
     let deadline = Instant::now() + Duration::from_secs(20);
-    // every slot connected, and junk got its 5xx replies: the flood is doing its job
-    while counters.ramped() < 40 || counters.replies_5xx.load(Ordering::Relaxed) == 0 {
+    // every slot connected, and the server fought back (5xx replies to junk, or closed
+    // connections: HTTP and binary junk get 221 and a close): the flood is doing its job
+    let fought_back = |c: &Counters| {
+        c.replies_5xx.load(Ordering::Relaxed) > 0 || c.closed_by_server.load(Ordering::Relaxed) > 0
+    };
+    while counters.ramped() < 40 || !fought_back(&counters) {
         check(
             Instant::now() < deadline,
-            "the flood did not ramp up and draw 5xx replies within 20 s".into(),
+            "the flood did not ramp up and draw refusals within 20 s".into(),
         )?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

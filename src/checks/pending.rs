@@ -1,11 +1,10 @@
 //! Checks that need the state store (greylisting and rate limits): the pending check a
 //! rule leaves for the session, and its resolution.
 //!
-//! The policy stays pure: a matching `greylist` or `rate_limit` rule ends its
-//! evaluation with [`Decision::Check`](crate::envelope::Decision::Check) carrying a
-//! [`Pending`] check — the keys already derived from the facts, the rule's parameters,
-//! and where to resume. The session resolves it with one store call ([`resolve`]): a
-//! refusal ends the stage, a pass resumes the stage's later rules.
+//! The policy stays pure: a matching `greylist` or `rate_limit` rule makes the policy's
+//! stepper yield a [`Pending`] check — the keys already derived from the facts and the
+//! rule's parameters. The session resolves it with one store call ([`resolve`]): a
+//! refusal ends the stage, a pass lets the stage's later rules run.
 
 use tracing::warn;
 
@@ -43,14 +42,12 @@ pub enum Check {
     RateLimit(RateLimitCheck),
 }
 
-/// A pending check and how to go on after it passes.
+/// A pending check and the rule that asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub check: Check,
     pub fail: FailMode,
-    /// Position in the stage's rule list after the rule that asked for the check:
-    /// evaluation resumes there when the check passes.
-    pub resume: usize,
+    pub rule: std::sync::Arc<str>,
 }
 
 /// Runs a pending check against the store: `Some(reply)` refuses, `None` passes.
@@ -58,9 +55,9 @@ pub async fn resolve(
     store: &dyn Store,
     metrics: &Metrics,
     stage: Stage,
-    rule: &str,
     pending: &Pending,
 ) -> Option<Reply> {
+    let rule = &*pending.rule;
     let (op, result) = match &pending.check {
         Check::Greylist(g) => ("greylist", g.run(store, metrics).await),
         Check::RateLimit(r) => ("rate_limit", r.run(store, metrics).await),

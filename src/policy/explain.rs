@@ -5,9 +5,10 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::subject::Subject;
-use super::{Mode, RuleSet, apply};
-use crate::envelope::{ClientInfo, Decision, Envelope, Facts, MessageView, Stage, Verdict};
+use super::{RuleSet, StageOutcome, Step};
+use crate::envelope::{ClientInfo, Decision, Facts, MessageView, Stage};
+use crate::smtp::{ForwardPath, MailParams, RcptParams, ReversePath};
+use crate::transaction::{Recipient, Transaction};
 
 /// What `mxguard explain` knows about the session to replay.
 #[derive(Debug, Clone)]
@@ -97,243 +98,234 @@ pub fn message_view(raw: &[u8], body_limit: usize) -> MessageView {
     }
 }
 
-pub(super) fn explain_stage(rules: &RuleSet, facts: &Facts<'_>) -> Vec<String> {
-    let s = Subject::new(facts);
-    let mut out = Vec::new();
-    let mut verdict = Verdict::continue_();
-    let mut decided: Option<String> = None;
-    let mut count = 0;
-    for rule in rules.stage_rules(facts.stage) {
-        count += 1;
-        let head = format!(
-            "  rule {} ({}, {}):",
-            rule.name,
-            rule.origin,
-            rule.mode.as_str()
-        );
-        if let Some(by) = &decided {
-            out.push(format!("{head} not evaluated (decided by {by})"));
-            continue;
+/// One stage through the stepper with tracing on: its lines, and its outcome. Offline
+/// there is no store: every store check is shown, and taken as passed.
+pub(super) fn explain_stage(rules: &RuleSet, facts: &Facts<'_>) -> (Vec<String>, StageOutcome) {
+    let mut stepper = rules.stepper(facts.stage).traced();
+    let outcome = loop {
+        match stepper.step(facts) {
+            Step::Done(outcome) => break outcome,
+            Step::NeedStore(_) => stepper.store_answered(None),
         }
-        let at = out.len();
-        out.push(String::new());
-        let m = rule.cond.explain(&s, 2, &mut out);
-        let what = if !m {
-            "no match".to_owned()
-        } else if rule.mode == Mode::Monitor {
-            format!("MATCH, monitor only: would {}", rule.action)
-        } else {
-            let decisive = apply(rule, &s, count, &mut verdict);
-            if let Decision::Check(p) = &verdict.decision {
-                // Offline there is no store: show the check and go on as if it passed.
-                let note = check_text(p);
-                verdict.decision = Decision::Continue;
-                verdict.rule = None;
-                format!("MATCH -> {note}")
+    };
+    let lines = stepper
+        .trace()
+        .iter()
+        .map(|l| {
+            if l == "    store: passed" {
+                "    store: not asked offline; explain assumes the check passes".to_owned()
             } else {
-                if decisive {
-                    decided = Some(rule.name.to_string());
-                }
-                format!("MATCH -> {}", rule.action)
+                l.clone()
             }
+        })
+        .collect();
+    (lines, outcome)
+}
+
+/// The walk's mutable state: what a session would know by each stage.
+struct Walk<'a> {
+    rules: &'a RuleSet,
+    input: &'a ExplainInput<'a>,
+    client: ClientInfo,
+    message: Option<MessageView>,
+    out: String,
+}
+
+impl Walk<'_> {
+    /// Prints one stage and returns what it decided.
+    fn stage(
+        &mut self,
+        stage: Stage,
+        tx: Option<&Transaction>,
+        rcpt: Option<&Recipient>,
+        note: String,
+    ) -> Decision {
+        let facts = Facts {
+            stage,
+            client: &self.client,
+            helo: (stage != Stage::Connect).then_some(self.input.helo),
+            transaction: tx,
+            recipient: rcpt,
+            message: if stage == Stage::Data {
+                self.message.as_ref()
+            } else {
+                None
+            },
+            auth: &self.input.auth,
         };
-        out[at] = format!("{head} {what}");
+        let (lines, outcome) = explain_stage(self.rules, &facts);
+        let _ = writeln!(self.out, "\n== {stage}: {note}");
+        for line in lines {
+            let _ = writeln!(self.out, "{line}");
+        }
+        outcome.decision
     }
-    if count == 0 {
-        out.push("  (no rules at this stage)".into());
-    }
-    out.push(format!("  verdict: {}", verdict_text(&verdict)));
-    for h in &verdict.add_headers {
-        out.push(format!("  add header: {h}"));
-    }
-    out
-}
 
-fn verdict_text(v: &Verdict) -> String {
-    let by = v
-        .rule
-        .as_deref()
-        .map(|r| format!(" (rule {r})"))
-        .unwrap_or_default();
-    match &v.decision {
-        Decision::Continue => "continue".into(),
-        Decision::Accept => format!("accept{by}"),
-        Decision::Reject(r) => format!("reject {r}{by}"),
-        Decision::Tempfail(r) => format!("tempfail {r}{by}"),
-        Decision::Check(p) => format!("{}{by}", check_text(p)),
-    }
-}
-
-/// A pending store check as `explain` shows it (offline, the store is not asked).
-fn check_text(p: &crate::checks::Pending) -> String {
-    match &p.check {
-        crate::checks::Check::Greylist(g) => format!(
-            "greylist check, triplet {:?} (the store decides; explain assumes it passes)",
-            g.triplet
-        ),
-        crate::checks::Check::RateLimit(r) => format!(
-            "rate-limit check, key {:?} cost {} (the store decides; explain assumes it passes)",
-            r.key, r.cost
-        ),
+    /// Whether the decision ends the walk (a refusal or an accept), with the result line.
+    fn ends(&mut self, d: &Decision, what: &str) -> bool {
+        match d {
+            Decision::Reject(_) | Decision::Tempfail(_) => {
+                let _ = writeln!(
+                    self.out,
+                    "\nresult: {what} refused; the session goes no further"
+                );
+                true
+            }
+            Decision::Accept => {
+                let scope = if what == "connect" || what == "helo" {
+                    "session"
+                } else {
+                    "transaction"
+                };
+                let _ = writeln!(
+                    self.out,
+                    "\nresult: accepted by policy at {what}; no later rules run for the {scope}"
+                );
+                true
+            }
+            Decision::Continue => false,
+        }
     }
 }
 
 pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> String {
-    let mut out = String::new();
-    let client = ClientInfo {
-        ip: input.client_ip,
-        port: 0,
-        listener: "explain".into(),
-        submission: false,
-        tls: input.tls,
-        auth_user: input.auth_user.map(str::to_owned),
+    let mut w = Walk {
+        rules,
+        input,
+        client: ClientInfo {
+            ip: input.client_ip,
+            port: 0,
+            listener: "explain".into(),
+            submission: false,
+            tls: input.tls,
+            auth_user: input.auth_user.map(str::to_owned),
+        },
+        message: input
+            .message
+            .map(|m| message_view(m, input.body_scan_limit)),
+        out: String::new(),
     };
-    let mut env = Envelope::default();
-    let from = input.from.trim();
-    let from = from
-        .strip_prefix('<')
-        .and_then(|f| f.strip_suffix('>'))
-        .unwrap_or(from);
-    let message = input
-        .message
-        .map(|m| message_view(m, input.body_scan_limit));
     let _ = writeln!(
-        out,
+        w.out,
         "rules: {} (hash {})",
         rules.rule_count(),
         rules.content_hash()
     );
-    let _ = writeln!(out, "checks: {}", input.auth.summary());
-
-    let run = |out: &mut String, stage: Stage, env: &Envelope, note: String| -> Decision {
-        let facts = Facts {
-            stage,
-            client: &client,
-            envelope: env,
-            message: if stage == Stage::Data {
-                message.as_ref()
-            } else {
-                None
-            },
-            auth: &input.auth,
-        };
-        let _ = writeln!(out, "\n== {stage}: {note}");
-        for line in rules.explain(&facts) {
-            let _ = writeln!(out, "{line}");
-        }
-        rules.evaluate(&facts).verdict.decision
-    };
-
-    let ends = |out: &mut String, d: &Decision, what: &str| -> bool {
-        match d {
-            Decision::Reject(_) | Decision::Tempfail(_) => {
-                let _ = writeln!(out, "\nresult: {what} refused; the session goes no further");
-                true
-            }
-            Decision::Accept => {
-                let _ = writeln!(
-                    out,
-                    "\nresult: accepted by policy at {what}; no later rules run for the {}",
-                    if what == "connect" || what == "helo" {
-                        "session"
-                    } else {
-                        "transaction"
-                    }
-                );
-                true
-            }
-            Decision::Continue | Decision::Check(_) => false,
-        }
-    };
-
-    let d = run(
-        &mut out,
+    let _ = writeln!(w.out, "checks: {}", input.auth.summary());
+    let d = w.stage(
         Stage::Connect,
-        &env,
+        None,
+        None,
         format!("client_ip={} tls={}", input.client_ip, input.tls),
     );
-    if ends(&mut out, &d, "connect") {
-        return out;
+    if w.ends(&d, "connect") {
+        return w.out;
     }
-    env.helo = Some(input.helo.to_owned());
-    let d = run(
-        &mut out,
-        Stage::Helo,
-        &env,
-        format!("helo={:?}", input.helo),
-    );
-    if ends(&mut out, &d, "helo") {
-        return out;
+    let d = w.stage(Stage::Helo, None, None, format!("helo={:?}", input.helo));
+    if w.ends(&d, "helo") {
+        return w.out;
     }
-    env.sender = Some(from.to_owned());
-    env.declared_size = message.as_ref().map(|m| m.size);
-    let size_note = env
-        .declared_size
-        .map(|s| format!(" SIZE={s}"))
-        .unwrap_or_default();
-    let d = run(
-        &mut out,
-        Stage::Mail,
-        &env,
-        format!("sender=<{from}>{size_note}"),
-    );
-    if ends(&mut out, &d, "mail") {
-        return out;
-    }
-    for rcpt in &input.to {
-        env.current_recipient = Some(rcpt.clone());
-        let d = run(&mut out, Stage::Rcpt, &env, format!("recipient=<{rcpt}>"));
-        env.current_recipient = None;
-        match d {
-            Decision::Reject(r) | Decision::Tempfail(r) => {
-                let _ = writeln!(out, "  -> recipient <{rcpt}> refused: {r}");
-            }
-            Decision::Accept => {
-                env.recipients.push(rcpt.clone());
-                let _ = writeln!(
-                    out,
-                    "\nresult: transaction accepted by policy at rcpt; later recipients and data are not checked"
-                );
-                return out;
-            }
-            Decision::Continue | Decision::Check(_) => env.recipients.push(rcpt.clone()),
-        }
-    }
-    if env.recipients.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nresult: no recipient accepted; DATA would be refused"
-        );
-        return out;
-    }
-    if message.is_none() {
-        let _ = writeln!(
-            out,
-            "\nresult: {} recipient(s) accepted; no message given, data stage not run",
-            env.recipients.len()
-        );
-        return out;
-    }
-    let note = format!(
-        "{} header fields, size={}, recipients={}",
-        message.as_ref().map_or(0, |m| m.headers.len()),
-        message.as_ref().map_or(0, |m| m.size),
-        env.recipients.len()
-    );
-    let d = run(&mut out, Stage::Data, &env, note);
-    let _ = match d {
-        Decision::Reject(r) | Decision::Tempfail(r) => {
-            writeln!(out, "\nresult: message refused: {r}")
-        }
-        Decision::Accept => writeln!(
-            out,
-            "\nresult: message accepted by policy; relayed upstream"
-        ),
-        Decision::Continue | Decision::Check(_) => {
-            writeln!(out, "\nresult: message passes the rules; relayed upstream")
+    let from = strip_angle_brackets(input.from);
+    let sender = match ReversePath::parse(from) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(
+                w.out,
+                "\nresult: MAIL FROM:<{from}> is refused as syntax: {e}"
+            );
+            return w.out;
         }
     };
-    out
+    let params = MailParams {
+        size: w.message.as_ref().map(|m| m.size),
+        ..MailParams::default()
+    };
+    let mut tx = Transaction::new(sender, params, &input.auth);
+    let size_note = tx
+        .params
+        .size
+        .map(|s| format!(" SIZE={s}"))
+        .unwrap_or_default();
+    let note = format!("sender=<{}>{size_note}", tx.sender_text);
+    let d = w.stage(Stage::Mail, Some(&tx), None, note);
+    if w.ends(&d, "mail") {
+        return w.out;
+    }
+    for rcpt in &input.to {
+        let path = match ForwardPath::parse(strip_angle_brackets(rcpt)) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = writeln!(
+                    w.out,
+                    "\n== rcpt: RCPT TO:<{rcpt}> is refused as syntax: {e}"
+                );
+                continue;
+            }
+        };
+        let r = Recipient::new(path, RcptParams::default());
+        let note = format!("recipient=<{}>", r.text);
+        let d = w.stage(Stage::Rcpt, Some(&tx), Some(&r), note);
+        match d {
+            Decision::Reject(reply) | Decision::Tempfail(reply) => {
+                let _ = writeln!(w.out, "  -> recipient <{}> refused: {reply}", r.text);
+            }
+            Decision::Accept => {
+                tx.recipients.push(r);
+                let _ = writeln!(
+                    w.out,
+                    "\nresult: transaction accepted by policy at rcpt; later recipients and data are not checked"
+                );
+                return w.out;
+            }
+            Decision::Continue => tx.recipients.push(r),
+        }
+    }
+    if tx.recipients.is_empty() {
+        let _ = writeln!(
+            w.out,
+            "\nresult: no recipient accepted; DATA would be refused"
+        );
+        return w.out;
+    }
+    let Some(m) = &w.message else {
+        let _ = writeln!(
+            w.out,
+            "\nresult: {} recipient(s) accepted; no message given, data stage not run",
+            tx.recipients.len()
+        );
+        return w.out;
+    };
+    let note = format!(
+        "{} header fields, size={}, recipients={}",
+        m.headers.len(),
+        m.size,
+        tx.recipients.len()
+    );
+    let d = w.stage(Stage::Data, Some(&tx), None, note);
+    let _ = match d {
+        Decision::Reject(r) | Decision::Tempfail(r) => {
+            writeln!(w.out, "\nresult: message refused: {r}")
+        }
+        Decision::Accept => writeln!(
+            w.out,
+            "\nresult: message accepted by policy; relayed upstream"
+        ),
+        Decision::Continue => {
+            writeln!(
+                w.out,
+                "\nresult: message passes the rules; relayed upstream"
+            )
+        }
+    };
+    w.out
+}
+
+/// `<a@b>` or `a@b` as the address inside the brackets.
+pub fn strip_angle_brackets(s: &str) -> &str {
+    let s = s.trim();
+    s.strip_prefix('<')
+        .and_then(|f| f.strip_suffix('>'))
+        .unwrap_or(s)
 }
 
 #[cfg(test)]

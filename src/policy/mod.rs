@@ -3,8 +3,10 @@
 //! The administrator writes `rules/*.yaml` (reference: README.md, "Rules");
 //! [`RuleSet::load`] validates the whole directory, reporting *every* problem with its
 //! `file:line:column`, and compiles it into matchers (network ranges, hash sets, regex
-//! sets). [`RuleSet::evaluate`] is a pure function of the [`Facts`] of one decision:
-//! the stage's rules in file order, the first decisive verdict wins. [`Policy`] holds
+//! sets). Evaluating a stage is a pure, sans-IO [`Stepper`] over the [`Facts`] of one
+//! decision: the stage's rules in file order, the first decisive verdict wins; a rule that
+//! needs the state store (greylist, rate limit) makes the stepper yield, and whoever
+//! drives it — the session, `mxguard explain`, a test — answers and steps on. [`Policy`] holds
 //! the live set for the server and swaps in a new one only when it is fully valid.
 //!
 //! # Layout
@@ -16,7 +18,8 @@
 //! | `conditions/` | one module per kind of condition, registered in `conditions::KINDS` |
 //! | `actions/` | actions, default replies, reply and header templates |
 //! | `lists` | compiled matchers: network ranges, exact/glob/regex sets |
-//! | `explain` | the offline walk through every stage for `mxguard explain` |
+//! | `stepper` | the one evaluation loop: rules in order, store checks yielded, an outcome |
+//! | `explain` | the offline walk through every stage for `mxguard explain`, on the stepper |
 //! | [`reload`] | [`Policy`]: the live set, reload outcomes, the file watcher |
 
 mod actions;
@@ -26,6 +29,7 @@ mod explain;
 mod lists;
 mod load;
 pub mod reload;
+mod stepper;
 mod subject;
 mod yaml;
 
@@ -43,13 +47,13 @@ pub use actions::ActionKind;
 pub use error::{LoadError, LoadErrors};
 pub use explain::{ExplainInput, message_view};
 pub use reload::{Policy, ReloadOutcome, ReloadRequest};
+pub use stepper::{StageOutcome, Step, Stepper};
 
-use crate::checks::{Check, Pending};
-use crate::envelope::{Checks, Decision, Facts, Stage, Verdict};
-use crate::reply::{Reply, StatusCode};
+use crate::checks::Pending;
+use crate::envelope::{Checks, Facts, Stage};
+use crate::reply::Reply;
 use actions::Action;
 use conditions::Condition;
-use subject::Subject;
 
 /// Whether a rule acts or only reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,14 +81,6 @@ pub struct RuleHit {
     pub rule: Arc<str>,
     pub action: ActionKind,
     pub mode: Mode,
-}
-
-/// The outcome of evaluating one stage: the verdict the session acts on, and every rule
-/// that matched up to and including the decisive one, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Evaluation {
-    pub verdict: Verdict,
-    pub hits: Vec<RuleHit>,
 }
 
 #[derive(Debug)]
@@ -174,55 +170,41 @@ impl RuleSet {
         self.watched.clone()
     }
 
-    /// Decides one stage. Pure: no I/O, no clock.
-    ///
-    /// Runs the rules of `facts.stage` in file order. `accept`, `reject` and `tempfail`
-    /// are decisive: the first one ends the evaluation. `add_header` collects its line
-    /// into `verdict.add_headers` and `continue` only records a hit; both go on.
-    /// Monitor-mode rules are reported in `hits` and never act. The caller handles
-    /// what `accept` means beyond this stage (no more evaluation for the session or
-    /// transaction).
-    ///
-    /// `greylist` and `rate_limit` end the evaluation with [`Decision::Check`]: the caller
-    /// asks the store and, when the check passes, calls [`RuleSet::evaluate_from`] with
-    /// the check's `resume` position to run the stage's later rules.
-    pub fn evaluate(&self, facts: &Facts<'_>) -> Evaluation {
-        self.evaluate_from(facts, 0)
+    /// A stepper for one stage: the policy's one evaluation loop, which the session,
+    /// `mxguard explain` and the tests all drive (see [`Stepper`]).
+    pub fn stepper(&self, stage: Stage) -> Stepper<'_> {
+        Stepper::new(self, stage)
     }
 
-    /// [`RuleSet::evaluate`] from the `start`-th rule of the stage (after a passed check).
-    pub fn evaluate_from(&self, facts: &Facts<'_>, start: usize) -> Evaluation {
-        let mut verdict = Verdict::continue_();
-        let mut hits = Vec::new();
-        let rules = &self.by_stage[facts.stage as usize];
-        if rules.len() <= start {
-            return Evaluation { verdict, hits };
-        }
-        let s = Subject::new(facts);
-        for (pos, &i) in rules.iter().enumerate().skip(start) {
-            let rule = &self.rules[i];
-            if !rule.cond.matches(&s) {
-                continue;
-            }
-            hits.push(RuleHit {
-                rule: rule.name.clone(),
-                action: rule.action.kind(),
-                mode: rule.mode,
-            });
-            if rule.mode == Mode::Monitor {
-                continue;
-            }
-            if apply(rule, &s, pos + 1, &mut verdict) {
-                break;
+    /// Runs one stage to its outcome, answering every store check with `store` (`None`:
+    /// the check passed). For tests, benches and offline use; the session answers
+    /// store checks from the real store.
+    pub fn decide(
+        &self,
+        facts: &Facts<'_>,
+        mut store: impl FnMut(&Pending) -> Option<Reply>,
+    ) -> StageOutcome {
+        let mut stepper = self.stepper(facts.stage);
+        loop {
+            match stepper.step(facts) {
+                Step::Done(outcome) => return outcome,
+                Step::NeedStore(p) => {
+                    let answer = store(&p);
+                    stepper.store_answered(answer);
+                }
             }
         }
-        Evaluation { verdict, hits }
+    }
+
+    /// [`RuleSet::decide`] with every store check passing.
+    pub fn evaluate(&self, facts: &Facts<'_>) -> StageOutcome {
+        self.decide(facts, |_| None)
     }
 
     /// Explains one stage: for each rule of the stage, whether it matched and why, then
     /// the verdict. One line per entry, indented for conditions.
     pub fn explain(&self, facts: &Facts<'_>) -> Vec<String> {
-        explain::explain_stage(self, facts)
+        explain::explain_stage(self, facts).0
     }
 
     /// Runs a whole session offline (connect, helo, mail, each rcpt, data) and returns
@@ -230,48 +212,4 @@ impl RuleSet {
     pub fn explain_session(&self, input: &ExplainInput<'_>) -> String {
         explain::explain_session(self, input)
     }
-
-    pub(crate) fn stage_rules(&self, stage: Stage) -> impl Iterator<Item = &Rule> {
-        self.by_stage[stage as usize]
-            .iter()
-            .map(|&i| &self.rules[i])
-    }
-}
-
-/// Applies an enforced rule's action to the verdict; true when it is decisive (or a
-/// pending check, which ends this evaluation; `resume` is where the next one starts).
-fn apply(rule: &Rule, s: &Subject<'_>, resume: usize, verdict: &mut Verdict) -> bool {
-    let decision = match &rule.action {
-        Action::Continue => return false,
-        Action::AddHeader(name, value) => {
-            let v = actions::sanitize(&value.render(s, &rule.name));
-            verdict.add_headers.push(format!("{name}: {v}"));
-            return false;
-        }
-        Action::Accept => Decision::Accept,
-        // A reject that rests on a check which met DNS trouble (with failure policy
-        // `tempfail`) becomes a 4xx: our own DNS trouble never costs a sender a 5xx.
-        Action::Reject(_) if rule.cond.needs().intersects(s.facts.auth.degraded) => {
-            Decision::Tempfail(Reply::new(
-                451,
-                StatusCode(4, 4, 3),
-                "Temporary DNS failure while checking the sender, try again later",
-            ))
-        }
-        Action::Reject(t) => Decision::Reject(t.render(s, &rule.name)),
-        Action::Tempfail(t) => Decision::Tempfail(t.render(s, &rule.name)),
-        Action::Greylist(g) => Decision::Check(Box::new(Pending {
-            check: Check::Greylist(g.check(s)),
-            fail: g.fail,
-            resume,
-        })),
-        Action::RateLimit(r) => Decision::Check(Box::new(Pending {
-            check: Check::RateLimit(r.check(s, &rule.name)),
-            fail: r.fail,
-            resume,
-        })),
-    };
-    verdict.decision = decision;
-    verdict.rule = Some(rule.name.to_string());
-    true
 }

@@ -320,7 +320,7 @@ fn canonical_file(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{ClientInfo, Decision, Envelope, Facts, Stage};
+    use crate::envelope::{ClientInfo, Decision, Facts, Stage};
 
     const NETS_RULE: &str = "lists:\n  blocked: [\"file:lists/blocked.txt\"]\nrules:\n  - { name: block, stage: connect, if: { client_ip: blocked }, then: reject }\n";
 
@@ -341,15 +341,16 @@ mod tests {
             tls: false,
             auth_user: None,
         };
-        let env = Envelope::default();
         let facts = Facts {
             stage: Stage::Connect,
             client: &client,
-            envelope: &env,
+            helo: None,
+            transaction: None,
+            recipient: None,
             message: None,
             auth: &crate::envelope::AuthFacts::EMPTY,
         };
-        matches!(set.evaluate(&facts).verdict.decision, Decision::Reject(_))
+        matches!(set.evaluate(&facts).decision, Decision::Reject(_))
     }
 
     #[test]

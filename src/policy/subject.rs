@@ -47,18 +47,24 @@ pub(crate) struct Subject<'a> {
 
 impl<'a> Subject<'a> {
     pub fn new(facts: &'a Facts<'a>) -> Self {
-        let env = facts.envelope;
-        let sender = env.sender.as_deref();
+        let tx = facts.transaction;
+        let sender = tx.map(|t| t.sender_text.as_str());
         let rcpts: Vec<&'a str> = match facts.stage {
-            Stage::Rcpt => env.current_recipient.as_deref().into_iter().collect(),
-            Stage::Data => env.recipients.iter().map(String::as_str).collect(),
+            Stage::Rcpt => facts
+                .recipient
+                .map(|r| r.text.as_str())
+                .into_iter()
+                .collect(),
+            Stage::Data => tx
+                .map(|t| t.recipients.iter().map(|r| r.text.as_str()).collect())
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
         Subject {
             facts,
             stage: facts.stage,
             client_ip: facts.client.ip.to_canonical(),
-            helo: env.helo.as_deref().map(Text::new),
+            helo: facts.helo.map(Text::new),
             sender: sender.map(Text::new),
             sender_domain: sender.and_then(domain_of).map(Text::new),
             auth_user: facts.client.auth_user.as_deref().map(Text::new),
@@ -74,16 +80,22 @@ impl<'a> Subject<'a> {
     /// How many recipients the transaction has, counting the one being decided at
     /// `rcpt` (so `over: 50` refuses the 51st).
     pub fn recipient_count(&self) -> u64 {
-        let env = self.facts.envelope;
-        let current = u64::from(self.stage == Stage::Rcpt && env.current_recipient.is_some());
-        env.recipients.len() as u64 + current
+        let current = u64::from(self.stage == Stage::Rcpt && self.facts.recipient.is_some());
+        self.facts
+            .transaction
+            .map_or(0, |t| t.recipients.len() as u64)
+            + current
     }
 
     /// The size a size rule tests: `SIZE=` at `mail`, the real byte count at `data`.
     pub fn size(&self) -> Option<u64> {
         match self.stage {
             Stage::Data => self.facts.message.map(|m| m.size),
-            _ => self.facts.envelope.declared_size,
+            _ => self
+                .facts
+                .transaction
+                .and_then(|t| t.params.size)
+                .filter(|s| *s > 0),
         }
     }
 }

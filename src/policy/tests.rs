@@ -4,8 +4,10 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::*;
-use crate::envelope::{ClientInfo, Envelope, MessageView};
+use crate::envelope::{ClientInfo, Decision, MessageView};
 use crate::reply::reply;
+use crate::smtp::{ForwardPath, MailParams, RcptParams, ReversePath};
+use crate::transaction::{Recipient, Transaction};
 
 /// Writes `files` (name, content) into a fresh directory and loads it.
 pub(super) fn load_files(
@@ -39,12 +41,42 @@ fn errors(files: &[(&str, &str)]) -> Vec<String> {
         .collect()
 }
 
-/// One session's facts, built up step by step.
+/// One session's facts, built up step by step. Addresses are taken as the rules' text
+/// as given (so tests can hand the policy hostile text the address parser would refuse).
 #[derive(Clone)]
 struct S {
     client: ClientInfo,
-    env: Envelope,
+    helo: Option<String>,
+    sender: Option<String>,
+    size: Option<u64>,
+    rcpt: Option<String>,
+    rcpts: Vec<String>,
     msg: Option<MessageView>,
+}
+
+/// A recipient whose rule text is `text` (the path is not what rules look at).
+pub(super) fn recipient(text: &str) -> Recipient {
+    Recipient {
+        path: ForwardPath::Postmaster("postmaster".into()),
+        text: text.into(),
+        params: RcptParams::default(),
+    }
+}
+
+/// A transaction whose sender text is `sender`.
+pub(super) fn transaction(sender: &str, size: Option<u64>, rcpts: &[String]) -> Transaction {
+    let params = MailParams {
+        size,
+        ..MailParams::default()
+    };
+    let mut tx = Transaction::new(
+        ReversePath::Null,
+        params,
+        &crate::envelope::AuthFacts::EMPTY,
+    );
+    tx.sender_text = sender.into();
+    tx.recipients = rcpts.iter().map(|r| recipient(r)).collect();
+    tx
 }
 
 fn s() -> S {
@@ -57,13 +89,11 @@ fn s() -> S {
             tls: false,
             auth_user: None,
         },
-        env: Envelope {
-            helo: Some("mail.client.example".into()),
-            sender: Some("Alice@Sender.Example".into()),
-            declared_size: Some(1000),
-            recipients: vec![],
-            current_recipient: Some("bob@example.org".into()),
-        },
+        helo: Some("mail.client.example".into()),
+        sender: Some("Alice@Sender.Example".into()),
+        size: Some(1000),
+        rcpt: Some("bob@example.org".into()),
+        rcpts: vec![],
         msg: Some(MessageView {
             headers: vec![
                 ("Subject".into(), "Cheap VIAGRA now".into()),
@@ -89,35 +119,46 @@ impl S {
         self
     }
     fn helo(mut self, h: &str) -> S {
-        self.env.helo = Some(h.into());
+        self.helo = Some(h.into());
         self
     }
     fn sender(mut self, a: &str) -> S {
-        self.env.sender = Some(a.into());
+        self.sender = Some(a.into());
         self
     }
     fn size(mut self, n: Option<u64>) -> S {
-        self.env.declared_size = n;
+        self.size = n;
         self
     }
     fn rcpt(mut self, a: &str) -> S {
-        self.env.current_recipient = Some(a.into());
+        self.rcpt = Some(a.into());
         self
     }
     fn rcpts(mut self, all: &[&str]) -> S {
-        self.env.recipients = all.iter().map(|a| a.to_string()).collect();
-        self.env.current_recipient = None;
+        self.rcpts = all.iter().map(|a| a.to_string()).collect();
+        self.rcpt = None;
         self
     }
     fn msize(mut self, n: u64) -> S {
         self.msg.as_mut().unwrap().size = n;
         self
     }
-    fn eval(&self, set: &RuleSet, stage: Stage) -> Evaluation {
+    fn eval(&self, set: &RuleSet, stage: Stage) -> StageOutcome {
+        let tx = self
+            .sender
+            .as_deref()
+            .map(|snd| transaction(snd, self.size, &self.rcpts));
+        let rcpt = self.rcpt.as_deref().map(recipient);
         let facts = Facts {
             stage,
             client: &self.client,
-            envelope: &self.env,
+            helo: self.helo.as_deref(),
+            transaction: tx.as_ref(),
+            recipient: if stage == Stage::Rcpt {
+                rcpt.as_ref()
+            } else {
+                None
+            },
             message: if stage == Stage::Data {
                 self.msg.as_ref()
             } else {
@@ -333,7 +374,7 @@ fn each_condition_matches_as_documented() {
     for (stage, cond, facts, want) in cases {
         let set = one_rule(stage, cond);
         let ev = facts.eval(&set, stage);
-        let got = matches!(ev.verdict.decision, Decision::Reject(_));
+        let got = matches!(ev.decision, Decision::Reject(_));
         assert_eq!(got, want, "stage {stage}: {cond}");
         assert_eq!(ev.hits.len(), usize::from(want), "{cond}");
     }
@@ -360,7 +401,7 @@ fn lists_mix_inline_items_and_files() {
     assert_eq!(set.rule_count(), 2);
     let paths = set.watched_paths();
     assert_eq!(paths.len(), 4, "{paths:?}");
-    let rejected = |e: Evaluation| matches!(e.verdict.decision, Decision::Reject(_));
+    let rejected = |e: StageOutcome| matches!(e.decision, Decision::Reject(_));
     assert!(rejected(s().eval(&set, Stage::Connect)));
     assert!(rejected(s().ip("2001:db8::5").eval(&set, Stage::Connect)));
     assert!(rejected(s().ip("10.1.2.3").eval(&set, Stage::Connect)));
@@ -391,7 +432,7 @@ fn actions_and_default_replies() {
   - { name: d-cont, stage: data, then: continue }
 ",
     );
-    let d = |e: Evaluation| e.verdict.decision;
+    let d = |e: StageOutcome| e.decision;
     assert_eq!(
         d(s().ip("10.0.0.1").eval(&set, Stage::Connect)),
         Decision::Reject(reply(554, (5, 7, 1), "Connection rejected by policy"))
@@ -429,9 +470,9 @@ fn actions_and_default_replies() {
         Decision::Tempfail(reply(450, (4, 2, 1), "Mailbox z@y.example busy"))
     );
     let ev = s().rcpts(&["a@b.example"]).eval(&set, Stage::Data);
-    assert_eq!(ev.verdict.decision, Decision::Continue);
+    assert_eq!(ev.decision, Decision::Continue);
     assert_eq!(
-        ev.verdict.add_headers,
+        ev.edits,
         vec!["X-Checked: by d-tag for 192.0.2.10".to_owned()]
     );
     let kinds: Vec<ActionKind> = ev.hits.iter().map(|h| h.action).collect();
@@ -440,14 +481,11 @@ fn actions_and_default_replies() {
     lottery.msg.as_mut().unwrap().body_prefix = b"you won the lottery".to_vec();
     let ev = lottery.eval(&set, Stage::Data);
     assert_eq!(
-        ev.verdict.decision,
+        ev.decision,
         Decision::Reject(reply(554, (5, 7, 0), "No (d-rej)"))
     );
-    assert_eq!(ev.verdict.rule.as_deref(), Some("d-rej"));
-    assert!(
-        ev.verdict.add_headers.is_empty(),
-        "evaluation stops at the decisive rule"
-    );
+    assert_eq!(ev.rule.as_deref(), Some("d-rej"));
+    assert!(ev.edits.is_empty(), "evaluation stops at the decisive rule");
 }
 
 #[test]
@@ -464,11 +502,11 @@ fn first_decisive_wins_and_monitor_never_acts() {
     );
     let ev = s().rcpts(&["a@b"]).eval(&set, Stage::Data);
     assert_eq!(
-        ev.verdict.decision,
+        ev.decision,
         Decision::Tempfail(reply(451, (4, 3, 0), "first"))
     );
-    assert_eq!(ev.verdict.rule.as_deref(), Some("first"));
-    assert_eq!(ev.verdict.add_headers, vec!["X-A: 1".to_owned()]);
+    assert_eq!(ev.rule.as_deref(), Some("first"));
+    assert_eq!(ev.edits, vec!["X-A: 1".to_owned()]);
     let hits: Vec<(&str, ActionKind, Mode)> = ev
         .hits
         .iter()
@@ -486,10 +524,11 @@ fn first_decisive_wins_and_monitor_never_acts() {
     );
     // With TLS, `first` does not match and `second` decides.
     let ev = s().tls().rcpts(&["a@b"]).eval(&set, Stage::Data);
-    assert_eq!(ev.verdict.rule.as_deref(), Some("second"));
+    assert_eq!(ev.rule.as_deref(), Some("second"));
     // Other stages have no rules: continue, no hits.
     let ev = s().eval(&set, Stage::Mail);
-    assert_eq!(ev.verdict, Verdict::continue_());
+    assert_eq!(ev.decision, Decision::Continue);
+    assert!(ev.edits.is_empty() && ev.rule.is_none());
     assert!(ev.hits.is_empty());
 }
 
@@ -502,7 +541,7 @@ fn templates_render_values_and_cannot_inject_lines() {
   - { name: d, stage: data, then: { add_header: \"X-Rcpt: {recipient_domain}\" } }
 ",
     );
-    let text = |e: Evaluation| match e.verdict.decision {
+    let text = |e: StageOutcome| match e.decision {
         Decision::Reject(r) => r.text(),
         other => panic!("{other:?}"),
     };
@@ -515,7 +554,7 @@ fn templates_render_values_and_cannot_inject_lines() {
         "bob@example.org at example.org by r {literal}"
     );
     let evil = s().rcpt("x@y\r\n250 2.0.0 fake");
-    let r = match evil.eval(&set, Stage::Rcpt).verdict.decision {
+    let r = match evil.eval(&set, Stage::Rcpt).decision {
         Decision::Reject(r) => r,
         other => panic!("{other:?}"),
     };
@@ -525,12 +564,9 @@ fn templates_render_values_and_cannot_inject_lines() {
     let ev = s()
         .rcpts(&["a@X.example", "b@x.example", "c@z.example"])
         .eval(&set, Stage::Data);
-    assert_eq!(
-        ev.verdict.add_headers,
-        vec!["X-Rcpt: x.example,z.example".to_owned()]
-    );
+    assert_eq!(ev.edits, vec!["X-Rcpt: x.example,z.example".to_owned()]);
     let ev = s().rcpts(&["a@x\nBcc: evil@x"]).eval(&set, Stage::Data);
-    assert!(!ev.verdict.add_headers[0].contains('\n'));
+    assert!(!ev.edits[0].contains('\n'));
 }
 
 #[test]
@@ -548,54 +584,37 @@ fn shipped_rules_load_and_behave_as_the_issue_shows() {
             .any(|p| p.ends_with("lists/trusted-nets.txt"))
     );
     assert_eq!(
-        s().ip("127.0.0.1")
-            .eval(&set, Stage::Connect)
-            .verdict
-            .decision,
+        s().ip("127.0.0.1").eval(&set, Stage::Connect).decision,
         Decision::Accept
     );
     assert_eq!(
-        s().ip("::1").eval(&set, Stage::Connect).verdict.decision,
+        s().ip("::1").eval(&set, Stage::Connect).decision,
         Decision::Accept
     );
     assert_eq!(
-        s().helo("[192.0.2.1]")
-            .eval(&set, Stage::Helo)
-            .verdict
-            .decision,
+        s().helo("[192.0.2.1]").eval(&set, Stage::Helo).decision,
         Decision::Reject(reply(550, (5, 7, 1), "Bare IP HELO not accepted"))
     );
     assert_eq!(
         s().sender("x@mx.bad.example")
             .eval(&set, Stage::Mail)
-            .verdict
             .decision,
         Decision::Reject(reply(550, (5, 7, 1), "Sender rejected by policy"))
     );
     assert_eq!(
-        s().size(Some(30 << 20))
-            .eval(&set, Stage::Mail)
-            .verdict
-            .decision,
+        s().size(Some(30 << 20)).eval(&set, Stage::Mail).decision,
         Decision::Reject(reply(552, (5, 3, 4), "Message too big for"))
     );
     assert_eq!(
         s().rcpt("x@elsewhere.example")
             .eval(&set, Stage::Rcpt)
-            .verdict
             .decision,
         Decision::Reject(reply(550, (5, 7, 1), "Relaying denied"))
     );
-    assert_eq!(
-        s().eval(&set, Stage::Rcpt).verdict.decision,
-        Decision::Continue
-    );
+    assert_eq!(s().eval(&set, Stage::Rcpt).decision, Decision::Continue);
     let ev = s().rcpts(&["bob@example.org"]).eval(&set, Stage::Data);
-    assert_eq!(
-        ev.verdict,
-        Verdict::continue_(),
-        "monitor mode adds no header"
-    );
+    assert_eq!(ev.decision, Decision::Continue);
+    assert!(ev.edits.is_empty(), "monitor mode adds no header");
     assert_eq!(ev.hits[0].mode, Mode::Monitor);
 }
 

@@ -6,7 +6,7 @@ use super::RuleSet;
 use super::tests::load_files;
 use crate::envelope::{
     AuthFacts, AuthStatus, Checks, ClientInfo, Decision, DkimSignatureFact, DmarcFact, DnsblFact,
-    DnsblHit, Envelope, Facts, RdnsFact, RdnsStatus, SpfFact, Stage,
+    DnsblHit, Facts, RdnsFact, RdnsStatus, SpfFact, Stage,
 };
 
 const RULES: &str = r#"
@@ -55,20 +55,18 @@ fn decide(set: &RuleSet, stage: Stage, auth: &AuthFacts) -> Decision {
         tls: false,
         auth_user: None,
     };
-    let env = Envelope {
-        helo: Some("h.example".into()),
-        sender: Some("a@s.example".into()),
-        ..Envelope::default()
-    };
+    let tx = super::tests::transaction("a@s.example", None, &[]);
     let msg = crate::envelope::MessageView::default();
     let facts = Facts {
         stage,
         client: &client,
-        envelope: &env,
+        helo: Some("h.example"),
+        transaction: (stage >= Stage::Mail).then_some(&tx),
+        recipient: None,
         message: (stage == Stage::Data).then_some(&msg),
         auth,
     };
-    set.evaluate(&facts).verdict.decision
+    set.evaluate(&facts).decision
 }
 
 fn spf(s: AuthStatus) -> Option<SpfFact> {

@@ -1,10 +1,11 @@
-//! The store-backed actions: parsing with located errors, the pending check the pure
-//! evaluation yields (keys derived from the facts), and resuming after it.
+//! The store-backed actions: parsing with located errors, the pending check the policy's
+//! stepper yields (keys derived from the facts), and stepping on after it.
 
-use super::tests::load_files;
+use super::tests::{load_files, recipient, transaction};
 use super::*;
 use crate::checks::{Check, FailMode};
-use crate::envelope::{ClientInfo, Envelope};
+use crate::envelope::{ClientInfo, Decision};
+use crate::transaction::{Recipient, Transaction};
 
 fn client(ip: &str) -> ClientInfo {
     ClientInfo {
@@ -17,13 +18,36 @@ fn client(ip: &str) -> ClientInfo {
     }
 }
 
-fn env(sender: &str, rcpt: &str) -> Envelope {
-    Envelope {
-        helo: Some("mail.client.example".into()),
-        sender: Some(sender.into()),
-        declared_size: Some(1000),
-        recipients: vec![],
-        current_recipient: Some(rcpt.into()),
+fn env(sender: &str, rcpt: &str) -> (Transaction, Recipient) {
+    (transaction(sender, Some(1000), &[]), recipient(rcpt))
+}
+
+/// Facts at `stage` for the transaction and recipient of `e`.
+fn facts<'a>(
+    stage: Stage,
+    c: &'a ClientInfo,
+    e: &'a (Transaction, Recipient),
+    auth: &'a crate::envelope::AuthFacts,
+) -> Facts<'a> {
+    Facts {
+        stage,
+        client: c,
+        helo: Some("mail.client.example"),
+        transaction: Some(&e.0),
+        recipient: (stage == Stage::Rcpt).then_some(&e.1),
+        message: None,
+        auth,
+    }
+}
+
+/// The next store check the stepper yields, or its outcome.
+fn next(
+    stepper: &mut Stepper<'_>,
+    facts: &Facts<'_>,
+) -> Result<crate::checks::Pending, StageOutcome> {
+    match stepper.step(facts) {
+        Step::NeedStore(p) => Ok(p),
+        Step::Done(o) => Err(o),
     }
 }
 
@@ -55,18 +79,10 @@ fn greylist_yields_a_pending_check_then_resumes() {
     let rules = load(RULES);
     let c = client("::ffff:192.0.2.77");
     let e = env("prvs=1234abcd=Alice@Sender.Example", "Bob@Example.org");
-    let facts = Facts {
-        stage: Stage::Rcpt,
-        client: &c,
-        envelope: &e,
-        message: None,
-        auth: &crate::envelope::AuthFacts::EMPTY,
-    };
-    let ev = rules.evaluate(&facts);
-    let Decision::Check(p) = &ev.verdict.decision else {
-        panic!("{:?}", ev.verdict)
-    };
-    assert_eq!(ev.verdict.rule.as_deref(), Some("greylist-unknown"));
+    let f = facts(Stage::Rcpt, &c, &e, &crate::envelope::AuthFacts::EMPTY);
+    let mut st = rules.stepper(Stage::Rcpt);
+    let p = next(&mut st, &f).expect("a greylist check");
+    assert_eq!(&*p.rule, "greylist-unknown");
     let Check::Greylist(g) = &p.check else {
         panic!()
     };
@@ -77,20 +93,28 @@ fn greylist_yields_a_pending_check_then_resumes() {
     assert_eq!(g.net, "192.0.2.0/24");
     assert_eq!(g.params.delay, 300_000_000);
     assert_eq!(p.fail, FailMode::Open);
-    // Resuming after the greylist check reaches the rate limit.
-    let ev = rules.evaluate_from(&facts, p.resume);
-    let Decision::Check(p) = &ev.verdict.decision else {
-        panic!()
-    };
+    // Stepping on after the greylist check passed reaches the rate limit.
+    st.store_answered(None);
+    let p = next(&mut st, &f).expect("a rate-limit check");
     let Check::RateLimit(r) = &p.check else {
         panic!()
     };
     assert_eq!(r.key, "per-sender-recipients|sender_domain=sender.example");
     assert_eq!((r.cost, r.count, r.params.burst), (1, "recipients", 500));
     assert_eq!(r.params.interval, 7_200_000);
-    let ev = rules.evaluate_from(&facts, p.resume);
-    assert_eq!(ev.verdict.decision, Decision::Continue);
-    assert_eq!(ev.hits.len(), 1);
+    st.store_answered(None);
+    let o = next(&mut st, &f).expect_err("done");
+    assert_eq!(o.decision, Decision::Continue);
+    // Both checks and the `continue` rule matched.
+    assert_eq!(o.hits.len(), 3);
+    // A refusal by the store ends the stage with the store's reply and the rule's name.
+    let mut st = rules.stepper(Stage::Rcpt);
+    next(&mut st, &f).unwrap();
+    let r = crate::reply::reply(451, (4, 7, 1), "Greylisted");
+    st.store_answered(Some(r.clone()));
+    let o = next(&mut st, &f).expect_err("done");
+    assert_eq!(o.decision, Decision::Tempfail(r));
+    assert_eq!(o.rule.as_deref(), Some("greylist-unknown"));
 }
 
 #[test]
@@ -98,23 +122,16 @@ fn null_sender_is_greylisted_but_not_rate_limited() {
     let rules = load(RULES);
     let c = client("2001:db8:1:2::99");
     let e = env("", "bob@example.org");
-    let facts = Facts {
-        stage: Stage::Rcpt,
-        client: &c,
-        envelope: &e,
-        message: None,
-        auth: &crate::envelope::AuthFacts::EMPTY,
-    };
-    let ev = rules.evaluate(&facts);
-    let Decision::Check(p) = &ev.verdict.decision else {
-        panic!()
-    };
+    let f = facts(Stage::Rcpt, &c, &e, &crate::envelope::AuthFacts::EMPTY);
+    let mut st = rules.stepper(Stage::Rcpt);
+    let p = next(&mut st, &f).unwrap();
     let Check::Greylist(g) = &p.check else {
         panic!()
     };
     assert_eq!(g.triplet, "2001:db8:1:2::/64||bob@example.org");
-    let ev = rules.evaluate_from(&facts, p.resume);
-    assert_eq!(ev.verdict.decision, Decision::Continue);
+    st.store_answered(None);
+    let o = next(&mut st, &f).expect_err("no rate limit for <>");
+    assert_eq!(o.decision, Decision::Continue);
 }
 
 #[test]
@@ -122,16 +139,8 @@ fn rate_limit_key_and_fail_mode_at_mail() {
     let rules = load(RULES);
     let c = client("198.51.100.7");
     let e = env("a@b.example", "x@y");
-    let facts = Facts {
-        stage: Stage::Mail,
-        client: &c,
-        envelope: &e,
-        message: None,
-        auth: &crate::envelope::AuthFacts::EMPTY,
-    };
-    let Decision::Check(p) = rules.evaluate(&facts).verdict.decision else {
-        panic!()
-    };
+    let f = facts(Stage::Mail, &c, &e, &crate::envelope::AuthFacts::EMPTY);
+    let p = next(&mut rules.stepper(Stage::Mail), &f).unwrap();
     let Check::RateLimit(r) = &p.check else {
         panic!()
     };
@@ -202,17 +211,8 @@ fn spf_domain_key_uses_the_authorised_domain_when_spf_passes() {
     let e = env("alice@bigsender.example", "bob@example.org");
     let triplet = |ip: &str, auth: &crate::envelope::AuthFacts| {
         let c = client(ip);
-        let facts = Facts {
-            stage: Stage::Rcpt,
-            client: &c,
-            envelope: &e,
-            message: None,
-            auth,
-        };
-        let ev = rules.evaluate(&facts);
-        let Decision::Check(p) = &ev.verdict.decision else {
-            panic!("{:?}", ev.verdict)
-        };
+        let f = facts(Stage::Rcpt, &c, &e, auth);
+        let p = next(&mut rules.stepper(Stage::Rcpt), &f).unwrap();
         let Check::Greylist(g) = &p.check else {
             panic!()
         };

@@ -24,7 +24,7 @@ use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::dotstream::Encoder;
 use crate::reply::Reply;
 use crate::spool::Spool;
-use crate::stream::{BufferedConn, ReadError, Stream};
+use crate::stream::{BoxIo, BufferedConn, ReadError, Stream};
 use crate::telemetry::Metrics;
 pub use trace::ClientIdentity;
 
@@ -39,6 +39,8 @@ pub struct Capabilities {
     pub starttls: bool,
     pub enhanced_status_codes: bool,
     pub dsn: bool,
+    /// CHUNKING (RFC 3030): BDAT.
+    pub chunking: bool,
     /// XCLIENT attributes, when offered.
     pub xclient: Option<Vec<String>>,
     /// XFORWARD attributes, when offered.
@@ -65,6 +67,7 @@ impl Capabilities {
                 "STARTTLS" => caps.starttls = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "DSN" => caps.dsn = true,
+                "CHUNKING" => caps.chunking = true,
                 "XCLIENT" => caps.xclient = Some(args),
                 "XFORWARD" => caps.xforward = Some(args),
                 "AUTH" => caps.auth = args.iter().map(|a| a.to_ascii_uppercase()).collect(),
@@ -72,6 +75,37 @@ impl Capabilities {
             }
         }
         caps
+    }
+
+    /// What both offer: the extensions a client may be offered when either of two
+    /// upstreams may carry its mail. SIZE is the smaller limit (0 = none).
+    pub fn intersect(&self, o: &Capabilities) -> Capabilities {
+        let size = match (self.size, o.size) {
+            // 0 is "no limit": the other's limit applies.
+            (Some(a), Some(b)) => Some(match (a, b) {
+                (0, x) | (x, 0) => x,
+                (a, b) => a.min(b),
+            }),
+            _ => None,
+        };
+        Capabilities {
+            pipelining: self.pipelining && o.pipelining,
+            size,
+            eight_bit_mime: self.eight_bit_mime && o.eight_bit_mime,
+            smtputf8: self.smtputf8 && o.smtputf8,
+            starttls: self.starttls && o.starttls,
+            enhanced_status_codes: self.enhanced_status_codes && o.enhanced_status_codes,
+            dsn: self.dsn && o.dsn,
+            chunking: self.chunking && o.chunking,
+            xclient: None,
+            xforward: None,
+            auth: self
+                .auth
+                .iter()
+                .filter(|m| o.auth.contains(m))
+                .cloned()
+                .collect(),
+        }
     }
 }
 
@@ -91,8 +125,17 @@ pub enum RelayError {
     Protocol { stage: &'static str, detail: String },
     #[error("upstream refused {stage}: {reply}")]
     Refused { stage: &'static str, reply: Reply },
+    /// Our own failure while sending (reading the spooled message): not the upstream's
+    /// fault, so it is not counted against it and its connection is not blamed.
     #[error("reading the spooled message: {0}")]
-    Spool(std::io::Error),
+    Local(std::io::Error),
+}
+
+impl RelayError {
+    /// Whether the failure is ours rather than the upstream's.
+    pub fn is_local(&self) -> bool {
+        matches!(self, RelayError::Local(_))
+    }
 }
 
 /// How the real client's identity reaches the upstream on this connection.
@@ -103,14 +146,20 @@ pub enum TraceMode {
     ReceivedHeader,
 }
 
-/// The configured upstreams, their TLS settings and the last capabilities seen.
+/// The configured upstreams, their TLS settings, and what each offered when last seen.
 pub struct Upstreams {
     configs: Vec<UpstreamConfig>,
     tls: Vec<Option<Arc<ClientConfig>>>,
     hostname: String,
-    caps: ArcSwapOption<Capabilities>,
+    /// Per configured upstream: its capabilities at its last EHLO (before XCLIENT).
+    seen: Vec<ArcSwapOption<Capabilities>>,
     metrics: Arc<Metrics>,
+    /// Tests: connects upstream `index` to an in-memory peer instead of TCP.
+    dialer: Option<Dialer>,
 }
+
+/// Opens a byte stream to the upstream with the given index (see [`Upstreams::with_dialer`]).
+pub type Dialer = Box<dyn Fn(usize) -> std::io::Result<BoxIo> + Send + Sync>;
 
 impl Upstreams {
     pub fn new(
@@ -118,6 +167,7 @@ impl Upstreams {
         hostname: String,
         metrics: Arc<Metrics>,
     ) -> Result<Self, crate::tls::TlsError> {
+        let n = configs.len();
         let tls = configs
             .iter()
             .map(|c| match c.tls {
@@ -131,23 +181,44 @@ impl Upstreams {
             configs,
             tls,
             hostname,
-            caps: ArcSwapOption::empty(),
+            seen: configs_seen(n),
             metrics,
+            dialer: None,
         })
     }
 
-    /// The capabilities seen at the last successful EHLO, if any.
-    pub fn capabilities(&self) -> Option<Arc<Capabilities>> {
-        self.caps.load_full()
+    /// The upstreams reached through `dialer` rather than TCP: the session's in-process
+    /// tests put scripted upstreams on in-memory pipes, so their timeouts run on paused
+    /// time.
+    pub fn with_dialer(mut self, dialer: Dialer) -> Self {
+        self.dialer = Some(dialer);
+        self
     }
 
-    /// Connects, reads the EHLO capabilities, and says goodbye: run at start-up so the
-    /// first client is offered only what the upstream supports.
-    pub async fn probe(&self) -> Result<Arc<Capabilities>, RelayError> {
-        let up = self.open_any().await?;
-        let caps = Arc::new(up.caps.clone());
-        up.quit().await;
-        Ok(caps)
+    /// What a client may be offered: the extensions every upstream seen so far supports
+    /// (any of them may carry the client's mail, after a failover). `None` until one has
+    /// been seen: then only what needs no upstream is offered.
+    pub fn offered(&self) -> Option<Capabilities> {
+        self.seen
+            .iter()
+            .filter_map(|c| c.load_full())
+            .map(|c| (*c).clone())
+            .reduce(|a, b| a.intersect(&b))
+    }
+
+    /// Connects to each upstream, reads its EHLO capabilities, and says goodbye: run at
+    /// start-up so the first client is offered only what every upstream supports.
+    /// `Ok` with the capabilities offered once at least one answered.
+    pub async fn probe(&self) -> Result<Capabilities, RelayError> {
+        let mut reasons = Vec::new();
+        for index in 0..self.configs.len() {
+            match self.open(index).await {
+                Ok(up) => up.quit().await,
+                Err(e) => reasons.push(format!("{}: {e}", self.configs[index].address)),
+            }
+        }
+        self.offered()
+            .ok_or_else(|| RelayError::Unavailable(reasons.join("; ")))
     }
 
     /// Opens a session for one client: the first upstream that answers, with XCLIENT
@@ -162,10 +233,7 @@ impl Upstreams {
         let mut reasons = Vec::new();
         for index in 0..self.configs.len() {
             match self.open(index).await {
-                Ok(up) => {
-                    self.caps.store(Some(Arc::new(up.caps.clone())));
-                    return Ok(up);
-                }
+                Ok(up) => return Ok(up),
                 Err(e) => {
                     let reason = match &e {
                         RelayError::Timeout(_) => "timeout",
@@ -184,19 +252,28 @@ impl Upstreams {
         Err(RelayError::Unavailable(reasons.join("; ")))
     }
 
+    /// A byte stream to upstream `index`: TCP, or the test dialer's pipe.
+    async fn dial(&self, index: usize) -> std::io::Result<BoxIo> {
+        if let Some(dial) = &self.dialer {
+            return dial(index);
+        }
+        let tcp = TcpStream::connect(&self.configs[index].address).await?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Box::new(tcp))
+    }
+
     /// Connects to one upstream: banner, EHLO, and STARTTLS when configured.
     async fn open(&self, index: usize) -> Result<Upstream, RelayError> {
         let cfg = &self.configs[index];
-        let tcp = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&cfg.address))
+        let io = tokio::time::timeout(cfg.connect_timeout, self.dial(index))
             .await
             .map_err(|_| RelayError::Timeout("connect"))?
             .map_err(|e| RelayError::Lost {
                 stage: "connect",
                 reason: e.to_string(),
             })?;
-        let _ = tcp.set_nodelay(true);
         let mut up = Upstream {
-            conn: BufferedConn::new(Stream::Plain(tcp), 4096),
+            conn: BufferedConn::new(Stream::Plain(io), 4096),
             rx: ResponseReceiver::default(),
             caps: Capabilities::default(),
             trace: TraceMode::ReceivedHeader,
@@ -233,9 +310,17 @@ impl Upstreams {
                 });
             }
         }
+        self.seen[index].store(Some(Arc::new(up.caps.clone())));
         Ok(up)
     }
 }
+
+fn configs_seen(n: usize) -> Vec<ArcSwapOption<Capabilities>> {
+    (0..n).map(|_| ArcSwapOption::empty()).collect()
+}
+
+/// Message bytes per write to the upstream.
+const WRITE_BATCH: usize = 32 * 1024;
 
 /// The longest reply we read (Postfix's EHLO reply is under 1 KiB).
 const MAX_REPLY: usize = 64 * 1024;
@@ -265,7 +350,7 @@ fn host_part(address: &str) -> &str {
 
 /// One open upstream session, used for the transactions of one client session.
 pub struct Upstream {
-    conn: BufferedConn,
+    conn: BufferedConn<BoxIo>,
     rx: ResponseReceiver,
     pub caps: Capabilities,
     pub trace: TraceMode,
@@ -482,67 +567,87 @@ impl Upstream {
         self.command("rcpt", rcpt_line.as_bytes()).await
     }
 
-    /// DATA, then the message re-encoded from the spool (with `prepend` header lines
-    /// above it, and without the byte ranges in `skip`: header fields removed, sorted,
-    /// not overlapping), then the final reply. A non-354 answer to DATA is returned as
-    /// the final reply: the upstream refused the message.
-    pub async fn data(
+    /// Sends the message and returns the upstream's final reply: `head` (the header
+    /// section as it is to be relayed, already edited) then the spooled message from
+    /// `body_from` on. As `BDAT <n> LAST` when the upstream offers CHUNKING (no
+    /// stuffing, no terminator to get wrong), else as DATA re-encoded canonically (dots
+    /// stuffed, exactly one terminator). A refusal of DATA itself is returned as the
+    /// final reply.
+    pub async fn send_message(
         &mut self,
-        prepend: &[u8],
-        skip: &[std::ops::Range<usize>],
+        head: &[u8],
         spool: &mut Spool,
+        body_from: u64,
     ) -> Result<Reply, RelayError> {
-        let reply = self.command("data", b"DATA\r\n").await?;
-        if reply.code != 354 {
-            // A refusal (4xx/5xx): `reply_fits` let nothing else through.
-            return Ok(reply);
-        }
         let started = Instant::now();
-        let mut encoder = Encoder::new();
-        // Sized for the message (stuffing adds little), up to one write batch: a 1 KiB
-        // message should not cost a 65 KiB allocation.
-        let wire = (prepend.len() as u64 + spool.len()).min(32 * 1024) as usize;
-        let mut out = Vec::with_capacity(wire + wire / 32 + 1024);
-        encoder.encode(prepend, &mut out);
-        let mut pos = 0;
-        let mut scratch = Vec::new();
-        let mut kept = Vec::new();
-        loop {
-            let base = pos as usize;
-            let chunk = spool
-                .next_chunk(&mut pos, &mut scratch)
-                .await
-                .map_err(RelayError::Spool)?;
-            if chunk.is_empty() {
-                break;
+        let body_len = spool.len().saturating_sub(body_from);
+        let reply = if self.caps.chunking {
+            let len = head.len() as u64 + body_len;
+            let mut out = Vec::with_capacity(head.len().min(WRITE_BATCH) + 32);
+            out.extend_from_slice(format!("BDAT {len} LAST\r\n").as_bytes());
+            self.stream_message(head, spool, body_from, &mut out, None)
+                .await?;
+            self.read_reply("end_of_data", self.data_timeout).await?
+        } else {
+            let reply = self.command("data", b"DATA\r\n").await?;
+            if reply.code != 354 {
+                // A refusal (4xx/5xx): `reply_fits` let nothing else through.
+                return Ok(reply);
             }
-            let chunk = if skip
-                .iter()
-                .any(|r| r.start < base + chunk.len() && r.end > base)
-            {
-                kept.clear();
-                copy_skipping(chunk, base, skip, &mut kept);
-                &kept[..]
-            } else {
-                chunk
-            };
-            for piece in chunk.chunks(32 * 1024) {
-                encoder.encode(piece, &mut out);
-                if out.len() >= 32 * 1024 {
-                    self.write("data", &out).await?;
-                    out.clear();
-                }
-            }
-        }
-        encoder.finish(&mut out);
-        self.write("data", &out).await?;
-        let reply = self.read_reply("end_of_data", self.data_timeout).await?;
+            // Sized for the message (stuffing adds little), up to one write batch: a
+            // 1 KiB message should not cost a 65 KiB allocation.
+            let wire = (head.len() as u64 + body_len).min(WRITE_BATCH as u64) as usize;
+            let mut out = Vec::with_capacity(wire + wire / 32 + 1024);
+            let mut encoder = Encoder::new();
+            self.stream_message(head, spool, body_from, &mut out, Some(&mut encoder))
+                .await?;
+            self.read_reply("end_of_data", self.data_timeout).await?
+        };
         self.metrics
             .upstream_reply_seconds
             .with_label_values(&["end_of_data"])
             .observe(started.elapsed().as_secs_f64());
         self.metrics.upstream_reply("end_of_data", reply.code);
         Ok(reply)
+    }
+
+    /// Writes `head` and the spool from `body_from`, through `encoder` (DATA) or raw
+    /// (BDAT), in batches; ends the DATA stream with its terminator.
+    async fn stream_message(
+        &mut self,
+        head: &[u8],
+        spool: &mut Spool,
+        body_from: u64,
+        out: &mut Vec<u8>,
+        mut encoder: Option<&mut Encoder>,
+    ) -> Result<(), RelayError> {
+        let mut put = |bytes: &[u8], out: &mut Vec<u8>| match encoder.as_deref_mut() {
+            Some(e) => e.encode(bytes, out),
+            None => out.extend_from_slice(bytes),
+        };
+        put(head, out);
+        let mut pos = body_from;
+        let mut scratch = Vec::new();
+        loop {
+            let chunk = spool
+                .next_chunk(&mut pos, &mut scratch)
+                .await
+                .map_err(RelayError::Local)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for piece in chunk.chunks(WRITE_BATCH) {
+                put(piece, out);
+                if out.len() >= WRITE_BATCH {
+                    self.write("data", out).await?;
+                    out.clear();
+                }
+            }
+        }
+        if let Some(e) = encoder {
+            e.finish(out);
+        }
+        self.write("data", out).await
     }
 
     /// Whether a connection kept open between transactions is still usable: nothing may
@@ -605,40 +710,9 @@ impl Upstream {
     }
 }
 
-/// Appends to `out` the bytes of `chunk` (which starts at message offset `base`) that
-/// lie outside every range in `skip`.
-fn copy_skipping(chunk: &[u8], base: usize, skip: &[std::ops::Range<usize>], out: &mut Vec<u8>) {
-    let end = base + chunk.len();
-    let mut at = base;
-    for r in skip {
-        if r.end <= at || r.start >= end {
-            continue;
-        }
-        if r.start > at {
-            out.extend_from_slice(&chunk[at - base..r.start - base]);
-        }
-        at = at.max(r.end.min(end));
-    }
-    if at < end {
-        out.extend_from_slice(&chunk[at - base..]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_skipping_removes_ranges_across_chunks() {
-        let msg = b"A: 1\r\nX: drop\r\nB: 2\r\n\r\nbody";
-        let skip = vec![6..15, 15..15];
-        for cut in 0..msg.len() {
-            let mut out = Vec::new();
-            copy_skipping(&msg[..cut], 0, &skip, &mut out);
-            copy_skipping(&msg[cut..], cut, &skip, &mut out);
-            assert_eq!(out, b"A: 1\r\nB: 2\r\n\r\nbody", "cut {cut}");
-        }
-    }
 
     #[test]
     fn parses_postfix_ehlo() {

@@ -2,23 +2,43 @@
 //! upstream, over the same session that will carry the mail, so the upstream MTA (with
 //! its Dovecot or Cyrus SASL) stays the one place that knows passwords.
 //!
-//! mxguard learns only the user name (for rules, rate limits and logs); passwords are
-//! never logged and never stored.
+//! The user name is learned from the client first — from its initial response, or from
+//! its answer to our own first challenge — and every limit of the [`AuthGuard`] is checked
+//! before anything is relayed. Each further response line arrives through the session's
+//! one read loop (the `Sasl` input state). mxguard learns only the user name (for rules,
+//! rate limits and logs); passwords are never logged and never stored.
+//!
+//! [`AuthGuard`]: crate::auth_guard::AuthGuard
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use tracing::{info, warn};
 
-use super::{End, Flow, Session};
+use super::input::Input;
+use super::{Flow, Session};
 use crate::auth_guard::AuthGate;
 use crate::config::IpNet;
-use crate::reply::{Reply, reply};
+use crate::reply::{Reply, StatusCode, reply};
+use crate::stream::Transport;
 use crate::telemetry::ProtocolErrorKind;
 
 /// A SASL response line longer than this is refused (RFC 4954 has no limit; Postfix uses 12 KiB).
 const MAX_SASL_LINE: usize = 12 * 1024;
 
-impl Session {
+/// Where an AUTH exchange stands while it waits for the client's next line.
+#[derive(Debug)]
+pub(super) enum SaslState {
+    /// Our own first challenge is out: the answer carries the user name.
+    First { mechanism: &'static str },
+    /// The upstream's challenge is out: the answer goes to the upstream.
+    Relaying {
+        mechanism: &'static str,
+        user: String,
+        network: String,
+    },
+}
+
+impl<S: Transport> Session<S> {
     pub(super) async fn auth(&mut self, mechanism: u64, initial_response: String) -> Flow {
         if !self.listener.submission {
             self.error_reply(reply(503, (5, 5, 1), "Error: authentication not enabled"));
@@ -36,7 +56,7 @@ impl Session {
             self.error_reply(reply(503, (5, 5, 1), "Error: already authenticated"));
             return Flow::Continue;
         }
-        if self.env.sender.is_some() {
+        if self.tx.is_some() {
             self.error_reply(reply(503, (5, 5, 1), "Error: MAIL transaction in progress"));
             return Flow::Continue;
         }
@@ -52,24 +72,60 @@ impl Session {
                 return Flow::Continue;
             }
         };
-        let network = self.client_network();
-        if !self.rt.auth_guard.network_allowed(&network) {
+        if !self.rt.auth_guard.network_allowed(&self.client_network()) {
             return self.too_many_auth_failures(None);
         }
-        // The user name comes first, from the client alone: every limit is checked
-        // before anything reaches the upstream's SASL.
-        let first = match self.first_sasl_response(name, initial_response).await {
-            Ok(Some(first)) => first,
-            Ok(None) => {
-                self.error_reply(reply(501, (5, 7, 0), "Authentication cancelled"));
-                return Flow::Continue;
+        if !initial_response.is_empty() {
+            if initial_response == "*" || initial_response == "=" {
+                return self.auth_cancelled();
             }
-            Err(end) => {
-                info!(session = %self.id, client = %self.client.ip, reason = %end, "client left during AUTH");
-                return Flow::Close;
-            }
+            return self.auth_with_first(name, initial_response).await;
+        }
+        // No initial response: our own first challenge ("Username:" for LOGIN).
+        let challenge = if name == "LOGIN" { "VXNlcm5hbWU6" } else { "" };
+        self.push(&Reply::new(334, StatusCode(3, 0, 0), challenge).without_status());
+        self.input = Input::Sasl(SaslState::First { mechanism: name });
+        Flow::Continue
+    }
+
+    /// A SASL response line from the client, in the state the exchange is in.
+    pub(super) async fn sasl_line(&mut self, raw: &[u8]) -> Flow {
+        let Input::Sasl(state) = std::mem::replace(&mut self.input, Input::Command) else {
+            return Flow::Continue;
         };
-        let Some(user) = user_from_response(name, &first, 0) else {
+        let text = String::from_utf8_lossy(raw)
+            .trim_end_matches(['\r', '\n'])
+            .to_owned();
+        let answer = if text.len() > MAX_SASL_LINE || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            "*".to_owned()
+        } else {
+            text
+        };
+        match state {
+            SaslState::First { .. } if answer == "*" => self.auth_cancelled(),
+            SaslState::First { mechanism } => self.auth_with_first(mechanism, answer).await,
+            SaslState::Relaying { .. } if answer == "*" => {
+                if let Some(up) = self.upstream.as_mut() {
+                    let _ = up.auth_step(b"*\r\n").await;
+                }
+                self.auth_cancelled()
+            }
+            SaslState::Relaying {
+                mechanism,
+                user,
+                network,
+            } => {
+                let line = format!("{answer}\r\n");
+                self.auth_step(mechanism, user, network, line).await
+            }
+        }
+    }
+
+    /// The client's first response is known: learn the user, check every limit, and
+    /// only then start the exchange upstream.
+    async fn auth_with_first(&mut self, mechanism: &'static str, first: String) -> Flow {
+        let network = self.client_network();
+        let Some(user) = user_from_response(mechanism, &first) else {
             self.rt.auth_guard.record_failure(&network, None);
             self.bad_input(
                 ProtocolErrorKind::AuthFailed,
@@ -93,60 +149,71 @@ impl Session {
             }
             AuthGate::Allow => {}
         }
-        match self.relay_auth(name, first).await {
-            Ok(AuthOutcome::Success { reply: r }) => {
-                info!(session = %self.id, client = %self.client.ip, user = %user, mechanism = name, "authenticated");
+        if self.upstream.is_none() {
+            match self.rt.upstreams.connect(&self.identity()).await {
+                Ok(up) => self.upstream = Some(up),
+                Err(e) => return self.auth_upstream_failed(&e),
+            }
+        }
+        let line = format!("AUTH {mechanism} {first}\r\n");
+        self.auth_step(mechanism, user, network, line).await
+    }
+
+    /// One line to the upstream; its answer ends the exchange (235, a refusal) or is a
+    /// challenge passed on to the client.
+    async fn auth_step(
+        &mut self,
+        mechanism: &'static str,
+        user: String,
+        network: String,
+        line: String,
+    ) -> Flow {
+        let Some(up) = self.upstream.as_mut() else {
+            return Flow::Continue;
+        };
+        let r = match up.auth_step(line.as_bytes()).await {
+            Ok(r) => r,
+            Err(e) => return self.auth_upstream_failed(&e),
+        };
+        let key = crate::auth_guard::canonical_user(&user);
+        match r.code {
+            235 => {
+                info!(session = %self.id, client = %self.client.ip, user = %user, mechanism, "authenticated");
                 self.rt.auth_guard.record_success(&network, &key);
                 self.client.auth_user = Some(user);
                 self.push(&r);
-                Flow::Continue
             }
-            Ok(AuthOutcome::Refused { reply: r }) => {
-                info!(session = %self.id, client = %self.client.ip, user = %user, mechanism = name, "authentication failed");
+            334 => {
+                self.push(&Reply::multiline(334, r.status, r.lines().to_vec()).without_status());
+                self.input = Input::Sasl(SaslState::Relaying {
+                    mechanism,
+                    user,
+                    network,
+                });
+            }
+            _ => {
+                info!(session = %self.id, client = %self.client.ip, user = %user, mechanism, "authentication failed");
                 self.rt.auth_guard.record_failure(&network, Some(&key));
                 self.bad_input(ProtocolErrorKind::AuthFailed, r);
-                Flow::Continue
-            }
-            Ok(AuthOutcome::Cancelled) => {
-                self.error_reply(reply(501, (5, 7, 0), "Authentication cancelled"));
-                Flow::Continue
-            }
-            Err(AuthError::Client(end)) => {
-                info!(session = %self.id, client = %self.client.ip, reason = %end, "client left during AUTH");
-                Flow::Close
-            }
-            Err(AuthError::Upstream(e)) => {
-                warn!(session = %self.id, error = %e, "upstream failed during AUTH");
-                self.upstream = None;
-                self.push(&reply(
-                    454,
-                    (4, 7, 0),
-                    "Temporary authentication failure, try again later",
-                ));
-                Flow::Continue
             }
         }
+        Flow::Continue
     }
 
-    /// The client's first SASL response: the initial response on the AUTH line, or the
-    /// answer to our own first challenge (`334 ` for PLAIN, `334 VXNlcm5hbWU6` —
-    /// "Username:" — for LOGIN). `None` when the client cancels with `*`.
-    async fn first_sasl_response(
-        &mut self,
-        mechanism: &str,
-        initial: String,
-    ) -> Result<Option<String>, End> {
-        if !initial.is_empty() {
-            return Ok((initial != "*" && initial != "=").then_some(initial));
-        }
-        let challenge = if mechanism == "LOGIN" {
-            "VXNlcm5hbWU6"
-        } else {
-            ""
-        };
-        self.push(&Reply::new(334, crate::reply::StatusCode(3, 0, 0), challenge).without_status());
-        let answer = self.read_sasl_line().await?;
-        Ok((answer != "*").then_some(answer))
+    fn auth_cancelled(&mut self) -> Flow {
+        self.error_reply(reply(501, (5, 7, 0), "Authentication cancelled"));
+        Flow::Continue
+    }
+
+    fn auth_upstream_failed(&mut self, e: &crate::relay::RelayError) -> Flow {
+        warn!(session = %self.id, error = %e, "upstream failed during AUTH");
+        self.upstream = None;
+        self.push(&reply(
+            454,
+            (4, 7, 0),
+            "Temporary authentication failure, try again later",
+        ));
+        Flow::Continue
     }
 
     fn too_many_auth_failures(&mut self, user: Option<&str>) -> Flow {
@@ -165,88 +232,18 @@ impl Session {
         let l = &self.rt.config.limits;
         IpNet::containing(self.client.ip, l.ipv4_prefix, l.ipv6_prefix).to_string()
     }
-
-    /// The exchange itself: AUTH with the client's first response to the upstream, then
-    /// each 334 challenge to the client and its answer back, until the upstream says yes
-    /// or no.
-    async fn relay_auth(
-        &mut self,
-        mechanism: &str,
-        first: String,
-    ) -> Result<AuthOutcome, AuthError> {
-        if self.upstream.is_none() {
-            let up = self
-                .rt
-                .upstreams
-                .connect(&self.identity())
-                .await
-                .map_err(AuthError::Upstream)?;
-            self.upstream = Some(up);
-        }
-        let mut line = format!("AUTH {mechanism} {first}\r\n");
-        loop {
-            let up = self.upstream.as_mut().expect("connected above");
-            let r = up
-                .auth_step(line.as_bytes())
-                .await
-                .map_err(AuthError::Upstream)?;
-            match r.code {
-                235 => return Ok(AuthOutcome::Success { reply: r }),
-                334 => {}
-                _ => return Ok(AuthOutcome::Refused { reply: r }),
-            }
-            // A challenge: the client answers with one line.
-            self.push(&Reply::multiline(334, r.status, r.lines().to_vec()).without_status());
-            let answer = self.read_sasl_line().await.map_err(AuthError::Client)?;
-            if answer == "*" {
-                let up = self.upstream.as_mut().expect("connected above");
-                let _ = up.auth_step(b"*\r\n").await;
-                return Ok(AuthOutcome::Cancelled);
-            }
-            line = format!("{answer}\r\n");
-        }
-    }
-
-    /// Reads the client's next line (a SASL response), flushing the challenge first.
-    async fn read_sasl_line(&mut self) -> Result<String, End> {
-        loop {
-            if let Some(line) = self.next_line() {
-                let text = String::from_utf8_lossy(&line)
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned();
-                if text.len() > MAX_SASL_LINE || !text.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Ok("*".into());
-                }
-                return Ok(text);
-            }
-            self.flush().await?;
-            self.wait_for_input().await?;
-        }
-    }
 }
 
-enum AuthOutcome {
-    Success { reply: Reply },
-    Refused { reply: Reply },
-    Cancelled,
-}
-
-enum AuthError {
-    Client(End),
-    Upstream(crate::relay::RelayError),
-}
-
-/// The user name carried by a client response: PLAIN's authentication identity (the
-/// second NUL-separated field), or LOGIN's first answer. Never the password.
-fn user_from_response(mechanism: &str, b64: &str, step: usize) -> Option<String> {
+/// The user name carried by the client's first response: PLAIN's authentication identity
+/// (the second NUL-separated field), or LOGIN's user name. Never the password.
+fn user_from_response(mechanism: &str, b64: &str) -> Option<String> {
     if b64.is_empty() {
         return None;
     }
     let raw = B64.decode(b64).ok()?;
-    let name = match (mechanism, step) {
-        ("PLAIN", _) => raw.split(|&b| b == 0).nth(1)?.to_vec(),
-        ("LOGIN", 0) => raw,
-        _ => return None,
+    let name = match mechanism {
+        "PLAIN" => raw.split(|&b| b == 0).nth(1)?.to_vec(),
+        _ => raw,
     };
     let name = String::from_utf8(name).ok()?;
     let clean: String = name.chars().filter(|c| !c.is_control()).take(256).collect();
@@ -261,16 +258,15 @@ mod tests {
     fn user_names_never_passwords() {
         let plain = B64.encode(b"\0alice\0secret");
         assert_eq!(
-            user_from_response("PLAIN", &plain, 0).as_deref(),
+            user_from_response("PLAIN", &plain).as_deref(),
             Some("alice")
         );
         let login_user = B64.encode(b"bob");
         assert_eq!(
-            user_from_response("LOGIN", &login_user, 0).as_deref(),
+            user_from_response("LOGIN", &login_user).as_deref(),
             Some("bob")
         );
-        let login_pass = B64.encode(b"secret");
-        assert_eq!(user_from_response("LOGIN", &login_pass, 1), None);
-        assert_eq!(user_from_response("PLAIN", "!!notbase64", 0), None);
+        assert_eq!(user_from_response("PLAIN", "!!notbase64"), None);
+        assert_eq!(user_from_response("PLAIN", &B64.encode(b"nonuls")), None);
     }
 }

@@ -1,28 +1,32 @@
-//! DATA: receive the message under strict end-of-data rules, check it, relay it.
+//! DATA and BDAT: receive the message under strict rules, check it, relay it.
 //!
-//! The client gets `250` only after the upstream said `250` for the same message; any
+//! DATA content ends only at `CRLF.CRLF` and is un-stuffed; BDAT chunks (RFC 3030) are
+//! exactly N octets each, read even when the chunk is refused so the session stays in
+//! step. Both land in one spool and meet the same end-of-data checks and rules. The
+//! client gets `250` only after the upstream said `250` for the same message; any
 //! upstream trouble becomes `451 4.4.1` so the sender retries. Nothing is queued here.
-
-use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::input::Input;
 use super::mail::{refusal_outcome, upstream_outcome};
-use super::{COMMAND_CHUNK, End, Flow, Session};
+use super::rcpt::upstream_aborted;
+use super::{COMMAND_CHUNK, Flow, Session};
 use crate::checks::auth_results;
-use crate::dotstream::{Anomalies, Decoder};
+use crate::dotstream::{Anomalies, Decoder, RawScanner};
 use crate::envelope::{Checks, Stage};
 use crate::relay::TraceMode;
 use crate::reply::{Reply, StatusCode, reply};
 use crate::spool::Spool;
-use crate::stream::ReadError;
+use crate::stream::Transport;
 use crate::telemetry::ProtocolErrorKind;
+use crate::transaction::Transfer;
 
 /// Read size while a message is being received.
 const DATA_CHUNK: usize = 64 * 1024;
 
-/// What went wrong while receiving, decided after the final dot.
+/// What went wrong while receiving, decided after the final dot (or chunk).
 #[derive(Debug, Default)]
 struct Received {
     size: u64,
@@ -32,23 +36,58 @@ struct Received {
     spool_error: Option<std::io::Error>,
 }
 
-impl Session {
-    /// DATA preconditions; `354` and the message itself follow in [`Self::receive_data`].
-    pub(super) async fn data(&mut self) -> Flow {
-        if self.env.sender.is_none() {
+/// A message being received, DATA or BDAT chunks, up to its end.
+pub(super) struct Receiving {
+    /// DATA: end of data and un-stuffing.
+    decoder: Decoder,
+    /// BDAT: bare line ends across chunks.
+    scanner: RawScanner,
+    spool: Spool,
+    headers: HeaderScan,
+    got: Received,
+    normalize: bool,
+    /// When this transfer (DATA, or the current chunk) started, for the data rate.
+    started: Instant,
+    wire_bytes: u64,
+    /// When the waiting upstream gets its next NOOP.
+    next_noop: Instant,
+    decoded: Vec<u8>,
+}
+
+impl Receiving {
+    fn refused(&self) -> bool {
+        self.got.oversize
+            || self.got.header_too_big
+            || self.got.spool_error.is_some()
+            || (!self.normalize && self.anomalies().any())
+    }
+
+    fn anomalies(&self) -> Anomalies {
+        let (a, b) = (self.decoder.anomalies(), self.scanner.anomalies());
+        Anomalies {
+            bare_lf: a.bare_lf || b.bare_lf,
+            bare_cr: a.bare_cr || b.bare_cr,
+            nul: a.nul || b.nul,
+        }
+    }
+}
+
+impl<S: Transport> Session<S> {
+    /// DATA preconditions; `354`, then the message is read in the `Data` input state.
+    pub(super) fn data(&mut self) -> Flow {
+        let Some(tx) = self.tx.as_ref() else {
             self.error_reply(reply(503, (5, 5, 1), "Error: need MAIL command"));
             return Flow::Continue;
-        }
-        if self.upstream_failed {
-            self.push(&super::rcpt::upstream_aborted());
+        };
+        if tx.upstream_failed {
+            self.push(&upstream_aborted());
             return Flow::Continue;
         }
-        if self.env.recipients.is_empty() {
-            let r = if self.rcpts_tried > 0 {
-                reply(554, (5, 5, 1), "Error: no valid recipients")
-            } else {
-                reply(503, (5, 5, 1), "Error: need RCPT command")
-            };
+        if tx.transfer == Transfer::Bdat {
+            self.error_reply(reply(503, (5, 5, 1), "Error: DATA after BDAT"));
+            return Flow::Continue;
+        }
+        if let Some(r) = no_recipients(tx.recipients.len(), tx.rcpts_tried) {
             self.error_reply(r);
             return Flow::Continue;
         }
@@ -64,113 +103,273 @@ impl Session {
             &Reply::new(354, StatusCode(2, 0, 0), "End data with <CR><LF>.<CR><LF>")
                 .without_status(),
         );
-        Flow::Data
+        self.start_receiving(Transfer::Data);
+        self.input = Input::Data;
+        Flow::Continue
     }
 
-    /// Receives the message into a spool, then answers for it.
-    pub(super) async fn receive_data(&mut self) -> Result<(), End> {
-        self.flush().await?;
-        let limits = self.rt.config.limits.clone();
+    /// `BDAT <size> [LAST]`: the chunk's octets follow at once. They are read whatever
+    /// the answer, so a refused chunk cannot put the session out of step; the reply
+    /// follows the chunk.
+    pub(super) fn bdat(&mut self, line: &str) -> Flow {
+        let Some((size, last)) = parse_bdat(line) else {
+            // Without a size we cannot know where the next command starts.
+            let r = reply(501, (5, 5, 4), "Syntax: BDAT size [LAST], closing");
+            self.note_bad_input(ProtocolErrorKind::Syntax, &r);
+            self.push(&r);
+            return Flow::Close;
+        };
+        let max = self.rt.config.limits.max_message_size;
+        if size > max.saturating_add(max / 8) {
+            // Not worth reading only to throw away.
+            let r = reply(
+                552,
+                (5, 3, 4),
+                "Error: message size exceeds fixed limit, closing",
+            );
+            self.note_bad_input(ProtocolErrorKind::Size, &r);
+            self.push(&r);
+            return Flow::Close;
+        }
+        self.chunk_refusal = self.chunk_refusal_now();
+        if self.chunk_refusal.is_none() && self.receiving.is_none() {
+            self.start_receiving(Transfer::Bdat);
+        }
+        // The data rate applies per chunk; between chunks, the command timeout.
+        self.input = Input::Bdat {
+            size,
+            left: size,
+            last,
+            started: Instant::now(),
+        };
+        Flow::Continue
+    }
+
+    /// Why the chunk announced now must be refused (after its octets are read), if it must.
+    fn chunk_refusal_now(&mut self) -> Option<Reply> {
+        if !self.offered.chunking {
+            return Some(reply(502, (5, 5, 1), "Error: BDAT not offered"));
+        }
+        if let Some(r) = &self.failed_chunk {
+            // RFC 3030 §4.2: chunks still in the pipeline after a failed one are read and
+            // refused alike.
+            return Some(r.clone());
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return Some(reply(503, (5, 5, 1), "Error: need MAIL command"));
+        };
+        if tx.upstream_failed {
+            return Some(upstream_aborted());
+        }
+        if let Some(r) = no_recipients(tx.recipients.len(), tx.rcpts_tried) {
+            return Some(r);
+        }
+        tx.transfer = Transfer::Bdat;
+        None
+    }
+
+    fn start_receiving(&mut self, kind: Transfer) {
+        let limits = &self.rt.config.limits;
         let normalize = self.rt.normalizes(self.client.ip);
-        let mut decoder = Decoder::new(normalize);
-        let mut spool = Spool::new(&self.rt.spool_dir, limits.memory_spool_threshold);
-        // The declared SIZE (bounded by what stays in memory) saves regrowing the buffer.
-        spool.reserve(self.env.declared_size.unwrap_or(0));
-        let mut headers = HeaderScan::default();
-        let mut got = Received::default();
-        // Grows to the size of what one read decodes; small messages stay small.
-        let mut decoded = Vec::new();
-        let started = Instant::now();
-        let mut wire_bytes: u64 = 0;
+        let mut spool = Spool::new(&self.rt.spool_dir, limits.memory_spool_threshold)
+            .keeping_head(limits.max_header_size);
+        if let Some(tx) = self.tx.as_mut() {
+            tx.transfer = kind;
+            // The declared SIZE (bounded by what stays in memory) saves regrowing the buffer.
+            spool.reserve(tx.params.size.unwrap_or(0));
+        }
+        let now = Instant::now();
         let every = self
             .upstream
             .as_ref()
-            .map_or(Duration::from_secs(60), |u| u.keepalive);
-        let mut keepalive = tokio::time::interval_at(started + every, every);
+            .map_or(std::time::Duration::from_secs(60), |u| u.keepalive);
+        self.receiving = Some(Box::new(Receiving {
+            decoder: Decoder::new(normalize),
+            scanner: RawScanner::new(normalize),
+            spool,
+            headers: HeaderScan::default(),
+            got: Received::default(),
+            normalize,
+            started: now,
+            wire_bytes: 0,
+            next_noop: now + every,
+            decoded: Vec::new(),
+        }));
         self.conn.set_chunk(DATA_CHUNK);
-        loop {
-            decoded.clear();
-            let input = self.conn.buffered();
-            let used = decoder.decode(input, &mut decoded);
-            self.conn.consume(used);
-            wire_bytes += used as u64;
-            got.size += decoded.len() as u64;
-            if !headers.done {
-                headers.scan(&decoded);
-                got.header_too_big |= headers.bytes > limits.max_header_size;
-            }
-            got.oversize |= got.size > limits.max_message_size;
-            let refused = got.oversize
-                || got.header_too_big
-                || got.spool_error.is_some()
-                || (!normalize && decoder.anomalies().any());
-            if !refused && let Err(e) = spool.append(&decoded).await {
-                got.spool_error = Some(e);
-            }
-            if decoder.is_done() {
-                break;
-            }
-            let deadline = data_deadline(
+    }
+
+    /// Whether the input is message content.
+    pub(super) fn receiving_message(&self) -> bool {
+        matches!(self.input, Input::Data | Input::Bdat { .. })
+    }
+
+    /// For the data deadlines: when the transfer (DATA, or this BDAT chunk) started,
+    /// its octets so far, and when the waiting upstream's next NOOP is due.
+    pub(super) fn message_clock(&self) -> Option<(Instant, u64, Instant)> {
+        let next_noop = self.receiving.as_ref().map(|r| r.next_noop);
+        // A refused chunk has no message to keep alive upstream.
+        let next_noop =
+            next_noop.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+        match &self.input {
+            Input::Data => self
+                .receiving
+                .as_ref()
+                .map(|r| (r.started, r.wire_bytes, next_noop)),
+            Input::Bdat {
+                size,
+                left,
                 started,
-                wire_bytes,
-                limits.command_timeout,
-                limits.min_data_rate,
-            );
-            let input = tokio::select! {
-                r = self.conn.fill(deadline) => Some(r),
-                _ = keepalive.tick(), if self.upstream.is_some() => None,
-            };
-            let Some(input) = input else {
-                self.keep_upstream_alive().await;
-                continue;
-            };
-            match input {
-                Ok(_) => {}
-                Err(ReadError::Timeout) => {
-                    self.conn.set_chunk(COMMAND_CHUNK);
-                    let r = reply(
-                        421,
-                        (4, 4, 2),
-                        format!("{} Error: timeout exceeded", self.rt.config.hostname),
-                    );
-                    self.note_bad_input(ProtocolErrorKind::DataTimeout, &r);
-                    self.push(&r);
-                    let _ = self.flush().await;
-                    return Err(End::Timeout);
-                }
-                Err(ReadError::Closed) => return Err(End::ClientClosed),
-                Err(ReadError::Io(e)) => return Err(End::Io(e.to_string())),
+                ..
+            } => Some((*started, size - left, next_noop)),
+            _ => None,
+        }
+    }
+
+    pub(super) fn message_noop_sent(&mut self) {
+        let every = self
+            .upstream
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(60), |u| u.keepalive);
+        if let Some(rx) = self.receiving.as_mut() {
+            rx.next_noop = Instant::now() + every;
+        }
+    }
+
+    /// Takes message content out of the buffer; `true` when the DATA terminator or the
+    /// end of the BDAT chunk was reached.
+    pub(super) async fn take_message_bytes(&mut self) -> bool {
+        let limits = &self.rt.config.limits;
+        let (max_size, max_header) = (limits.max_message_size, limits.max_header_size);
+        let input = self.conn.buffered();
+        let Some(rx) = self
+            .receiving
+            .as_mut()
+            .filter(|_| self.chunk_refusal.is_none())
+        else {
+            // A refused chunk: its octets are read and dropped.
+            if let Input::Bdat { left, .. } = &mut self.input {
+                let n = (*left).min(input.len() as u64);
+                *left -= n;
+                self.conn.consume(n as usize);
+                return *left == 0;
             }
+            return true;
+        };
+        rx.decoded.clear();
+        let (used, done) = match &mut self.input {
+            Input::Data => {
+                let used = rx.decoder.decode(input, &mut rx.decoded);
+                (used, rx.decoder.is_done())
+            }
+            Input::Bdat { left, .. } => {
+                // A chunk may end between CR and LF: the scanner keeps the CR pending for
+                // the next chunk (or calls it bare at the end of the message).
+                let n = (*left).min(input.len() as u64) as usize;
+                rx.scanner.scan(&input[..n], &mut rx.decoded);
+                *left -= n as u64;
+                (n, *left == 0)
+            }
+            _ => (0, true),
+        };
+        self.conn.consume(used);
+        rx.wire_bytes += used as u64;
+        rx.got.size += rx.decoded.len() as u64;
+        if !rx.headers.done {
+            rx.headers.scan(&rx.decoded);
+            rx.got.header_too_big |= rx.headers.bytes > max_header;
+        }
+        rx.got.oversize |= rx.got.size > max_size;
+        if !rx.refused()
+            && let Err(e) = rx.spool.append(&rx.decoded).await
+        {
+            rx.got.spool_error = Some(e);
+        }
+        done
+    }
+
+    /// The end of the DATA content or of a BDAT chunk: its reply, or the message's.
+    pub(super) async fn message_input_done(&mut self) -> Flow {
+        let input = std::mem::replace(&mut self.input, Input::Command);
+        if let Some(r) = self.chunk_refusal.take() {
+            self.push(&r);
+            return Flow::Continue;
+        }
+        let last = match input {
+            Input::Bdat { last, .. } => last,
+            _ => true,
+        };
+        if !last {
+            let early = self.receiving.as_ref().and_then(|rx| {
+                (rx.refused() && rx.got.spool_error.is_none())
+                    .then(|| refusal_for_content(&rx.got, rx.anomalies(), rx.normalize))
+                    .flatten()
+            });
+            if let Some((kind, r)) = early {
+                // A refused chunk fails the transaction at once (RFC 3030 §4.2); chunks
+                // still in the pipeline get the same answer.
+                self.note_bad_input(kind, &r);
+                self.receiving = None;
+                self.conn.set_chunk(COMMAND_CHUNK);
+                let r = self.refuse_message(r).await;
+                self.failed_chunk = Some(r.clone());
+                self.push(&r);
+                return Flow::Continue;
+            }
+            let octets = match input {
+                Input::Bdat { size, .. } => size,
+                _ => 0,
+            };
+            self.push(&reply(
+                250,
+                (2, 0, 0),
+                format!("Ok: {octets} octets received"),
+            ));
+            return Flow::Continue;
         }
         self.conn.set_chunk(COMMAND_CHUNK);
-        got.anomalies = decoder.anomalies();
+        let Some(mut rx) = self.receiving.take() else {
+            return Flow::Continue;
+        };
+        rx.decoded.clear();
+        rx.scanner.finish(&mut rx.decoded);
+        if !rx.decoded.is_empty() {
+            // A CR left over at the end of the last chunk.
+            rx.got.size += rx.decoded.len() as u64;
+            let tail = std::mem::take(&mut rx.decoded);
+            if !rx.refused()
+                && let Err(e) = rx.spool.append(&tail).await
+            {
+                rx.got.spool_error = Some(e);
+            }
+        }
+        rx.got.anomalies = rx.anomalies();
         let eod = Instant::now();
-        let r = self.end_of_data(spool, got, normalize).await;
+        let r = Box::pin(self.end_of_message(*rx)).await;
         self.rt
             .metrics
             .end_of_data_seconds
             .observe(eod.elapsed().as_secs_f64());
-        self.push(&r);
-        Ok(())
-    }
-
-    /// A NOOP to the waiting upstream while the client is still sending; a session that
-    /// does not answer is dropped (the message then gets 451 4.4.1 and is retried).
-    async fn keep_upstream_alive(&mut self) {
-        if let Some(up) = self.upstream.as_mut()
-            && let Err(e) = up.noop().await
-        {
-            warn!(session = %self.id, error = %e, "upstream lost while the client was sending");
-            self.upstream = None;
-            self.upstream_in_transaction = false;
+        if r.is_positive() {
+            self.failed_chunk = None;
         }
+        self.push(&r);
+        Flow::Continue
     }
 
     /// Decides a fully received message: limits, content rules, then the upstream.
-    async fn end_of_data(&mut self, mut spool: Spool, got: Received, normalize: bool) -> Reply {
-        self.message_size = got.size;
+    async fn end_of_message(&mut self, rx: Receiving) -> Reply {
+        let Receiving {
+            mut spool,
+            got,
+            normalize,
+            headers,
+            ..
+        } = rx;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.size = got.size;
+        }
         self.rt.metrics.message_size_bytes.observe(got.size as f64);
-        if let Some((kind, r)) = self.refusal_for_content(&got, normalize) {
+        if let Some((kind, r)) = refusal_for_content(&got, got.anomalies, normalize) {
             self.note_bad_input(kind, &r);
             return self.refuse_message(r).await;
         }
@@ -192,10 +391,15 @@ impl Session {
         } else {
             self.run_checks(want, None).await;
         }
-        if let Some(refusal) = self.evaluate_with(Stage::Data, Some(&view)).await {
+        if let Some(refusal) = self.decide(Stage::Data, None, Some(&view)).await {
             return self.refuse_message(refusal).await;
         }
-        let prepend = self.headers_to_prepend();
+        let header_len = if headers.done {
+            headers.bytes
+        } else {
+            got.size
+        };
+        let head = self.outgoing_head(&spool, header_len as usize);
         let Some(up) = self.upstream.as_mut() else {
             self.finish_transaction("upstream_failed", None);
             return reply(
@@ -204,9 +408,7 @@ impl Session {
                 "Error: upstream unavailable, try again later",
             );
         };
-        // An incoming Authentication-Results under our name is a forgery: drop it.
-        let forged = auth_results::forged_ranges(spool.head(), self.rt.config.authserv_id());
-        match up.data(prepend.as_bytes(), &forged, &mut spool).await {
+        match up.send_message(&head, &mut spool, header_len).await {
             Ok(r) if r.code == 250 => {
                 self.upstream_in_transaction = false;
                 self.finish_transaction("delivered", Some(&r));
@@ -219,11 +421,7 @@ impl Session {
                 self.finish_transaction("upstream_failed", Some(&r));
                 self.upstream = None;
                 self.upstream_in_transaction = false;
-                reply(
-                    451,
-                    (4, 4, 1),
-                    "Error: upstream failure, message not accepted, try again later",
-                )
+                message_not_accepted()
             }
             Ok(r) => {
                 self.finish_transaction(upstream_outcome(&r), Some(&r));
@@ -231,62 +429,26 @@ impl Session {
                 self.errors += 1;
                 r
             }
+            Err(e) if e.is_local() => {
+                // Our spool failed, not the upstream: its connection stays (after RSET).
+                self.local_failure("spool read", &std::io::Error::other(e.to_string()))
+                    .await
+            }
             Err(e) => {
                 warn!(session = %self.id, client = %self.client.ip, error = %e, "upstream failed at DATA");
                 self.upstream = None;
                 self.upstream_in_transaction = false;
                 self.finish_transaction("upstream_failed", None);
-                reply(
-                    451,
-                    (4, 4, 1),
-                    "Error: upstream failure, message not accepted, try again later",
-                )
+                message_not_accepted()
             }
         }
     }
 
-    /// Limits and content defects found while receiving, with their metric kind.
-    fn refusal_for_content(
-        &self,
-        got: &Received,
-        normalize: bool,
-    ) -> Option<(ProtocolErrorKind, Reply)> {
-        if got.oversize {
-            return Some((
-                ProtocolErrorKind::Size,
-                reply(552, (5, 3, 4), "Error: message file too big"),
-            ));
-        }
-        if got.header_too_big {
-            return Some((
-                ProtocolErrorKind::HeaderSize,
-                reply(552, (5, 3, 4), "Error: message header too big"),
-            ));
-        }
-        if !normalize && (got.anomalies.bare_cr || got.anomalies.bare_lf) {
-            return Some((
-                ProtocolErrorKind::BareLineEnd,
-                reply(
-                    550,
-                    (5, 6, 0),
-                    "Error: message contains bare CR or bare LF (see RFC 5321 section 2.3.8)",
-                ),
-            ));
-        }
-        if !normalize && got.anomalies.nul {
-            return Some((
-                ProtocolErrorKind::NulInData,
-                reply(550, (5, 6, 0), "Error: message contains NUL characters"),
-            ));
-        }
-        None
-    }
-
     /// Our own failure (the spool): a 4xx so the sender retries; not the client's fault,
-    /// so not counted as bad input.
+    /// so not counted as bad input, and not the upstream's.
     async fn local_failure(&mut self, what: &str, e: &std::io::Error) -> Reply {
-        warn!(session = %self.id, error = %e, "{what} failed");
-        self.finish_transaction("tempfailed", None);
+        warn!(session = %self.id, error = %e, "{what} failed (local)");
+        self.finish_transaction("local_error", None);
         self.reset_upstream().await;
         reply(451, (4, 3, 0), "Error: local error, try again later")
     }
@@ -300,10 +462,12 @@ impl Session {
         r
     }
 
-    /// Our trace header when the upstream cannot be told the client any other way, and
-    /// the headers rules asked for.
-    fn headers_to_prepend(&self) -> String {
-        let mut prepend = String::new();
+    /// The header section as it goes upstream: our trace line when the upstream cannot
+    /// be told the client any other way (or the client used TLS), our
+    /// Authentication-Results, the headers rules asked for, then the client's header
+    /// section without forged copies of our Authentication-Results.
+    fn outgoing_head(&self, spool: &Spool, header_len: usize) -> Vec<u8> {
+        let mut head = Vec::with_capacity(header_len + 512);
         let no_client_trace = self
             .upstream
             .as_ref()
@@ -313,39 +477,117 @@ impl Session {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
-            prepend.push_str(&crate::relay::trace::received_header(
-                &self.identity(),
-                &self.rt.config.hostname,
-                now,
-            ));
+            head.extend_from_slice(
+                crate::relay::trace::received_header(
+                    &self.identity(),
+                    &self.rt.config.hostname,
+                    now,
+                )
+                .as_bytes(),
+            );
         }
-        if self.rt.config.adds_auth_results(&self.auth_facts) {
-            prepend.push_str(&auth_results::header(
-                self.rt.config.authserv_id(),
-                &self.auth_facts,
-                self.client.ip,
-                self.env.helo.as_deref().unwrap_or(""),
-                self.env.sender.as_deref().unwrap_or(""),
-            ));
+        if let Some(tx) = self.tx.as_ref() {
+            if self.rt.config.adds_auth_results(&tx.auth) {
+                head.extend_from_slice(
+                    auth_results::header(
+                        self.rt.config.authserv_id(),
+                        &tx.auth,
+                        self.client.ip,
+                        self.helo.as_deref().unwrap_or(""),
+                        &tx.sender_text,
+                    )
+                    .as_bytes(),
+                );
+            }
+            for h in &tx.add_headers {
+                head.extend_from_slice(h.as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
         }
-        for h in &self.pending_headers {
-            prepend.push_str(h);
-            prepend.push_str("\r\n");
+        let section = &spool.head()[..header_len.min(spool.head().len())];
+        // An incoming Authentication-Results under our name is a forgery: drop it.
+        let forged = auth_results::forged_ranges(section, self.rt.config.authserv_id());
+        let mut at = 0;
+        for r in forged {
+            head.extend_from_slice(&section[at..r.start]);
+            at = r.end;
         }
-        prepend
+        head.extend_from_slice(&section[at..]);
+        head
     }
 }
 
-/// The deadline for the next read during DATA: each read gets the command timeout, and
-/// the whole transfer must keep up the minimum rate (Postfix `smtpd_min_data_rate`):
-/// every byte received buys `1/min_rate` seconds beyond the first timeout.
-fn data_deadline(started: Instant, bytes: u64, timeout: Duration, min_rate: u64) -> Instant {
-    let per_read = Instant::now() + timeout;
-    if min_rate == 0 {
-        return per_read;
+fn message_not_accepted() -> Reply {
+    reply(
+        451,
+        (4, 4, 1),
+        "Error: upstream failure, message not accepted, try again later",
+    )
+}
+
+/// DATA or BDAT without an accepted recipient.
+fn no_recipients(accepted: usize, tried: usize) -> Option<Reply> {
+    if accepted > 0 {
+        None
+    } else if tried > 0 {
+        Some(reply(554, (5, 5, 1), "Error: no valid recipients"))
+    } else {
+        Some(reply(503, (5, 5, 1), "Error: need RCPT command"))
     }
-    let overall = started + timeout + Duration::from_secs_f64(bytes as f64 / min_rate as f64);
-    per_read.min(overall)
+}
+
+/// `BDAT <size> [LAST]` (RFC 3030 §2): the size, and whether this chunk is the last.
+fn parse_bdat(line: &str) -> Option<(u64, bool)> {
+    let mut words = line.split(' ');
+    let _verb = words.next()?;
+    let size = words.next()?;
+    if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let size = size.parse().ok()?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return None,
+    };
+    words.next().is_none().then_some((size, last))
+}
+
+/// Limits and content defects found while receiving, with their metric kind.
+fn refusal_for_content(
+    got: &Received,
+    anomalies: Anomalies,
+    normalize: bool,
+) -> Option<(ProtocolErrorKind, Reply)> {
+    if got.oversize {
+        return Some((
+            ProtocolErrorKind::Size,
+            reply(552, (5, 3, 4), "Error: message file too big"),
+        ));
+    }
+    if got.header_too_big {
+        return Some((
+            ProtocolErrorKind::HeaderSize,
+            reply(552, (5, 3, 4), "Error: message header too big"),
+        ));
+    }
+    if !normalize && (anomalies.bare_cr || anomalies.bare_lf) {
+        return Some((
+            ProtocolErrorKind::BareLineEnd,
+            reply(
+                550,
+                (5, 6, 0),
+                "Error: message contains bare CR or bare LF (see RFC 5321 section 2.3.8)",
+            ),
+        ));
+    }
+    if !normalize && anomalies.nul {
+        return Some((
+            ProtocolErrorKind::NulInData,
+            reply(550, (5, 6, 0), "Error: message contains NUL characters"),
+        ));
+    }
+    None
 }
 
 /// Finds the end of the header section in a stream of canonical message bytes.
@@ -403,9 +645,14 @@ mod tests {
     }
 
     #[test]
-    fn data_deadline_enforces_minimum_rate() {
-        let t0 = Instant::now();
-        let d = data_deadline(t0, 1000, Duration::from_secs(10), 500);
-        assert!(d <= t0 + Duration::from_secs(12) + Duration::from_millis(5));
+    fn bdat_commands() {
+        assert_eq!(parse_bdat("BDAT 1000"), Some((1000, false)));
+        assert_eq!(parse_bdat("bdat 0 last"), Some((0, true)));
+        assert_eq!(parse_bdat("BDAT 12 LAST"), Some((12, true)));
+        assert_eq!(parse_bdat("BDAT"), None);
+        assert_eq!(parse_bdat("BDAT -1"), None);
+        assert_eq!(parse_bdat("BDAT 5 FIRST"), None);
+        assert_eq!(parse_bdat("BDAT 5 LAST x"), None);
+        assert_eq!(parse_bdat("BDAT 99999999999999999999999"), None);
     }
 }

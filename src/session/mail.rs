@@ -4,17 +4,20 @@ use tracing::{debug, warn};
 
 use super::{Flow, Session};
 use crate::envelope::Stage;
+use crate::relay::{Capabilities, RelayError};
 use crate::reply::{Reply, reply};
 use crate::smtp::{Body, MailCommand};
+use crate::stream::Transport;
 use crate::telemetry::ProtocolErrorKind;
+use crate::transaction::Transaction;
 
-impl Session {
+impl<S: Transport> Session<S> {
     pub(super) async fn mail(&mut self, cmd: MailCommand) -> Flow {
-        if self.env.helo.is_none() {
+        if self.helo.is_none() {
             self.error_reply(reply(503, (5, 5, 1), "Error: send HELO/EHLO first"));
             return Flow::Continue;
         }
-        if self.env.sender.is_some() {
+        if self.tx.is_some() {
             self.error_reply(reply(503, (5, 5, 1), "Error: nested MAIL command"));
             return Flow::Continue;
         }
@@ -35,7 +38,7 @@ impl Session {
             self.push(&r);
             return Flow::Close;
         }
-        if let Some(r) = self.unsupported_mail_parameter(&cmd) {
+        if let Some(r) = self.unoffered_mail_parameter(&cmd) {
             self.bad_input(ProtocolErrorKind::UnsupportedParameter, r);
             return Flow::Continue;
         }
@@ -47,16 +50,14 @@ impl Session {
             );
             return Flow::Continue;
         }
-        self.transaction_started = std::time::Instant::now();
-        self.env.declared_size = cmd.params.size.filter(|s| *s > 0);
-        self.env.sender = Some(cmd.from.to_string());
-        if let Some(refusal) = self.evaluate(Stage::Mail).await {
+        self.tx = Some(Transaction::new(cmd.from, cmd.params, &self.client_auth));
+        self.failed_chunk = None;
+        if let Some(refusal) = self.evaluate(Stage::Mail, None).await {
             self.finish_transaction(refusal_outcome(&refusal), None);
             self.error_reply(refusal);
             return Flow::Continue;
         }
-        let line = self.upstream_mail_line(&cmd);
-        match self.relay_mail(&line).await {
+        match self.relay_mail().await {
             Ok(r) if r.is_positive() => {
                 self.upstream_in_transaction = true;
                 self.transactions += 1;
@@ -68,30 +69,42 @@ impl Session {
                 self.error_reply(r);
                 Flow::Continue
             }
-            outcome => {
-                // Unreachable, broken, or closing its connection (421 is about the
-                // upstream's connection, not the client's mail: never passed through).
-                match outcome {
-                    Err(e) => warn!(session = %self.id, error = %e, "upstream failed at MAIL"),
-                    Ok(r) => warn!(session = %self.id, reply = %r, "upstream closing at MAIL"),
-                }
-                self.upstream = None;
-                self.finish_transaction("upstream_failed", None);
+            Ok(r) => self.upstream_unavailable_at_mail(&format!("upstream closing: {r}")),
+            Err(MailError::Relay(e)) => self.upstream_unavailable_at_mail(&e.to_string()),
+            Err(MailError::Lacks(ext)) => {
+                // A failover to an upstream without an extension this transaction uses:
+                // never drop the parameter silently; the sender tries again later.
+                warn!(session = %self.id, extension = ext, "the upstream lacks an extension the transaction uses");
+                self.finish_transaction("upstream_tempfailed", None);
                 self.push(&reply(
                     451,
-                    (4, 4, 1),
-                    "Error: upstream unavailable, try again later",
+                    (4, 3, 3),
+                    format!("Error: the upstream cannot take {ext} now, try again later"),
                 ));
                 Flow::Continue
             }
         }
     }
 
+    /// Unreachable, broken, or closing its connection (a 421 is about the upstream's
+    /// connection, not the client's mail: never passed through).
+    fn upstream_unavailable_at_mail(&mut self, why: &str) -> Flow {
+        warn!(session = %self.id, error = why, "upstream failed at MAIL");
+        self.upstream = None;
+        self.finish_transaction("upstream_failed", None);
+        self.push(&reply(
+            451,
+            (4, 4, 1),
+            "Error: upstream unavailable, try again later",
+        ));
+        Flow::Continue
+    }
+
     /// Sends MAIL upstream, opening the upstream session first if there is none. A
     /// session kept from an earlier transaction may have died while idle (Postfix's own
     /// timeout): it is checked first, and on a failure or a `421` the MAIL is retried
     /// once on a fresh connection, so the client never sees the upstream's stale state.
-    async fn relay_mail(&mut self, line: &str) -> Result<Reply, crate::relay::RelayError> {
+    async fn relay_mail(&mut self) -> Result<Reply, MailError> {
         let identity = self.identity();
         let mut reused = false;
         if let Some(up) = self.upstream.as_mut() {
@@ -106,64 +119,103 @@ impl Session {
         if self.upstream.is_none() {
             self.upstream = Some(self.rt.upstreams.connect(&identity).await?);
         }
+        let tx = self.tx.as_ref().expect("MAIL opened the transaction");
         let up = self.upstream.as_mut().expect("connected above");
-        let first = up.mail(&identity, line).await;
+        let line = upstream_mail_line(tx, &up.caps)?;
+        let first = up.mail(&identity, &line).await;
         let stale = match &first {
             Ok(r) => r.code == 421,
             Err(_) => true,
         };
         if !(reused && stale) {
-            return first;
+            return Ok(first?);
         }
         debug!(session = %self.id, "reused upstream session failed at MAIL; retrying on a new one");
         self.upstream = None;
         let mut up = self.rt.upstreams.connect(&identity).await?;
-        let retried = up.mail(&identity, line).await;
+        let line = upstream_mail_line(tx, &up.caps)?;
+        let retried = up.mail(&identity, &line).await;
         self.upstream = Some(up);
-        retried
+        Ok(retried?)
     }
 
-    /// MAIL parameters we did not advertise (or cannot relay) are refused, as Postfix does.
-    fn unsupported_mail_parameter(&self, cmd: &MailCommand) -> Option<Reply> {
-        let caps = self.rt.upstreams.capabilities();
-        let has = |f: fn(&crate::relay::Capabilities) -> bool| caps.as_deref().is_some_and(f);
+    /// MAIL parameters we did not offer this client are refused, as Postfix does.
+    fn unoffered_mail_parameter(&self, cmd: &MailCommand) -> Option<Reply> {
         let p = &cmd.params;
-        if p.body == Some(Body::BinaryMime) {
-            return Some(reply(
+        let o = &self.offered;
+        let refuse = |what: &str| {
+            Some(reply(
                 555,
                 (5, 5, 4),
-                "Error: BODY=BINARYMIME not supported",
-            ));
+                format!("Error: {what} not supported"),
+            ))
+        };
+        if p.body == Some(Body::BinaryMime) {
+            return refuse("BODY=BINARYMIME");
         }
-        if p.smtputf8 && !has(|c| c.smtputf8) {
-            return Some(reply(555, (5, 5, 4), "Error: SMTPUTF8 not supported"));
+        if p.smtputf8 && !o.smtputf8 {
+            return refuse("SMTPUTF8");
         }
-        if p.body == Some(Body::EightBitMime) && !has(|c| c.eight_bit_mime) {
-            return Some(reply(555, (5, 5, 4), "Error: BODY=8BITMIME not supported"));
+        if p.body == Some(Body::EightBitMime) && !o.eight_bit_mime {
+            return refuse("BODY=8BITMIME");
         }
-        if p.has_dsn() {
-            return Some(reply(555, (5, 5, 4), "Error: DSN parameters not supported"));
+        if p.has_dsn() && !o.dsn {
+            return refuse("DSN parameters");
         }
         None
     }
+}
 
-    /// The MAIL command as the upstream gets it: the address rendered so it parses as the
-    /// client meant it, only parameters it understands, never `AUTH=` from the client.
-    fn upstream_mail_line(&self, cmd: &MailCommand) -> String {
-        let mut line = format!("MAIL FROM:<{}>", cmd.from);
-        if let Some(size) = cmd.params.size.filter(|s| *s > 0) {
-            line.push_str(&format!(" SIZE={size}"));
-        }
-        if let Some(body) = cmd.params.body {
-            line.push_str(" BODY=");
-            line.push_str(body.as_str());
-        }
-        if cmd.params.smtputf8 {
-            line.push_str(" SMTPUTF8");
-        }
-        line.push_str("\r\n");
-        line
+/// Why MAIL could not be relayed.
+enum MailError {
+    Relay(RelayError),
+    /// The upstream connection lacks an extension the transaction uses.
+    Lacks(&'static str),
+}
+
+impl From<RelayError> for MailError {
+    fn from(e: RelayError) -> Self {
+        MailError::Relay(e)
     }
+}
+
+/// The MAIL command as the upstream gets it: the address rendered so it parses as the
+/// client meant it, every parameter the client gave (DSN ones verbatim) except `AUTH=`,
+/// which the upstream never takes from a client. SIZE is advisory: sent only when the
+/// upstream offers SIZE. Any other parameter this upstream connection cannot take is an
+/// error, never a silent drop.
+fn upstream_mail_line(tx: &Transaction, caps: &Capabilities) -> Result<String, MailError> {
+    let p = &tx.params;
+    let mut line = format!("MAIL FROM:<{}>", tx.sender_text);
+    if let Some(size) = p.size.filter(|s| *s > 0 && caps.size.is_some()) {
+        line.push_str(&format!(" SIZE={size}"));
+    }
+    if let Some(body) = p.body {
+        if body == Body::EightBitMime && !caps.eight_bit_mime {
+            return Err(MailError::Lacks("8BITMIME"));
+        }
+        line.push_str(" BODY=");
+        line.push_str(body.as_str());
+    }
+    if p.smtputf8 {
+        if !caps.smtputf8 {
+            return Err(MailError::Lacks("SMTPUTF8"));
+        }
+        line.push_str(" SMTPUTF8");
+    }
+    if p.has_dsn() && !caps.dsn {
+        return Err(MailError::Lacks("DSN"));
+    }
+    if let Some(ret) = p.ret {
+        line.push_str(" RET=");
+        line.push_str(ret.as_str());
+    }
+    if let Some(envid) = &p.envid {
+        line.push_str(" ENVID=");
+        line.push_str(envid);
+    }
+    line.push_str("\r\n");
+    Ok(line)
 }
 
 /// The transaction outcome label for a policy refusal.

@@ -5,15 +5,14 @@ use tracing::{info, warn};
 
 use super::{End, Flow, Session};
 use crate::reply::reply;
-use crate::stream::Stream;
+use crate::stream::{Stream, Transport};
 use crate::telemetry::ProtocolErrorKind;
 
-impl Session {
+impl<S: Transport> Session<S> {
     pub(super) async fn rset(&mut self) -> Flow {
         self.junk += 1;
-        if self.env.sender.is_some() {
-            self.finish_transaction("aborted", None);
-        }
+        self.finish_transaction("aborted", None);
+        self.failed_chunk = None;
         self.reset_upstream().await;
         self.push(&reply(250, (2, 0, 0), "Ok"));
         Flow::Continue
@@ -67,7 +66,7 @@ impl Session {
             self.error_reply(reply(502, (5, 5, 1), "Error: command not implemented"));
             return Flow::Continue;
         }
-        if self.env.sender.is_some() {
+        if self.tx.is_some() {
             self.error_reply(reply(503, (5, 5, 1), "Error: MAIL transaction in progress"));
             return Flow::Continue;
         }
@@ -112,7 +111,8 @@ impl Session {
         self.conn.stream = Stream::ServerTls(Box::new(tls));
         self.client.tls = true;
         self.esmtp = false;
-        self.env = Default::default();
+        self.helo = None;
+        self.tx = None;
         self.session_accepted = false;
         if let Some(up) = self.upstream.take() {
             up.quit().await;

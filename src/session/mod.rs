@@ -1,37 +1,59 @@
 //! The SMTP server side: one [`Session`] per client connection.
 //!
-//! The session reads command lines out of its own buffer (so it knows exactly what was
-//! pipelined), answers each in order, and flushes the replies as a group when the input
-//! runs dry (RFC 2920). Each verb lives in its own file as an `impl Session` block whose
-//! preconditions come first. Every limit is enforced here: line length, errors, junk
-//! commands, recipients, message size, per-command deadlines and the minimum data rate.
+//! # How a session reads
+//!
+//! One read loop ([`Session::serve`]) takes bytes into the connection's buffer and hands
+//! them to the current [`Input`] state: command lines, DATA content up to `CRLF.CRLF`,
+//! the octets of a BDAT chunk, or a SASL response line. What one state does not
+//! consume stays buffered for the next, so pipelined commands, pipelined BDAT chunks and
+//! a SASL answer are all read the same way, and the replies of a pipelined group are
+//! flushed together when the input runs dry (RFC 2920).
+//!
+//! # Layout
+//!
+//! | file | owns |
+//! |---|---|
+//! | this file | the session state, the read loop, limits, replies, the transaction's end |
+//! | `input` | the input states, command lines, deadlines (per line, stress, data rate) |
+//! | `decide` | the checks a stage needs and the policy's stepper, driven against the store |
+//! | `ehlo`, `mail`, `rcpt`, `auth`, `misc` | one file per verb, preconditions first |
+//! | `data` | DATA and BDAT: receiving the message, end-of-data checks, the relay |
+//!
+//! Every limit is enforced here: line length, errors, junk commands, recipients, message
+//! size, per-line deadlines and the minimum data rate.
 
 mod auth;
 mod data;
+mod decide;
 mod ehlo;
+mod input;
 mod mail;
 mod misc;
 mod rcpt;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use smtp_proto::Request;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::info;
 
-use crate::checks::CheckInput;
-use crate::envelope::{
-    AuthFacts, Checks, ClientInfo, Decision, Envelope, Facts, MessageView, Stage,
-};
-use crate::policy::{Mode, RuleSet};
+use crate::envelope::{AuthFacts, ClientInfo, Stage};
+use crate::policy::RuleSet;
 use crate::relay::{ClientIdentity, Upstream};
 use crate::reply::{Reply, StatusCode, reply};
 use crate::runtime::Runtime;
-use crate::stream::{BufferedConn, ReadError, Stream};
+use crate::stream::{BufferedConn, Stream, Transport};
 use crate::telemetry::ProtocolErrorKind;
+use crate::transaction::Transaction;
 
-/// Read size while commands are expected; DATA reads in larger chunks.
+use ehlo::Offer;
+use input::Input;
+
+/// Read size while commands are expected; message content reads in larger chunks.
 const COMMAND_CHUNK: usize = 1024;
 
 /// Per-listener settings the session needs.
@@ -44,7 +66,7 @@ pub struct ListenerContext {
     pub submission: bool,
 }
 
-/// What the dispatcher tells the loop to do after a command.
+/// What the loop does after a piece of input.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Continue,
@@ -54,8 +76,6 @@ enum Flow {
     Quit,
     /// Flush `220`, then run the TLS handshake.
     StartTls,
-    /// Flush `354`, then receive the message.
-    Data,
 }
 
 /// Why a session ended (for the disconnect log line).
@@ -83,37 +103,39 @@ impl std::fmt::Display for End {
 }
 
 /// One client connection from accept to close.
-pub struct Session {
+pub struct Session<S: Transport = tokio::net::TcpStream> {
     rt: Arc<Runtime>,
     listener: ListenerContext,
     rules: Arc<RuleSet>,
-    conn: BufferedConn,
+    conn: BufferedConn<S>,
     out: Vec<u8>,
     id: String,
     client: ClientInfo,
-    env: Envelope,
+    /// The HELO/EHLO argument, once given.
+    helo: Option<String>,
     esmtp: bool,
+    /// The upstream-dependent extensions this client was offered at its EHLO.
+    offered: Offer,
+    /// The client's own checks (DNS lists, reverse DNS), for the whole session.
+    client_auth: AuthFacts,
+    /// The transaction in progress, from MAIL to its end; a reset replaces it.
+    tx: Option<Transaction>,
+    input: Input,
+    /// The message being received (DATA, or the BDAT chunks so far).
+    receiving: Option<Box<data::Receiving>>,
+    /// The reply for the BDAT chunk being read, when it is refused (its octets are read
+    /// and dropped first).
+    chunk_refusal: Option<Reply>,
+    /// A BDAT chunk of this transaction failed: later chunks get the same reply.
+    failed_chunk: Option<Reply>,
     /// An `accept` verdict at connect/helo: no more rules this session.
     session_accepted: bool,
-    /// An `accept` verdict at mail or later: no more rules this transaction.
-    transaction_accepted: bool,
-    /// Headers that rules asked to add to the current message.
-    pending_headers: Vec<String>,
-    /// Recipients tried in this transaction (accepted or not), for "no valid recipients".
-    rcpts_tried: usize,
-    /// RCPTs refused in this transaction because `max_recipients` was reached.
-    rcpts_over_limit: usize,
     upstream: Option<Upstream>,
     /// The upstream has MAIL of an unfinished transaction and needs RSET before reuse.
     upstream_in_transaction: bool,
-    /// The upstream was lost in the middle of this transaction: it is counted and logged
-    /// as failed, and every further RCPT and DATA gets `451 4.4.1` until it is reset.
-    upstream_failed: bool,
     errors: u32,
     junk: u32,
     transactions: u32,
-    /// Octets of the last message received (for the transaction log line).
-    message_size: u64,
     /// A command line overflowed the limit: discard up to its end, then answer 500 5.5.2.
     discarding_long_line: bool,
     /// When we began waiting for the command line now expected (see `wait_for_input`).
@@ -121,17 +143,13 @@ pub struct Session {
     /// The server was under stress while this line was awaited: its short timeout holds.
     line_stressed: bool,
     started: StdInstant,
-    transaction_started: StdInstant,
-    /// What the DNS checks found: the client's for the session, the sender's and the
-    /// message's for the current transaction.
-    auth_facts: AuthFacts,
 }
 
-impl Session {
+impl<S: Transport> Session<S> {
     pub fn new(
         rt: Arc<Runtime>,
         listener: ListenerContext,
-        stream: Stream,
+        stream: Stream<S>,
         client: ClientInfo,
     ) -> Self {
         let rules = rt.policy.current();
@@ -142,26 +160,25 @@ impl Session {
             conn: BufferedConn::new(stream, COMMAND_CHUNK),
             out: Vec::with_capacity(256),
             client,
-            env: Envelope::default(),
+            helo: None,
             esmtp: false,
+            offered: Offer::default(),
+            client_auth: AuthFacts::default(),
+            tx: None,
+            input: Input::Command,
+            receiving: None,
+            chunk_refusal: None,
+            failed_chunk: None,
             session_accepted: false,
-            transaction_accepted: false,
-            pending_headers: Vec::new(),
-            rcpts_tried: 0,
-            rcpts_over_limit: 0,
             upstream: None,
             upstream_in_transaction: false,
-            upstream_failed: false,
             errors: 0,
             junk: 0,
             transactions: 0,
-            message_size: 0,
             discarding_long_line: false,
             line_started: None,
             line_stressed: false,
             started: StdInstant::now(),
-            transaction_started: StdInstant::now(),
-            auth_facts: AuthFacts::default(),
             rt,
         }
     }
@@ -169,9 +186,8 @@ impl Session {
     /// Runs the session to its end; never panics on client input.
     pub async fn run(mut self) {
         let end = self.serve().await;
-        if self.env.sender.is_some() && !self.upstream_failed {
-            self.rt.metrics.transaction("aborted");
-            self.log_transaction("aborted", None);
+        if self.tx.is_some() {
+            self.finish_transaction("aborted", None);
         }
         if let Some(up) = self.upstream.take() {
             up.quit().await;
@@ -185,7 +201,7 @@ impl Session {
         info!(
             session = %self.id,
             client = %self.client.ip,
-            helo = self.env.helo.as_deref().unwrap_or(""),
+            helo = self.helo.as_deref().unwrap_or(""),
             transactions = self.transactions,
             errors = self.errors,
             reason = %end,
@@ -194,6 +210,8 @@ impl Session {
         );
     }
 
+    /// The one read loop: process what is buffered in the current input state, flush the
+    /// replies when the input runs dry, wait for more.
     async fn serve(&mut self) -> End {
         // The handlers below are boxed: a task's future is as large as its largest state,
         // and an idle session should not carry the state of a DKIM check or a TLS
@@ -202,33 +220,21 @@ impl Session {
             return end;
         }
         loop {
-            while let Some(line) = self.next_line() {
-                let flow = Box::pin(self.handle_line(&line)).await;
-                let flow = if flow == Flow::Continue {
-                    self.check_limits()
-                } else {
-                    flow
-                };
-                match flow {
-                    Flow::Continue => {}
-                    Flow::Close => {
-                        let _ = self.flush().await;
-                        return End::Limit("closed by server");
+            match Box::pin(self.process_input()).await {
+                Flow::Continue => {}
+                Flow::Close => {
+                    let _ = self.flush().await;
+                    return End::Limit("closed by server");
+                }
+                Flow::Quit => {
+                    let _ = self.flush().await;
+                    return End::Quit;
+                }
+                Flow::StartTls => {
+                    if let Err(end) = Box::pin(self.start_tls()).await {
+                        return end;
                     }
-                    Flow::Quit => {
-                        let _ = self.flush().await;
-                        return End::Quit;
-                    }
-                    Flow::StartTls => {
-                        if let Err(end) = Box::pin(self.start_tls()).await {
-                            return end;
-                        }
-                    }
-                    Flow::Data => {
-                        if let Err(end) = Box::pin(self.receive_data()).await {
-                            return end;
-                        }
-                    }
+                    continue;
                 }
             }
             if let Err(end) = self.flush().await {
@@ -241,9 +247,38 @@ impl Session {
         }
     }
 
+    /// Consumes buffered input in the current state until it needs more bytes (then
+    /// `Flow::Continue`) or the session must close or change streams.
+    async fn process_input(&mut self) -> Flow {
+        loop {
+            let flow = match self.input {
+                Input::Command => match self.next_line() {
+                    Some(line) => match self.handle_line(&line).await {
+                        Flow::Continue => self.check_limits(),
+                        other => other,
+                    },
+                    None => return Flow::Continue,
+                },
+                Input::Data | Input::Bdat { .. } => {
+                    if !self.take_message_bytes().await {
+                        return Flow::Continue;
+                    }
+                    self.message_input_done().await
+                }
+                Input::Sasl(_) => match self.next_line() {
+                    Some(line) => self.sasl_line(&line).await,
+                    None => return Flow::Continue,
+                },
+            };
+            if flow != Flow::Continue {
+                return flow;
+            }
+        }
+    }
+
     /// Connect-stage rules, the pre-greeting check, and the banner.
     async fn greet(&mut self) -> Result<(), End> {
-        if let Some(refusal) = self.evaluate(Stage::Connect).await {
+        if let Some(refusal) = self.evaluate(Stage::Connect, None).await {
             // A refusal at connect is the greeting itself: 554 (or 421), then close.
             let code = if refusal.is_permanent() { 554 } else { 421 };
             let r = Reply::new(code, refusal.status, refusal.text());
@@ -271,118 +306,9 @@ impl Session {
     /// Whether the client sent anything before the banner (within `greet_pause`).
     async fn talked_before_greeting(&mut self) -> bool {
         let pause = self.rt.config.limits.greet_pause;
-        let Stream::Plain(tcp) = &self.conn.stream else {
-            return false;
-        };
-        if !pause.is_zero() {
-            // Wait the whole pause for a first byte (without consuming it); `readable()` is
-            // not enough: it can report a fresh socket ready before anything arrived.
-            let mut probe = [0u8; 1];
-            return matches!(
-                tokio::time::timeout(pause, tcp.peek(&mut probe)).await,
-                Ok(Ok(n)) if n > 0
-            );
-        }
-        // No pause: a non-blocking peek ("nothing yet" is WouldBlock).
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        matches!(socket2::SockRef::from(tcp).peek(&mut probe), Ok(n) if n > 0)
-    }
-
-    /// Takes the next complete command line out of the buffer, enforcing the length limit.
-    fn next_line(&mut self) -> Option<Vec<u8>> {
-        let max = self.rt.config.limits.max_line_length;
-        loop {
-            let buf = self.conn.buffered();
-            match memchr_lf(buf) {
-                Some(pos) => {
-                    let line = buf[..=pos].to_vec();
-                    self.conn.consume(pos + 1);
-                    // The next line gets a deadline of its own.
-                    self.line_started = None;
-                    self.line_stressed = false;
-                    if self.discarding_long_line || line.len() > max {
-                        self.discarding_long_line = false;
-                        self.line_too_long();
-                        continue;
-                    }
-                    return Some(line);
-                }
-                None if buf.len() > max => {
-                    // No end in sight: drop what we have and skip to the end of the line.
-                    let n = buf.len();
-                    self.conn.consume(n);
-                    self.discarding_long_line = true;
-                    return None;
-                }
-                None => return None,
-            }
-        }
-    }
-
-    fn line_too_long(&mut self) {
-        self.bad_input(
-            ProtocolErrorKind::LineTooLong,
-            reply(500, (5, 5, 2), "Error: line too long"),
-        );
-    }
-
-    /// Waits for more input, or for shutdown. The deadline is per command line: it runs
-    /// from when we began waiting for the line, so a client dripping one byte at a time
-    /// cannot hold its slot longer than one timeout. When the server comes under stress
-    /// the (shorter) stress timeout applies at once, also to lines already awaited.
-    async fn wait_for_input(&mut self) -> Result<(), End> {
-        let started = *self.line_started.get_or_insert_with(Instant::now);
-        let mut shutdown = self.rt.shutdown.clone();
-        let mut stress = self.rt.sessions.stress_changes();
-        let in_transaction = self.env.sender.is_some();
-        let result = loop {
-            // Once stress has cut this line's deadline, it stays cut (even if the stress
-            // ends a moment later): the short timeout is what the client was given.
-            self.line_stressed |= self.rt.sessions.stressed();
-            let deadline = started + self.command_timeout();
-            tokio::select! {
-                r = self.conn.fill(deadline) => break r,
-                _ = stress.changed() => continue,
-                _ = crate::runtime::shutdown_signalled(&mut shutdown), if !in_transaction => {
-                    self.push(&reply(421, (4, 3, 2), format!("{} Service shutting down, closing transmission channel", self.rt.config.hostname)));
-                    let _ = self.flush().await;
-                    return Err(End::Shutdown);
-                }
-            }
-        };
-        match result {
-            Ok(_) => Ok(()),
-            Err(ReadError::Timeout) => {
-                let r = reply(
-                    421,
-                    (4, 4, 2),
-                    format!("{} Error: timeout exceeded", self.rt.config.hostname),
-                );
-                // A partial line pending: a dripper, not an idle client.
-                let kind = if self.line_stressed {
-                    ProtocolErrorKind::StressTimeout
-                } else if self.conn.buffered().is_empty() && !self.discarding_long_line {
-                    ProtocolErrorKind::Timeout
-                } else {
-                    ProtocolErrorKind::SlowCommand
-                };
-                self.note_bad_input(kind, &r);
-                self.push(&r);
-                let _ = self.flush().await;
-                Err(End::Timeout)
-            }
-            Err(ReadError::Closed) => Err(End::ClientClosed),
-            Err(ReadError::Io(e)) => Err(End::Io(e.to_string())),
-        }
-    }
-
-    /// The command timeout for the line now awaited: the stress timeout once stress hit it.
-    fn command_timeout(&self) -> std::time::Duration {
-        let l = &self.rt.config.limits;
-        if self.line_stressed {
-            l.command_timeout.min(l.stress_command_timeout)
-        } else {
-            l.command_timeout
+        match &self.conn.stream {
+            Stream::Plain(s) => s.first_byte_within(pause).await,
+            _ => false,
         }
     }
 
@@ -446,7 +372,7 @@ impl Session {
         Flow::Continue
     }
 
-    /// Parses and answers one command line (it ends in LF; see [`Self::next_line`]).
+    /// Parses and answers one command line (it ends in LF; see `next_line`).
     async fn handle_line(&mut self, raw: &[u8]) -> Flow {
         if is_forbidden_command(raw) {
             // An HTTP or proxy client, or binary junk (a TLS hello on a plaintext port):
@@ -465,29 +391,30 @@ impl Session {
             }
         };
         let verb = verb_of(line.as_bytes());
-        let control = [&b"XCLIENT"[..], b"XFORWARD", b"PROXY"];
-        if control.iter().any(|c| verb.eq_ignore_ascii_case(c)) {
+        let is = |v: &[u8]| verb.eq_ignore_ascii_case(v);
+        if is(b"XCLIENT") || is(b"XFORWARD") || is(b"PROXY") {
             self.bad_input(
                 ProtocolErrorKind::ControlCommand,
                 reply(550, (5, 7, 0), "Error: insufficient authorization"),
             );
             return Flow::Continue;
         }
-        if verb.eq_ignore_ascii_case(b"MAIL") {
+        if is(b"MAIL") {
             return match crate::smtp::parse_mail(&line) {
-                Ok(cmd) => self.mail(cmd).await,
+                Ok(cmd) => Box::pin(self.mail(cmd)).await,
                 Err(e) => self.command_error(e, "sender"),
             };
         }
-        if verb.eq_ignore_ascii_case(b"RCPT") {
+        if is(b"RCPT") {
             return match crate::smtp::parse_rcpt(&line) {
-                Ok(cmd) => self.rcpt(cmd).await,
+                Ok(cmd) => Box::pin(self.rcpt(cmd)).await,
                 Err(e) => self.command_error(e, "recipient"),
             };
         }
-        if (verb.eq_ignore_ascii_case(b"EHLO") || verb.eq_ignore_ascii_case(b"HELO"))
-            && line.bytes().any(|b| b.is_ascii_control())
-        {
+        if is(b"BDAT") {
+            return self.bdat(&line);
+        }
+        if (is(b"EHLO") || is(b"HELO")) && line.bytes().any(|b| b.is_ascii_control()) {
             // Control characters must never reach our own EHLO/XCLIENT upstream.
             self.bad_input(
                 ProtocolErrorKind::BadHelo,
@@ -505,28 +432,23 @@ impl Session {
             }
         };
         match request {
-            Request::Ehlo { host } => self.ehlo(host, true).await,
-            Request::Helo { host } => self.ehlo(host, false).await,
-            Request::Mail { .. } | Request::Rcpt { .. } => unreachable!("parsed above"),
-            Request::Data => self.data().await,
-            Request::Rset => self.rset().await,
+            Request::Ehlo { host } => Box::pin(self.ehlo(host, true)).await,
+            Request::Helo { host } => Box::pin(self.ehlo(host, false)).await,
+            Request::Data => self.data(),
+            Request::Rset => Box::pin(self.rset()).await,
             Request::Noop { .. } => self.noop(),
             Request::Quit => self.quit(),
             Request::Vrfy { .. } => self.vrfy(),
             Request::Expn { .. } => self.expn(),
             Request::Help { .. } => self.help(),
             Request::StartTls => self.starttls_command(),
-            Request::Bdat { .. } => {
-                // Chunk bytes would follow; without CHUNKING we cannot stay in sync.
-                let r = reply(502, (5, 5, 1), "Error: BDAT not supported, closing");
-                self.note_bad_input(ProtocolErrorKind::Bdat, &r);
-                self.push(&r);
-                Flow::Close
-            }
             Request::Auth {
                 mechanism,
                 initial_response,
-            } => self.auth(mechanism, initial_response).await,
+            } => Box::pin(self.auth(mechanism, initial_response)).await,
+            Request::Mail { .. } | Request::Rcpt { .. } | Request::Bdat { .. } => {
+                unreachable!("parsed above")
+            }
             Request::Lhlo { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
@@ -629,14 +551,6 @@ impl Session {
                     reply(500, (5, 5, 1), "Error: command not recognized"),
                 )
             }
-            E::InvalidSenderAddress => (
-                ProtocolErrorKind::Syntax,
-                reply(501, (5, 1, 7), "Error: bad sender address syntax"),
-            ),
-            E::InvalidRecipientAddress => (
-                ProtocolErrorKind::Syntax,
-                reply(501, (5, 1, 3), "Error: bad recipient address syntax"),
-            ),
             E::SyntaxError { syntax } => (
                 ProtocolErrorKind::Syntax,
                 reply(501, (5, 5, 4), format!("Syntax: {syntax}")),
@@ -661,148 +575,12 @@ impl Session {
         self.bad_input(kind, r);
     }
 
-    /// Runs the checks this stage needs, then its rules, unless an earlier `accept`
-    /// ended evaluation. Returns the refusal to send, if any; `add_header` results are
-    /// kept for the relay.
-    async fn evaluate(&mut self, stage: Stage) -> Option<Reply> {
-        let want = self.checks_wanted(stage);
-        self.run_checks(want, None).await;
-        self.evaluate_with(stage, None).await
-    }
-
-    /// The checks to run before `stage`'s rules: those its rules test and, at `mail`
-    /// and `data`, those the Authentication-Results header reports. None after an
-    /// `accept` (nothing left to decide), except what the header needs.
-    fn checks_wanted(&self, stage: Stage) -> Checks {
-        let rules = if self.accepted_before(stage) {
-            Checks::NONE
-        } else {
-            self.rules.needs(stage)
-        };
-        self.rt
-            .checker
-            .wanted(rules, stage == Stage::Data, stage == Stage::Mail)
-    }
-
-    /// Runs the checks in `want` that have not run yet; `message` is the whole message
-    /// at end of data.
-    async fn run_checks(&mut self, want: Checks, message: Option<&[u8]>) {
-        if want.is_empty() {
-            return;
-        }
-        let mut facts = std::mem::take(&mut self.auth_facts);
-        let input = CheckInput {
-            ip: self.client.ip,
-            helo: self.env.helo.as_deref(),
-            sender: self.env.sender.as_deref(),
-            message,
-        };
-        self.rt.checker.run(want, &input, &mut facts).await;
-        self.auth_facts = facts;
-    }
-
-    /// A `greylist`/`rate_limit` rule ends an evaluation with [`Decision::Check`]: one
-    /// store call ([`crate::checks::resolve`]) refuses, or the stage's later rules run.
-    async fn evaluate_with(
-        &mut self,
-        stage: Stage,
-        message: Option<&MessageView>,
-    ) -> Option<Reply> {
-        if self.accepted_before(stage) {
-            return None;
-        }
-        let facts = Facts {
-            stage,
-            client: &self.client,
-            envelope: &self.env,
-            message,
-            auth: &self.auth_facts,
-        };
-        let mut evaluation = self.rules.evaluate(&facts);
-        let mut hits = std::mem::take(&mut evaluation.hits);
-        let mut add_headers = Vec::new();
-        while let Decision::Check(pending) = &evaluation.verdict.decision {
-            let rule = evaluation.verdict.rule.as_deref().unwrap_or_default();
-            let refusal =
-                crate::checks::resolve(&*self.rt.store, &self.rt.metrics, stage, rule, pending)
-                    .await;
-            add_headers.append(&mut evaluation.verdict.add_headers);
-            if let Some(r) = refusal {
-                evaluation.verdict.decision = Decision::Tempfail(r);
-                break;
-            }
-            let resume = pending.resume;
-            evaluation = self.rules.evaluate_from(&facts, resume);
-            hits.append(&mut evaluation.hits);
-        }
-        for hit in &hits {
-            self.rt
-                .metrics
-                .verdicts_total
-                .with_label_values(&[
-                    stage.as_str(),
-                    &hit.rule,
-                    hit.action.as_str(),
-                    hit.mode.as_str(),
-                ])
-                .inc();
-            if hit.mode == Mode::Monitor {
-                info!(
-                    session = %self.id,
-                    client = %self.client.ip,
-                    stage = %stage,
-                    rule = %hit.rule,
-                    action = hit.action.as_str(),
-                    "policy monitor: rule matched, not enforced"
-                );
-            }
-        }
-        let verdict = evaluation.verdict;
-        self.pending_headers.extend(add_headers);
-        self.pending_headers.extend(verdict.add_headers);
-        let rule = verdict.rule.unwrap_or_default();
-        let (action, refusal) = match verdict.decision {
-            Decision::Continue => return None,
-            Decision::Accept => {
-                if stage <= Stage::Helo {
-                    self.session_accepted = true;
-                } else {
-                    self.transaction_accepted = true;
-                }
-                ("accept", None)
-            }
-            Decision::Reject(r) => ("reject", Some(r)),
-            Decision::Tempfail(r) => ("tempfail", Some(r)),
-            Decision::Check(_) => unreachable!("checks are resolved above"),
-        };
-        if let Some(r) = &refusal {
-            info!(
-                session = %self.id,
-                client = %self.client.ip,
-                stage = %stage,
-                rule = %rule,
-                action,
-                reply = %r,
-                "policy refusal"
-            );
-        } else {
-            debug!(session = %self.id, stage = %stage, rule = %rule, "policy accept");
-        }
-        refusal
-    }
-
-    /// Whether an earlier `accept` ended rule evaluation for `stage`: for the session at
-    /// connect/helo, for the transaction at mail and later.
-    fn accepted_before(&self, stage: Stage) -> bool {
-        self.session_accepted || (self.transaction_accepted && stage >= Stage::Mail)
-    }
-
     /// The identity the upstream should see for this client.
     fn identity(&self) -> ClientIdentity {
         ClientIdentity {
             ip: self.client.ip,
             port: self.client.port,
-            helo: self.env.helo.clone().unwrap_or_default(),
+            helo: self.helo.clone().unwrap_or_default(),
             esmtp: self.esmtp,
             tls: self.client.tls,
             tls_description: self.conn.stream.tls_description(),
@@ -811,52 +589,49 @@ impl Session {
         }
     }
 
-    /// Ends the current transaction: log line, counters, envelope reset.
+    /// Ends the current transaction: log line, counters; the next one starts afresh.
     fn finish_transaction(&mut self, outcome: &'static str, upstream_reply: Option<&Reply>) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        self.receiving = None;
+        // The client's own check results (e.g. a DNS list first needed at rcpt) stay
+        // for the rest of the session; the sender's and the message's go.
+        self.client_auth = tx.auth.client_part();
         // A transaction whose upstream failed was counted and logged when it failed.
-        if !std::mem::take(&mut self.upstream_failed) {
+        if !tx.upstream_failed {
             self.rt.metrics.transaction(outcome);
-            self.log_transaction(outcome, upstream_reply);
+            self.log_transaction(&tx, outcome, upstream_reply);
         }
-        self.env.reset_transaction();
-        // The sender's and the message's results belong to this transaction only; the
-        // client's (DNS lists, reverse DNS) stay for the session.
-        let a = &mut self.auth_facts;
-        a.spf = None;
-        a.spf_helo = None;
-        a.dkim = None;
-        a.dmarc = None;
-        a.arc = None;
-        a.degraded = Checks(a.degraded.0 & (Checks::DNSBL | Checks::RDNS).0);
-        self.transaction_accepted = false;
-        self.pending_headers.clear();
-        self.rcpts_tried = 0;
-        self.rcpts_over_limit = 0;
-        self.message_size = 0;
     }
 
     /// Records the transaction as failed at the upstream (metric and log line now), but
     /// keeps it open: the client learns of it from 4xx replies until it resets.
     fn fail_transaction_upstream(&mut self) {
-        if !self.upstream_failed {
+        let Some(tx) = self.tx.as_ref() else {
+            return;
+        };
+        if !tx.upstream_failed {
             self.rt.metrics.transaction("upstream_failed");
-            self.log_transaction("upstream_failed", None);
-            self.upstream_failed = true;
+            self.log_transaction(tx, "upstream_failed", None);
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.upstream_failed = true;
         }
     }
 
     /// One structured line per transaction outcome.
-    fn log_transaction(&self, outcome: &str, upstream_reply: Option<&Reply>) {
+    fn log_transaction(&self, tx: &Transaction, outcome: &str, upstream_reply: Option<&Reply>) {
         info!(
             session = %self.id,
             client = %self.client.ip,
-            helo = self.env.helo.as_deref().unwrap_or(""),
-            from = self.env.sender.as_deref().unwrap_or(""),
-            rcpts = %self.env.recipients.join(","),
-            size = self.message_size,
+            helo = self.helo.as_deref().unwrap_or(""),
+            from = tx.sender_text.as_str(),
+            rcpts = %tx.recipient_list(),
+            size = tx.size,
             upstream_reply = %upstream_reply.map(|r| r.to_string()).unwrap_or_default(),
-            duration_ms = self.transaction_started.elapsed().as_millis() as u64,
-            auth = %self.auth_facts.summary(),
+            duration_ms = tx.started.elapsed().as_millis() as u64,
+            auth = %tx.auth.summary(),
             outcome,
             "transaction"
         );
@@ -897,10 +672,6 @@ fn verb_of(line: &[u8]) -> &[u8] {
         .position(|b| b.is_ascii_whitespace())
         .unwrap_or(line.len());
     &line[..end]
-}
-
-fn memchr_lf(buf: &[u8]) -> Option<usize> {
-    memchr::memchr(b'\n', buf)
 }
 
 /// A short random id for log correlation.

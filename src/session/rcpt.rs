@@ -4,27 +4,29 @@ use tracing::warn;
 
 use super::{Flow, Session};
 use crate::envelope::Stage;
-use crate::reply::reply;
+use crate::reply::{Reply, reply};
 use crate::smtp::RcptCommand;
+use crate::stream::Transport;
 use crate::telemetry::ProtocolErrorKind;
+use crate::transaction::Recipient;
 
-impl Session {
+impl<S: Transport> Session<S> {
     pub(super) async fn rcpt(&mut self, cmd: RcptCommand) -> Flow {
-        if self.env.sender.is_none() {
+        let Some(tx) = self.tx.as_mut() else {
             self.error_reply(reply(503, (5, 5, 1), "Error: need MAIL command"));
             return Flow::Continue;
-        }
-        if self.upstream_failed {
+        };
+        if tx.upstream_failed {
             self.push(&upstream_aborted());
             return Flow::Continue;
         }
         let limits = &self.rt.config.limits;
-        if self.env.recipients.len() >= limits.max_recipients {
+        if tx.recipients.len() >= limits.max_recipients {
             // Past the limit, 452 asks for the rest in another transaction; a client that
             // keeps going beyond the overshoot allowance earns an error per recipient
             // (Postfix smtpd_recipient_overshoot_limit), so the error limit closes it.
-            self.rcpts_over_limit += 1;
-            let overshoot = self.rcpts_over_limit > limits.recipient_overshoot_limit;
+            tx.rcpts_over_limit += 1;
+            let overshoot = tx.rcpts_over_limit > limits.recipient_overshoot_limit;
             let r = reply(452, (4, 5, 3), "Error: too many recipients");
             self.note_bad_input(ProtocolErrorKind::TooManyRecipients, &r);
             if overshoot {
@@ -34,25 +36,31 @@ impl Session {
             }
             return Flow::Continue;
         }
-        if cmd.params.has_dsn() {
+        if cmd.params.has_dsn() && !self.offered.dsn {
             self.bad_input(
                 ProtocolErrorKind::UnsupportedParameter,
                 reply(555, (5, 5, 4), "Error: DSN parameters not supported"),
             );
             return Flow::Continue;
         }
-        self.rcpts_tried += 1;
-        let address = cmd.to.to_string();
-        self.env.current_recipient = Some(address.clone());
-        let refusal = self.evaluate(Stage::Rcpt).await;
-        self.env.current_recipient = None;
-        if let Some(refusal) = refusal {
+        tx.rcpts_tried += 1;
+        let rcpt = Recipient::new(cmd.to, cmd.params);
+        if let Some(refusal) = self.evaluate(Stage::Rcpt, Some(&rcpt)).await {
             self.error_reply(refusal);
             return Flow::Continue;
         }
-        let line = format!("RCPT TO:<{address}>\r\n");
         let outcome = match self.upstream.as_mut() {
-            Some(up) => up.rcpt(&line).await,
+            Some(up) if rcpt.params.has_dsn() && !up.caps.dsn => {
+                // Failed over to an upstream without DSN: never drop NOTIFY/ORCPT.
+                warn!(session = %self.id, "the upstream lacks DSN, which the recipient uses");
+                self.push(&reply(
+                    451,
+                    (4, 3, 3),
+                    "Error: the upstream cannot take DSN now, try again later",
+                ));
+                return Flow::Continue;
+            }
+            Some(up) => up.rcpt(&rcpt.upstream_line()).await,
             // MAIL succeeded, so the upstream is open unless it failed since.
             None => Err(crate::relay::RelayError::Unavailable(
                 "upstream session lost since MAIL".into(),
@@ -60,7 +68,9 @@ impl Session {
         };
         match outcome {
             Ok(r) if r.is_positive() => {
-                self.env.recipients.push(address);
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.recipients.push(rcpt);
+                }
                 self.push(&r);
                 Flow::Continue
             }
@@ -88,8 +98,8 @@ impl Session {
     }
 }
 
-/// The reply to every RCPT and DATA of a transaction whose upstream side was lost.
-pub(super) fn upstream_aborted() -> crate::reply::Reply {
+/// The reply to every RCPT, DATA and BDAT of a transaction whose upstream side was lost.
+pub(super) fn upstream_aborted() -> Reply {
     reply(
         451,
         (4, 4, 1),

@@ -160,10 +160,10 @@ impl RateLimitAction {
         }
         let cost = match (self.count, s.stage) {
             (Count::Connections | Count::Messages, _) => 1,
-            (Count::Recipients, Stage::Data) => s.facts.envelope.recipients.len() as u64,
+            (Count::Recipients, Stage::Data) => s.recipient_count(),
             (Count::Recipients, _) => 1,
             (Count::Bytes, Stage::Data) => s.facts.message.map_or(0, |m| m.size),
-            (Count::Bytes, _) => s.facts.envelope.declared_size.unwrap_or(0),
+            (Count::Bytes, _) => s.size().unwrap_or(0),
         };
         RateLimitCheck {
             key,

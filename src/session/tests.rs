@@ -1,0 +1,473 @@
+//! The session in process: a client on one end of an in-memory pipe, scripted upstreams
+//! on others (through the relay's test dialer), the real runtime in between. Timeouts run
+//! on tokio's paused clock, so a 300-second deadline takes no time and is exact.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::Instant;
+
+use super::{ListenerContext, Session};
+use crate::config::Config;
+use crate::envelope::ClientInfo;
+use crate::relay::Upstreams;
+use crate::runtime::Runtime;
+use crate::stream::Stream;
+
+/// What the scripted upstream offers and does.
+#[derive(Clone, Default)]
+struct UpScript {
+    chunking: bool,
+    /// CHUNKING only on the first connection (the start-up probe): a later connection
+    /// lacks what the client was offered.
+    chunking_only_first: bool,
+    dsn: bool,
+    /// Never answer this verb (e.g. "RCPT").
+    stall: Option<&'static str>,
+}
+
+/// What the scripted upstream received.
+#[derive(Default)]
+struct UpLog {
+    commands: Vec<String>,
+    /// Each message as relayed (DATA: dot-stuffed wire bytes without the terminator;
+    /// BDAT: the chunk bytes).
+    messages: Vec<Vec<u8>>,
+}
+
+async fn read_line(io: &mut DuplexStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = buf.drain(..p + 2).collect();
+            return Some(String::from_utf8_lossy(&line[..p]).into_owned());
+        }
+        let mut tmp = [0u8; 8192];
+        match io.read(&mut tmp).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+async fn read_exact(io: &mut DuplexStream, buf: &mut Vec<u8>, n: usize) -> Option<Vec<u8>> {
+    while buf.len() < n {
+        let mut tmp = [0u8; 8192];
+        match io.read(&mut tmp).await {
+            Ok(0) | Err(_) => return None,
+            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+        }
+    }
+    Some(buf.drain(..n).collect())
+}
+
+async fn say(io: &mut DuplexStream, s: String) {
+    let _ = io.write_all(format!("{s}\r\n").as_bytes()).await;
+}
+
+/// A minimal SMTP server for the relay: banner, EHLO with the script's extensions,
+/// XCLIENT (a new greeting, as Postfix), MAIL/RCPT/RSET/NOOP, DATA, BDAT.
+async fn fake_upstream(mut io: DuplexStream, script: UpScript, log: Arc<Mutex<UpLog>>, nth: usize) {
+    let chunking = script.chunking && !(script.chunking_only_first && nth > 0);
+    let mut buf = Vec::new();
+    say(&mut io, "220 up.test ESMTP".into()).await;
+    while let Some(line) = read_line(&mut io, &mut buf).await {
+        log.lock().unwrap().commands.push(line.clone());
+        let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        if script.stall.is_some_and(|v| v == verb) {
+            std::future::pending::<()>().await;
+        }
+        match verb.as_str() {
+            "EHLO" => {
+                let mut r = "250-up.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-XCLIENT ADDR NAME PORT PROTO HELO LOGIN".to_owned();
+                if chunking {
+                    r.push_str("\r\n250-CHUNKING");
+                }
+                if script.dsn {
+                    r.push_str("\r\n250-DSN");
+                }
+                r.push_str("\r\n250 ENHANCEDSTATUSCODES");
+                say(&mut io, r).await;
+            }
+            "XCLIENT" => say(&mut io, "220 up.test ESMTP".into()).await,
+            "MAIL" | "RCPT" | "RSET" | "NOOP" => say(&mut io, "250 2.0.0 Ok".into()).await,
+            "DATA" => {
+                say(&mut io, "354 go".into()).await;
+                let mut msg = Vec::new();
+                loop {
+                    let Some(l) = read_line(&mut io, &mut buf).await else {
+                        return;
+                    };
+                    if l == "." {
+                        break;
+                    }
+                    msg.extend_from_slice(l.as_bytes());
+                    msg.extend_from_slice(b"\r\n");
+                }
+                log.lock().unwrap().messages.push(msg);
+                say(&mut io, "250 2.0.0 Ok: queued".into()).await;
+            }
+            "BDAT" => {
+                let n: usize = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let Some(chunk) = read_exact(&mut io, &mut buf, n).await else {
+                    return;
+                };
+                log.lock().unwrap().messages.push(chunk);
+                say(&mut io, "250 2.0.0 Ok: queued".into()).await;
+            }
+            "QUIT" => {
+                say(&mut io, "221 2.0.0 Bye".into()).await;
+                return;
+            }
+            _ => say(&mut io, "502 5.5.2 unknown".into()).await,
+        }
+    }
+}
+
+struct Harness {
+    rt: Arc<Runtime>,
+    up: Arc<Mutex<UpLog>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness(config: &str, rules: &[(&str, &str)], script: UpScript) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_dir = dir.path().join("rules");
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    for (name, text) in rules {
+        std::fs::write(rules_dir.join(name), text).unwrap();
+    }
+    let mut cfg = Config::parse(
+        &format!(
+            "hostname: mx.test\nstore: memory\ndns: {{ servers: [\"127.0.0.1:9\"] }}\n{config}"
+        ),
+        "test.yaml",
+    )
+    .unwrap();
+    cfg.rules_dir = rules_dir;
+    cfg.state_dir = dir.path().join("state");
+    let (_tx, shutdown) = tokio::sync::watch::channel(false);
+    std::mem::forget(_tx);
+    let mut rt = crate::server::build_runtime(cfg, shutdown).await.unwrap();
+    let up = Arc::new(Mutex::new(UpLog::default()));
+    let log = up.clone();
+    let dials = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    rt.upstreams = Upstreams::new(
+        rt.config.upstreams.clone(),
+        rt.config.hostname.clone(),
+        rt.metrics.clone(),
+    )
+    .unwrap()
+    .with_dialer(Box::new(move |_| {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let nth = dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(fake_upstream(theirs, script.clone(), log.clone(), nth));
+        Ok(Box::new(ours))
+    }));
+    rt.upstreams.probe().await.unwrap();
+    Harness {
+        rt: Arc::new(rt),
+        up,
+        _dir: dir,
+    }
+}
+
+/// The client end of one session.
+struct Client {
+    io: DuplexStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn start(h: &Harness) -> Client {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let info = ClientInfo {
+            ip: "192.0.2.7".parse().unwrap(),
+            port: 40000,
+            listener: "mx".into(),
+            submission: false,
+            tls: false,
+            auth_user: None,
+        };
+        let ctx = ListenerContext {
+            name: "mx".into(),
+            tls: None,
+            submission: false,
+        };
+        tokio::spawn(Session::new(h.rt.clone(), ctx, Stream::Plain(server), info).run());
+        Client {
+            io: client,
+            buf: Vec::new(),
+        }
+    }
+
+    /// One reply, whole (lines joined by `\n`); `None` once the session closed.
+    async fn reply(&mut self) -> Option<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = read_line(&mut self.io, &mut self.buf).await?;
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return Some(lines.join("\n"));
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.io.write_all(bytes).await;
+    }
+
+    async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await.unwrap_or_default()
+    }
+
+    async fn greeted(h: &Harness) -> Client {
+        let mut c = Client::start(h);
+        assert!(c.reply().await.unwrap().starts_with("220 "));
+        c
+    }
+}
+
+const LIMITS: &str = "limits:\n  command_timeout: 300s\n  min_data_rate: 500\n";
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_client_is_cut_off_after_the_command_timeout() {
+    let h = harness(LIMITS, &[], UpScript::default()).await;
+    let mut c = Client::greeted(&h).await;
+    let t0 = Instant::now();
+    let r = c.reply().await.unwrap();
+    assert!(
+        r.starts_with("421 4.4.2 mx.test Error: timeout exceeded"),
+        "{r}"
+    );
+    assert_eq!(t0.elapsed().as_secs(), 300);
+    assert!(c.reply().await.is_none(), "closed after the 421");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_dripped_into_a_line_do_not_extend_its_deadline() {
+    let h = harness(LIMITS, &[], UpScript::default()).await;
+    let mut c = Client::greeted(&h).await;
+    let t0 = Instant::now();
+    let mut answer = None;
+    for b in b"EHLO slow.example\r\n" {
+        c.send(&[*b]).await;
+        tokio::select! {
+            r = c.reply() => { answer = r; break; }
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+    let r = answer.expect("cut off before the line was complete");
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert_eq!(
+        t0.elapsed().as_secs(),
+        300,
+        "one timeout from the line's start"
+    );
+    let m = crate::telemetry::ProtocolErrorKind::SlowCommand;
+    let count =
+        h.rt.metrics
+            .protocol_errors_total
+            .with_label_values(&[m.as_str()])
+            .get();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_slower_than_the_minimum_rate_is_cut_off() {
+    let h = harness(LIMITS, &[], UpScript::default()).await;
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@d.test>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let t0 = Instant::now();
+    let mut answer = None;
+    // 10 octets a minute: each read is well within the per-read timeout, but the whole
+    // transfer falls far below 500 octets/s.
+    for _ in 0..100 {
+        c.send(b"0123456789").await;
+        tokio::select! {
+            r = c.reply() => { answer = r; break; }
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+    let r = answer.expect("cut off");
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    let s = t0.elapsed().as_secs();
+    assert!((300..=302).contains(&s), "after {s} s");
+    // Meanwhile the waiting upstream transaction got NOOPs (keepalive 60 s).
+    let noops =
+        h.up.lock()
+            .unwrap()
+            .commands
+            .iter()
+            .filter(|c| *c == "NOOP")
+            .count();
+    assert!(noops >= 4, "{noops} NOOPs");
+    assert!(h.up.lock().unwrap().messages.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_stalls_at_rcpt_costs_the_client_a_4xx_after_its_timeout() {
+    let config =
+        format!("{LIMITS}upstreams:\n  - address: 127.0.0.1:25\n    command_timeout: 120s\n");
+    let h = harness(
+        &config,
+        &[],
+        UpScript {
+            stall: Some("RCPT"),
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+    let t0 = Instant::now();
+    let r = c.cmd("RCPT TO:<b@d.test>").await;
+    assert!(r.starts_with("451 4.4.1"), "{r}");
+    assert_eq!(t0.elapsed().as_secs(), 120);
+    assert!(c.cmd("DATA").await.starts_with("451 4.4.1"));
+}
+
+const MESSAGE: &[u8] = b"Subject: chunks\r\n\r\n.leading dot\r\nline two\r\n";
+
+#[tokio::test(start_paused = true)]
+async fn pipelined_bdat_chunks_are_read_exactly_and_relayed_as_bdat() {
+    let h = harness(
+        LIMITS,
+        &[],
+        UpScript {
+            chunking: true,
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let mut c = Client::greeted(&h).await;
+    let ehlo = c.cmd("EHLO client.example").await;
+    assert!(
+        ehlo.contains("CHUNKING") && !ehlo.contains("BINARYMIME"),
+        "{ehlo}"
+    );
+    // One write: MAIL, RCPT and three chunks (a boundary between CR and LF, one inside
+    // the dot line), then BDAT 0 LAST.
+    let (a, rest) = MESSAGE.split_at(16);
+    let (b, d) = rest.split_at(3);
+    let mut w = b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@d.test>\r\n".to_vec();
+    for chunk in [a, b, d] {
+        w.extend_from_slice(format!("BDAT {}\r\n", chunk.len()).as_bytes());
+        w.extend_from_slice(chunk);
+    }
+    w.extend_from_slice(b"BDAT 0 LAST\r\n");
+    c.send(&w).await;
+    let replies: Vec<String> = [(); 6].iter().map(|_| String::new()).collect();
+    let mut got = Vec::new();
+    for _ in replies {
+        got.push(c.reply().await.unwrap());
+    }
+    assert!(
+        got[0].starts_with("250") && got[1].starts_with("250"),
+        "{got:?}"
+    );
+    assert_eq!(got[2], format!("250 2.0.0 Ok: {} octets received", a.len()));
+    assert_eq!(got[4], format!("250 2.0.0 Ok: {} octets received", d.len()));
+    assert!(got[5].starts_with("250 2.0.0 Ok: queued"), "{got:?}");
+    let log = h.up.lock().unwrap();
+    assert_eq!(log.messages.len(), 1);
+    assert!(
+        log.commands
+            .iter()
+            .any(|c| c.starts_with("BDAT ") && c.ends_with(" LAST"))
+    );
+    assert_eq!(
+        log.messages[0], MESSAGE,
+        "the content, unchanged, in one BDAT"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bdat_is_relayed_as_canonical_data_to_an_upstream_without_chunking() {
+    let h = harness(
+        LIMITS,
+        &[],
+        UpScript {
+            chunking: true,
+            chunking_only_first: true,
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.contains("CHUNKING"));
+    assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@d.test>").await.starts_with("250"));
+    let mut w = format!("BDAT {} LAST\r\n", MESSAGE.len()).into_bytes();
+    w.extend_from_slice(MESSAGE);
+    c.send(&w).await;
+    let r = c.reply().await.unwrap();
+    assert!(r.starts_with("250 2.0.0 Ok: queued"), "{r}");
+    let log = h.up.lock().unwrap();
+    assert!(
+        log.commands.iter().any(|c| c == "DATA"),
+        "{:?}",
+        log.commands
+    );
+    assert_eq!(
+        log.messages[0], b"Subject: chunks\r\n\r\n..leading dot\r\nline two\r\n",
+        "canonical DATA: the leading dot stuffed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bdat_errors_keep_the_session_in_step() {
+    let h = harness(
+        LIMITS,
+        &[(
+            "r.yaml",
+            "rules:\n  - { name: no, stage: rcpt, if: { recipient: no@d.test }, then: reject }\n",
+        )],
+        UpScript {
+            chunking: true,
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let mut c = Client::greeted(&h).await;
+    c.cmd("EHLO client.example").await;
+    // BDAT without MAIL: its octets (which look like a command) are read and refused;
+    // the real command after them is in step.
+    c.send(b"BDAT 5\r\nNOOP\rNOOP\r\n").await;
+    assert!(c.reply().await.unwrap().starts_with("503 5.5.1"));
+    assert!(c.reply().await.unwrap().starts_with("250"));
+    // After a refused RCPT set: no valid recipients, still in step.
+    assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<no@d.test>").await.starts_with("550"));
+    c.send(b"BDAT 4 LAST\r\nabcd").await;
+    assert!(c.reply().await.unwrap().starts_with("554 5.5.1"));
+    assert!(c.cmd("RSET").await.starts_with("250"));
+    // DATA after BDAT is a bad sequence.
+    assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@d.test>").await.starts_with("250"));
+    c.send(b"BDAT 3\r\nabc").await;
+    assert!(c.reply().await.unwrap().starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("503 5.5.1"));
+    // A chunk with a bare LF is refused at once, as DATA's message would be at its end;
+    // a chunk still in the pipeline after it gets the same answer.
+    c.send(b"BDAT 3\r\nab\nBDAT 0 LAST\r\n").await;
+    assert!(c.reply().await.unwrap().starts_with("550 5.6.0"));
+    assert!(c.reply().await.unwrap().starts_with("550 5.6.0"));
+    // A chunk size we could never take closes the session.
+    c.cmd("MAIL FROM:<a@x.test>").await;
+    c.cmd("RCPT TO:<b@d.test>").await;
+    let r = c.cmd("BDAT 999999999999").await;
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    assert!(c.reply().await.is_none());
+    assert!(h.up.lock().unwrap().messages.is_empty());
+}
