@@ -138,6 +138,11 @@ impl Session {
             }
         }
         self.conn.set_chunk(COMMAND_CHUNK);
+        if got.spool_error.is_none()
+            && let Err(e) = spool.flush().await
+        {
+            got.spool_error = Some(e);
+        }
         got.anomalies = decoder.anomalies();
         let eod = Instant::now();
         let r = self.end_of_data(spool, got, normalize).await;
@@ -276,11 +281,19 @@ impl Session {
     }
 
     /// Our own failure (the spool): a 4xx so the sender retries; not the client's fault,
-    /// so not counted as bad input.
+    /// so not counted as bad input. A full disk says so (`452 4.3.1`, RFC 3463).
     async fn local_failure(&mut self, what: &str, e: &std::io::Error) -> Reply {
         warn!(session = %self.id, error = %e, "{what} failed");
         self.finish_transaction("tempfailed", None);
         self.reset_upstream().await;
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        if matches!(e.kind(), StorageFull | QuotaExceeded) {
+            return reply(
+                452,
+                (4, 3, 1),
+                "Error: insufficient system storage, try again later",
+            );
+        }
         reply(451, (4, 3, 0), "Error: local error, try again later")
     }
 
