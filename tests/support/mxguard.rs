@@ -123,6 +123,16 @@ impl MxGuard {
         self.proc.child.wait().expect("reap mxguard")
     }
 
+    /// Sends `sig` (by PID) without waiting.
+    pub fn signal(&self, sig: i32) {
+        self.proc.signal(sig);
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.proc.child.try_wait().ok().flatten()
+    }
+
     /// The state directory (`--state`).
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
