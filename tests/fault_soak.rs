@@ -9,16 +9,18 @@
 //!   with the reply the client was shown (the queue id in the text);
 //! - **duplicated**: an upstream accepted the same attempt twice;
 //! - **phantom**: an upstream accepted an attempt the client was refused (5xx), abandoned
-//!   before its dot, or was told 4xx while the upstream's 250 went out cleanly;
+//!   before its dot, or was told 4xx while the upstream's 250 went out cleanly (at once,
+//!   and mxguard went on to send another command on that connection, so it read it);
 //! - **corrupted**: an accepted message whose bytes, sender, parameters or recipients are
 //!   not what the client sent;
 //! - **unanswered**: a final dot that got no reply at all;
 //! - **misfit**: a reply that fits no command (a 3xx to MAIL, a 2xx to DATA) or a 5xx for
 //!   a valid command that no upstream gave (what a stale upstream reply line produces);
 //!
-//! all of which must be 0. **ambiguous** (the upstream accepted, but its 250 was reset or
-//! came after mxguard's deadline, so mxguard answered 4xx and the sender will retry — a
-//! duplicate SMTP itself cannot avoid) is counted and allowed. mxguard's descriptors and
+//! all of which must be 0. **ambiguous** (the upstream accepted, but its 250 was reset,
+//! came after mxguard's deadline, or was followed by mxguard dropping the connection, so
+//! mxguard answered 4xx and the sender will retry — a duplicate SMTP itself cannot avoid)
+//! is counted and allowed. mxguard's descriptors and
 //! memory must be back near where they were.
 //!
 //! `MXGUARD_SOAK_SECS` (default 20) sets the load time, `MXGUARD_SOAK_CLIENTS` (default

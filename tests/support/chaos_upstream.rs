@@ -302,6 +302,9 @@ pub enum Fate {
     ResetAfter,
     /// Accepted; `250` written only after the proxy's deadline (or the write failed).
     Late,
+    /// Accepted; `250` written promptly, but the proxy then closed the connection without
+    /// another command (no RSET, MAIL or QUIT): it may not have read the reply in time.
+    Unconfirmed,
 }
 
 /// One message the upstream read to the final dot.
@@ -665,7 +668,19 @@ async fn serve(sock: TcpStream, n: usize, ctx: &Ctx) -> std::io::Result<()> {
     let mut rset_seen = false;
     let mut txn: Option<Txn> = None;
     let mut txns = 0usize;
-    while let Some(line) = c.line().await? {
+    // A clean 250 counts as read once the proxy sends another command after it.
+    let mut unconfirmed: Option<usize> = None;
+    loop {
+        let line = match c.line().await {
+            Ok(Some(line)) => line,
+            _ => {
+                if let Some(i) = unconfirmed {
+                    ctx.shared.lock().unwrap().deliveries[i].fate = Fate::Unconfirmed;
+                }
+                return Ok(());
+            }
+        };
+        unconfirmed = None;
         let verb = line
             .split_whitespace()
             .next()
@@ -796,7 +811,10 @@ async fn serve(sock: TcpStream, n: usize, ctx: &Ctx) -> std::io::Result<()> {
                 let queue_id = format!("Q{}x{n}x{txns}", ctx.index);
                 txns += 1;
                 match receive(c, t, queue_id, n, ctx).await? {
-                    Some(back) => c = back,
+                    Some((back, clean)) => {
+                        c = back;
+                        unconfirmed = clean;
+                    }
                     None => return Ok(()),
                 }
             }
@@ -817,7 +835,6 @@ async fn serve(sock: TcpStream, n: usize, ctx: &Ctx) -> std::io::Result<()> {
             _ => c.say(&["502 5.5.2 Error: command not recognized"]).await?,
         }
     }
-    Ok(())
 }
 
 /// The end of the message (`CRLF.CRLF`, the first CRLF possibly the DATA line's) in
@@ -834,14 +851,15 @@ fn find_end(data: &[u8], from: usize) -> Option<usize> {
 }
 
 /// Reads the message and answers it as the transaction's fault says. Returns the
-/// connection when the session goes on.
+/// connection when the session goes on, with the index of the delivery whose clean `250`
+/// awaits confirmation.
 async fn receive(
     mut c: Conn,
     t: Txn,
     queue_id: String,
     n: usize,
     ctx: &Ctx,
-) -> std::io::Result<Option<Conn>> {
+) -> std::io::Result<Option<(Conn, Option<usize>)>> {
     let mut data: Vec<u8> = Vec::new();
     let mut scanned = 0;
     let end = loop {
@@ -890,15 +908,18 @@ async fn receive(
         if d.accepted() {
             d.raw = raw;
         }
-        ctx.shared.lock().unwrap().deliveries.push(d);
+        let mut sh = ctx.shared.lock().unwrap();
+        sh.deliveries.push(d);
+        sh.deliveries.len() - 1
     };
-    match t.fault {
+    let clean = match t.fault {
         TxnFault::EndReply(r) => {
             record(d, end);
             c.say(&[r]).await?;
             if closes(r) {
                 return Ok(None);
             }
+            None
         }
         TxnFault::EndResetBefore => {
             record(d, end);
@@ -923,20 +944,23 @@ async fn receive(
         }
         TxnFault::EndAcceptSlow(delay) => {
             d.fate = Fate::Clean;
-            record(d, end);
+            let i = record(d, end);
             tokio::time::sleep(delay).await;
             c.say(&[&ok]).await?;
+            Some(i)
         }
         TxnFault::EndAcceptExtra => {
             d.fate = Fate::Clean;
-            record(d, end);
+            let i = record(d, end);
             c.say(&[&ok, STALE_LINE]).await?;
+            Some(i)
         }
         _ => {
             d.fate = Fate::Clean;
-            record(d, end);
+            let i = record(d, end);
             c.say(&[&ok]).await?;
+            Some(i)
         }
-    }
-    Ok(Some(c))
+    };
+    Ok(Some((c, clean)))
 }
