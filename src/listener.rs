@@ -186,9 +186,9 @@ impl Listener {
                 // One waiting client was answered: look for the next at once.
                 Reserve::Answered => return Duration::ZERO,
                 // Nobody waiting (the kernel says EMFILE before it looks): the socket's
-                // readiness is cleared now, so the next accept waits for a client
-                // instead of spinning.
-                Reserve::NobodyWaiting => return Duration::ZERO,
+                // readiness is cleared now, so the next accept waits for a client; the
+                // short pause only bounds the loop should it not be.
+                Reserve::NobodyWaiting => return BACKOFF_MIN,
                 Reserve::Unavailable => {}
             }
         }
@@ -440,5 +440,33 @@ async fn handshake(
             rt.metrics.protocol_error("timeout");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_by_kind() {
+        let kind = |errno| accept_error_kind(&std::io::Error::from_raw_os_error(errno));
+        assert_eq!(kind(libc::EMFILE), "descriptors");
+        assert_eq!(kind(libc::ENFILE), "descriptors");
+        assert_eq!(kind(libc::ENOBUFS), "memory");
+        assert_eq!(kind(libc::ECONNABORTED), "aborted");
+        assert_eq!(kind(libc::EINVAL), "other");
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_second_and_resets_on_recovery() {
+        let mut t = AcceptTrouble::new();
+        assert!(t.reserve.is_some(), "a reserve descriptor from the start");
+        let pauses: Vec<u128> = (0..10).map(|_| t.next_pause().as_millis()).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        t.failures = 3;
+        t.reserve = None;
+        t.recovered("mx");
+        assert_eq!((t.failures, t.next_pause()), (0, BACKOFF_MIN));
+        assert!(t.reserve.is_some(), "the reserve is taken back");
     }
 }
