@@ -139,6 +139,7 @@ fn main() {
         ip: "192.0.2.77".parse().unwrap(),
         port: 5000,
         listener: "mx".into(),
+        submission: false,
         tls: false,
         auth_user: None,
     };

@@ -14,7 +14,8 @@ PACKAGES=(
     swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
     curl python3 openssl ca-certificates
     haproxy                 # benchmark baseline (TCP mode)
-    redis-server            # shared store tests
+    redis-server            # shared store tests (also runs the sentinels: redis-server --sentinel)
+    redis-tools             # redis-cli --cluster create (Redis Cluster tests)
     prometheus              # metrics tests scrape mxguard with a real Prometheus
     dnsmasq-base            # DNS for policy checks (binary only, no service)
     sasl2-bin libsasl2-modules   # SASL users for the submission (AUTH) tests

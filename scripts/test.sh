@@ -14,7 +14,7 @@ if [ "$(id -u)" = 0 ]; then
     bash scripts/install-test-deps.sh >&2
 else
     missing=()
-    for c in postfix smtp-sink smtp-source swaks python3 haproxy redis-server prometheus \
+    for c in postfix smtp-sink smtp-source swaks python3 haproxy redis-server redis-cli prometheus \
              curl openssl saslpasswd2 m4 unshare; do
         command -v "$c" >/dev/null 2>&1 || missing+=("$c")
     done

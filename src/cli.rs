@@ -104,7 +104,9 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Greylist and rate-limit store: `memory:`, `file:PATH` (`file:` = the state
-    /// directory's `mxguard.redb`) or `redis://host:port/db` (overrides `store`).
+    /// directory's `mxguard.redb`), `redis://host:port/db`,
+    /// `redis+sentinel://host:port,…/master/db` or `redis+cluster://host:port,…`
+    /// (overrides `store`).
     #[arg(long)]
     pub store: Option<crate::store::StoreConfig>,
     /// DNS server `ADDR:PORT` for every check (replaces `dns.servers`).

@@ -206,11 +206,27 @@ pub struct Limits {
     pub max_header_size: u64,
     /// Recipients per transaction (`smtpd_recipient_limit`); the next gets `452 4.5.3`.
     pub max_recipients: usize,
+    /// RCPTs beyond `max_recipients` that are only refused; each one after these also
+    /// counts as an error, so `hard_error_limit` ends the session
+    /// (`smtpd_recipient_overshoot_limit`).
+    pub recipient_overshoot_limit: usize,
     /// Longest command line in octets including CRLF (`line_length_limit`).
     pub max_line_length: usize,
-    /// Deadline for each command read (`smtpd_timeout`).
+    /// Deadline for each command line, from the moment we wait for it to its CRLF:
+    /// bytes dripped in one at a time do not extend it (`smtpd_timeout` together with
+    /// `smtpd_per_record_deadline`).
     #[serde(deserialize_with = "de_duration")]
     pub command_timeout: Duration,
+    /// Above this share of `max_sessions` open, the server is under stress and the
+    /// `stress_*` limits apply (Postfix's stress-dependent `smtpd_timeout` and error
+    /// limits). `100%` never.
+    #[serde(deserialize_with = "de_percent")]
+    pub stress_threshold: f64,
+    /// `command_timeout` under stress.
+    #[serde(deserialize_with = "de_duration")]
+    pub stress_command_timeout: Duration,
+    /// `hard_error_limit` under stress.
+    pub stress_hard_error_limit: u32,
     /// Minimum DATA transfer rate in bytes/s (`smtpd_min_data_rate`).
     pub min_data_rate: u64,
     /// Concurrent sessions in total.
@@ -233,10 +249,19 @@ pub struct Limits {
     /// Failed AUTH attempts per client network within `auth_failure_window`; beyond it
     /// `421 4.7.0` and close.
     pub auth_failures_per_network: u32,
-    /// Failed AUTH attempts per user name within `auth_failure_window`.
+    /// Failed AUTH attempts per user name from one client network within
+    /// `auth_failure_window`; beyond it that network may not try that user (`421 4.7.0`,
+    /// nothing relayed). Across all networks, the same count starts `auth_backoff`.
     pub auth_failures_per_user: u32,
     #[serde(deserialize_with = "de_duration")]
     pub auth_failure_window: Duration,
+    /// Delay before relaying an attempt for a user who had `auth_failures_per_user`
+    /// failures across networks, from a network it never logged in from; doubles per
+    /// further failure, up to `auth_max_backoff`.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_backoff: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_max_backoff: Duration,
     /// Message bytes held in memory before spilling to a file in the state directory.
     #[serde(deserialize_with = "de_size")]
     pub memory_spool_threshold: u64,
@@ -254,8 +279,12 @@ impl Default for Limits {
             max_message_size: 25 * 1024 * 1024,
             max_header_size: 1024 * 1024,
             max_recipients: 1000,
+            recipient_overshoot_limit: 1000,
             max_line_length: 2048,
             command_timeout: Duration::from_secs(300),
+            stress_threshold: 0.8,
+            stress_command_timeout: Duration::from_secs(10),
+            stress_hard_error_limit: 1,
             min_data_rate: 500,
             max_sessions: 10_000,
             max_sessions_per_network: 50,
@@ -271,6 +300,8 @@ impl Default for Limits {
             auth_failures_per_network: 20,
             auth_failures_per_user: 10,
             auth_failure_window: Duration::from_secs(900),
+            auth_backoff: Duration::from_secs(1),
+            auth_max_backoff: Duration::from_secs(30),
             memory_spool_threshold: 1024 * 1024,
             body_scan_limit: 64 * 1024,
             greet_pause: Duration::ZERO,
@@ -351,9 +382,10 @@ impl CheckPolicy {
 pub struct ChecksConfig {
     /// Our name in Authentication-Results (RFC 8601 authserv-id); default `hostname`.
     pub authserv_id: Option<String>,
-    /// Add an Authentication-Results header (SPF, DKIM, DMARC, ARC, and iprev when
-    /// reverse DNS ran) to every relayed message.
-    pub auth_results: bool,
+    /// The Authentication-Results header on relayed messages: `auto` (default) reports
+    /// the checks that ran for the message anyway, `true` runs SPF, DKIM, DMARC and ARC
+    /// for every message to report them, `false` never adds the header.
+    pub auth_results: AuthResults,
     /// Deadline for one check (all its DNS lookups together).
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
@@ -369,7 +401,7 @@ impl Default for ChecksConfig {
     fn default() -> Self {
         ChecksConfig {
             authserv_id: None,
-            auth_results: false,
+            auth_results: AuthResults::Auto,
             timeout: Duration::from_secs(10),
             spf: CheckPolicy::tempfail(),
             dkim: DkimConfig::default(),
@@ -377,6 +409,54 @@ impl Default for ChecksConfig {
             arc: CheckPolicy::ignore(),
             dnsbl: DnsblConfig::default(),
             rdns: RdnsConfig::default(),
+        }
+    }
+}
+
+/// `checks.auth_results`: `auto`, `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthResults {
+    /// The header reports the checks the rules needed (no extra DNS); no header when
+    /// none of them ran.
+    #[default]
+    Auto,
+    /// Every message is checked (SPF, DKIM, DMARC, ARC) and gets the header.
+    All,
+    /// Never add the header (forged ones under our authserv-id are still removed).
+    Off,
+}
+
+impl AuthResults {
+    /// Whether SPF, DKIM, DMARC and ARC run for every message, for the header alone.
+    pub fn runs_all(self) -> bool {
+        self == AuthResults::All
+    }
+
+    /// Whether the relayed message gets our header, given what was checked.
+    pub fn adds_header(self, facts: &crate::envelope::AuthFacts) -> bool {
+        match self {
+            AuthResults::All => true,
+            AuthResults::Off => false,
+            AuthResults::Auto => facts.has_header_results(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AuthResults {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(AuthResults::All),
+            Raw::Bool(false) => Ok(AuthResults::Off),
+            Raw::Str(s) if s == "auto" => Ok(AuthResults::Auto),
+            Raw::Str(s) => Err(serde::de::Error::custom(format!(
+                "invalid value {s:?}, expected auto, true or false"
+            ))),
         }
     }
 }
@@ -408,15 +488,152 @@ impl Default for DkimConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsblZone {
-    /// The zone, e.g. `zen.spamhaus.org`.
+    /// The zone queried, e.g. `zen.spamhaus.org`, or a Spamhaus DQS zone with its
+    /// access key (`KEY.zen.dq.spamhaus.net`). Only the queries see it.
     pub zone: String,
-    /// Answers that count as "listed"; empty: any 127.0.0.0/8 answer except the
-    /// 127.255.255.x error codes.
+    /// What replies (`{dnsbl_zone}`), logs, `explain`, metric labels and `dnsbl:` rule
+    /// conditions call the zone; default: the zone. Set it when the zone holds a key.
     #[serde(default)]
-    pub codes: Vec<std::net::Ipv4Addr>,
+    pub name: Option<String>,
+    /// Answers that count as "listed": addresses (`127.0.0.2`) or ranges
+    /// (`127.0.0.2-127.0.0.11`). Empty: any 127.0.0.0/8 answer except the 127.255.255.x
+    /// error codes (block lists only: an allow list needs `codes` or `mask`).
+    #[serde(default)]
+    pub codes: Vec<CodeRange>,
+    /// Bitmask lists (URIBL, SURBL style): an answer counts when it has one of these bits
+    /// (`0x04`). With `codes` too, an answer must satisfy both.
+    #[serde(default, deserialize_with = "de_mask")]
+    pub mask: Option<u32>,
     /// Added to the score when the zone lists the client; negative for allow lists.
     #[serde(default = "one")]
     pub weight: i64,
+}
+
+impl DnsblZone {
+    /// A block list zone: the name is the zone, any answer counts, weight 1.
+    pub fn new(zone: &str) -> DnsblZone {
+        DnsblZone {
+            zone: zone.to_owned(),
+            name: None,
+            codes: Vec::new(),
+            mask: None,
+            weight: 1,
+        }
+    }
+
+    /// The name shown everywhere outside the DNS query (lower case, no trailing dot).
+    pub fn display_name(&self) -> String {
+        self.name
+            .as_deref()
+            .unwrap_or(&self.zone)
+            .trim_end_matches('.')
+            .to_ascii_lowercase()
+    }
+
+    /// Whether an answer (already known to be in 127.0.0.0/8 and no error code) is one
+    /// this zone counts.
+    pub fn counts(&self, answer: std::net::Ipv4Addr) -> bool {
+        (self.codes.is_empty() || self.codes.iter().any(|c| c.contains(answer)))
+            && self.mask.is_none_or(|m| u32::from(answer) & m != 0)
+    }
+
+    fn validate(&self, i: usize) -> Result<(), String> {
+        let place = format!("checks.dnsbl.zones[{i}]");
+        let zone = self.zone.trim_end_matches('.');
+        if zone.is_empty() || zone.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{place}.zone: invalid zone name"));
+        }
+        if let Some(n) = &self.name
+            && (n.trim_end_matches('.').is_empty()
+                || n.contains(|c: char| c.is_whitespace() || c.is_control()))
+        {
+            return Err(format!("{place}.name: invalid name {n:?}"));
+        }
+        if self.weight < 0 && self.codes.is_empty() && self.mask.is_none() {
+            return Err(format!(
+                "{place} ({}): an allow list (negative weight) needs `codes` or `mask`, so that \
+                 only its listed answers allow-list a client (list.dnswl.org, for one, answers \
+                 127.0.0.255 when it refuses the query), e.g. codes: [\"127.0.2.0-127.0.20.3\"]",
+                self.display_name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An answer code or an inclusive range of them, written `127.0.0.2` or
+/// `127.0.0.2-127.0.0.11`; always within 127.0.0.0/8 (RFC 5782 answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeRange {
+    pub first: std::net::Ipv4Addr,
+    pub last: std::net::Ipv4Addr,
+}
+
+impl CodeRange {
+    pub fn contains(&self, a: std::net::Ipv4Addr) -> bool {
+        self.first <= a && a <= self.last
+    }
+}
+
+impl FromStr for CodeRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<std::net::Ipv4Addr>()
+                .ok()
+                .filter(|a| a.octets()[0] == 127)
+                .ok_or_else(|| {
+                    format!(
+                        "invalid answer code {s:?}, expected 127.x.y.z or a range 127.0.0.2-127.0.0.11"
+                    )
+                })
+        };
+        let (first, last) = match s.split_once('-') {
+            Some((a, b)) => (parse(a)?, parse(b)?),
+            None => (parse(s)?, parse(s)?),
+        };
+        if first > last {
+            return Err(format!(
+                "invalid answer code range {s:?}: first is above last"
+            ));
+        }
+        Ok(CodeRange { first, last })
+    }
+}
+
+impl<'de> Deserialize<'de> for CodeRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A bitmask as a number (`0x04`, `4`) or a string (`"0x04"`); bits of the 24 bits
+/// below the 127 octet only.
+fn de_mask<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(u64),
+        Str(String),
+    }
+    let n = match Raw::deserialize(d)? {
+        Raw::Num(n) => Some(n),
+        Raw::Str(s) => {
+            let s = s.trim();
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => s.parse().ok(),
+            }
+        }
+    };
+    match n {
+        Some(n) if (1..=0x00ff_ffff).contains(&n) => Ok(Some(n as u32)),
+        _ => Err(serde::de::Error::custom(
+            "invalid mask, expected a number from 0x000001 to 0xffffff (e.g. 0x04)",
+        )),
+    }
 }
 
 fn one() -> i64 {
@@ -628,6 +845,37 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
+/// `80%`, `80` or `0.8` (a number up to 1 is a fraction) as a fraction in 0..=1.
+fn de_percent<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(f64),
+        Str(String),
+    }
+    let (n, pct) = match Raw::deserialize(d)? {
+        Raw::Num(n) => (n, n > 1.0),
+        Raw::Str(s) => {
+            let t = s.trim();
+            let (num, pct) = match t.strip_suffix('%') {
+                Some(n) => (n.trim(), true),
+                None => (t, false),
+            };
+            let n: f64 = num
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("invalid percentage {s:?}")))?;
+            (n, pct || n > 1.0)
+        }
+    };
+    let f = if pct { n / 100.0 } else { n };
+    if !(0.0..=1.0).contains(&f) {
+        return Err(serde::de::Error::custom(format!(
+            "percentage {n} out of range"
+        )));
+    }
+    Ok(f)
+}
+
 /// Numbers are octets; strings take units.
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
@@ -659,6 +907,12 @@ impl Config {
     /// The authserv-id of our Authentication-Results header.
     pub fn authserv_id(&self) -> &str {
         self.checks.authserv_id.as_deref().unwrap_or(&self.hostname)
+    }
+
+    /// Whether a relayed message gets our Authentication-Results header, given what
+    /// was checked for it (`checks.auth_results`).
+    pub fn adds_auth_results(&self, facts: &crate::envelope::AuthFacts) -> bool {
+        self.checks.auth_results.adds_header(facts)
     }
 
     /// Reads and validates a configuration file.
@@ -746,6 +1000,23 @@ impl Config {
                 return Err(format!("checks.rdns.generic[{i}]: invalid regex: {e}"));
             }
         }
+        for (i, z) in self.checks.dnsbl.zones.iter().enumerate() {
+            z.validate(i)?;
+        }
+        let mut names: Vec<String> = self
+            .checks
+            .dnsbl
+            .zones
+            .iter()
+            .map(DnsblZone::display_name)
+            .collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "checks.dnsbl.zones: two zones are called {:?} (give one a `name`)",
+                w[0]
+            ));
+        }
         if let Some(id) = &self.checks.authserv_id
             && (id.is_empty() || id.contains(|c: char| c.is_whitespace() || c == ';'))
         {
@@ -800,6 +1071,103 @@ mod tests {
         .unwrap();
         assert_eq!(c.limits.max_message_size, 1 << 20);
         assert_eq!(c.limits.command_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn auth_results_takes_auto_true_and_false() {
+        let a = |y: &str| Config::parse(y, "c.yaml").map(|c| c.checks.auth_results);
+        assert_eq!(a("# defaults\n").unwrap(), AuthResults::Auto);
+        assert_eq!(
+            a("checks: { auth_results: auto }").unwrap(),
+            AuthResults::Auto
+        );
+        assert_eq!(
+            a("checks: { auth_results: true }").unwrap(),
+            AuthResults::All
+        );
+        assert_eq!(
+            a("checks: { auth_results: false }").unwrap(),
+            AuthResults::Off
+        );
+        let e = a("checks: { auth_results: sometimes }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected auto, true or false"), "{e}");
+        let mut f = crate::envelope::AuthFacts::default();
+        assert!(!AuthResults::Auto.adds_header(&f));
+        assert!(AuthResults::All.adds_header(&f));
+        f.dnsbl = Some(Default::default());
+        assert!(
+            !AuthResults::Auto.adds_header(&f),
+            "DNS lists are not in the header"
+        );
+        f.spf = Some(crate::envelope::SpfFact {
+            status: crate::envelope::AuthStatus::Pass,
+            domain: "a.example".into(),
+        });
+        assert!(AuthResults::Auto.adds_header(&f));
+        assert!(!AuthResults::Off.adds_header(&f));
+    }
+
+    #[test]
+    fn dnsbl_zones_take_names_ranges_and_masks() {
+        let zones = |y: &str| {
+            Config::parse(&format!("checks:\n  dnsbl:\n    zones:\n{y}"), "c.yaml")
+                .map(|c| c.checks.dnsbl.zones)
+        };
+        // An old configuration stays valid: single codes, no name.
+        let z = zones("      - { zone: bl.example, codes: [127.0.0.2, 127.0.0.4], weight: 2 }\n")
+            .unwrap();
+        assert_eq!(z[0].display_name(), "bl.example");
+        assert!(z[0].counts("127.0.0.4".parse().unwrap()));
+        assert!(!z[0].counts("127.0.0.3".parse().unwrap()));
+        let z = zones(concat!(
+            "      - { zone: Key123.zen.dq.example., name: Zen, codes: [\"127.0.0.2-127.0.0.11\"] }\n",
+            "      - { zone: multi.uribl.example, mask: 0x04 }\n",
+            "      - { zone: wl.example, weight: -5, codes: [\"127.0.2.0-127.0.20.3\"] }\n",
+        ))
+        .unwrap();
+        assert_eq!(z[0].display_name(), "zen");
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        let counted: Vec<bool> = ["127.0.0.1", "127.0.0.2", "127.0.0.11", "127.0.0.12"]
+            .iter()
+            .map(|a| z[0].counts(ip(a)))
+            .collect();
+        assert_eq!(counted, [false, true, true, false]);
+        assert_eq!(z[1].mask, Some(4));
+        assert!(z[1].counts(ip("127.0.0.4")) && z[1].counts(ip("127.0.0.14")));
+        assert!(!z[1].counts(ip("127.0.0.2")) && !z[1].counts(ip("127.0.0.8")));
+        assert!(z[2].counts(ip("127.0.10.1")) && !z[2].counts(ip("127.0.0.255")));
+        assert_eq!(
+            zones("      - { zone: u.example, mask: \"0x0c\" }\n").unwrap()[0].mask,
+            Some(12)
+        );
+        for (bad, want) in [
+            // An allow list without codes would count dnswl's "access refused" answer.
+            (
+                "{ zone: list.dnswl.org, weight: -5 }",
+                "needs `codes` or `mask`",
+            ),
+            (
+                "{ zone: a.example, codes: [\"127.0.0.9-127.0.0.2\"] }",
+                "first is above last",
+            ),
+            (
+                "{ zone: a.example, codes: [10.0.0.2] }",
+                "invalid answer code",
+            ),
+            ("{ zone: a.example, mask: 0 }", "invalid mask"),
+            ("{ zone: a.example, mask: 0x7f000000 }", "invalid mask"),
+            ("{ zone: a.example, name: \"a b\" }", "invalid name"),
+        ] {
+            let e = zones(&format!("      - {bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let e =
+            zones("      - { zone: a.example }\n      - { zone: k.b.example, name: a.example }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("two zones are called \"a.example\""), "{e}");
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct ClientInfo {
     pub port: u16,
     /// The listener's configured name (e.g. "mx", "submission").
     pub listener: String,
+    /// The listener takes mail clients (`mode: submission`), not other MTAs.
+    pub submission: bool,
     /// Whether the session is (now) under TLS.
     pub tls: bool,
     /// The SASL user once authenticated.
@@ -270,11 +272,59 @@ pub struct DmarcFact {
     /// The published policy that applies (`none`, `quarantine`, `reject`), after the
     /// record's testing flag (`t=y`) lowered it one step.
     pub policy: &'static str,
+    /// Why DMARC could not be applied the usual way, if so.
+    pub reason: Option<DmarcReason>,
+}
+
+/// What made a DMARC evaluation unusual (RFC 7489 §6.6.1, §6.6.3). Rules can test it
+/// (`dmarc: { reason: … }`); the shipped rules refuse `multiple_from` and `no_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DmarcReason {
+    /// More than one From header field (RFC 5322 allows one). Every author domain was
+    /// evaluated and the strictest result is the one reported.
+    MultipleFrom,
+    /// No From field, or none with an address that has a domain: there is no author
+    /// domain to evaluate (`permerror`).
+    NoFrom,
+    /// More than one DMARC record at the name that applies: no policy (`none`).
+    MultipleRecords,
+}
+
+impl DmarcReason {
+    pub const ALL: [DmarcReason; 3] = [
+        DmarcReason::MultipleFrom,
+        DmarcReason::NoFrom,
+        DmarcReason::MultipleRecords,
+    ];
+
+    /// The name in rules, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DmarcReason::MultipleFrom => "multiple_from",
+            DmarcReason::NoFrom => "no_from",
+            DmarcReason::MultipleRecords => "multiple_records",
+        }
+    }
+
+    /// A sentence for the Authentication-Results `reason=`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DmarcReason::MultipleFrom => "more than one From header field",
+            DmarcReason::NoFrom => "no From address with a domain",
+            DmarcReason::MultipleRecords => "more than one DMARC record",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DmarcReason> {
+        DmarcReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
 }
 
 /// One DNS list zone that listed the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsblHit {
+    /// The zone's display name (`name`, by default the zone itself): never the queried
+    /// zone when that differs, because it may hold an access key (Spamhaus DQS).
     pub zone: String,
     /// The answers (127.0.0.x) that matched the zone's expected codes.
     pub codes: Vec<std::net::Ipv4Addr>,
@@ -289,8 +339,8 @@ pub struct DnsblFact {
     pub hits: Vec<DnsblHit>,
     /// Sum of the weights of the zones that listed the client (allow lists weigh < 0).
     pub score: i64,
-    /// Zones that answered with an error code (127.255.255.x), an address outside
-    /// 127.0.0.0/8, or not at all: "list unusable", never "listed".
+    /// Zones (display names) that answered with an error code (127.255.255.x), an
+    /// address outside 127.0.0.0/8, or not at all: "list unusable", never "listed".
     pub unusable: Vec<String>,
 }
 
@@ -370,14 +420,46 @@ impl AuthFacts {
         Some(sigs.first().map_or(AuthStatus::None, |s| s.status))
     }
 
+    /// `pass[permerror:a.example/s1,pass:b.example/s2]`: the overall DKIM result, then
+    /// each signature's (`-` when DKIM did not run, `none` without signatures).
+    fn dkim_summary(&self) -> String {
+        let Some(overall) = self.dkim_status() else {
+            return "-".into();
+        };
+        let sigs = self.dkim.as_deref().unwrap_or_default();
+        if sigs.is_empty() {
+            return overall.as_str().into();
+        }
+        let each: Vec<String> = sigs
+            .iter()
+            .map(|s| format!("{}:{}/{}", s.status, s.domain, s.selector))
+            .collect();
+        format!("{overall}[{}]", each.join(","))
+    }
+
+    /// Whether a check that the Authentication-Results header reports has run (reverse
+    /// DNS as `iprev`, SPF, DKIM, DMARC, ARC; DNS lists have no A-R method).
+    pub fn has_header_results(&self) -> bool {
+        self.rdns.is_some()
+            || self.spf.is_some()
+            || self.spf_helo.is_some()
+            || self.dkim.is_some()
+            || self.dmarc.is_some()
+            || self.arc.is_some()
+    }
+
     /// `spf=… dkim=… dmarc=… dnsbl=… rdns=…` for logs and `mxguard explain`.
     pub fn summary(&self) -> String {
         let spf = self.spf.as_ref().map_or("-", |s| s.status.as_str());
         let helo = self.spf_helo.as_ref().map_or("-", |s| s.status.as_str());
-        let dkim = self.dkim_status().map_or("-", AuthStatus::as_str);
-        let dmarc = self.dmarc.as_ref().map_or("-".to_owned(), |d| {
-            format!("{}(p={})", d.status.as_str(), d.policy)
-        });
+        let dkim = self.dkim_summary();
+        let dmarc = self
+            .dmarc
+            .as_ref()
+            .map_or("-".to_owned(), |d| match d.reason {
+                Some(r) => format!("{}(p={},{})", d.status.as_str(), d.policy, r.as_str()),
+                None => format!("{}(p={})", d.status.as_str(), d.policy),
+            });
         let arc = self.arc.map_or("-", AuthStatus::as_str);
         let dnsbl = self.dnsbl.as_ref().map_or("-".to_owned(), |d| {
             if d.hits.is_empty() {

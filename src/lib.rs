@@ -14,6 +14,7 @@
 //! | [`listener`] | accept loops, connection limits per client network, implicit TLS |
 //! | [`proxy_protocol`] | PROXY v1/v2 headers from trusted load balancers |
 //! | [`session`] | the SMTP server state machine, limits, timeouts |
+//! | [`smtp`] | the command grammar we parse ourselves: addresses, MAIL/RCPT parameters |
 //! | [`stream`] | a TCP connection that can become TLS, with its read buffer |
 //! | [`tls`] | certificates (reloadable) and upstream TLS client settings |
 //! | [`dotstream`] | the DATA wire format: end-of-data, (un)stuffing, bare CR/LF |
@@ -46,6 +47,7 @@ pub mod reply;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod smtp;
 pub mod spool;
 pub mod store;
 pub mod stream;

@@ -29,10 +29,16 @@ use crate::log_limit::LogLimiter;
 use crate::runtime::Runtime;
 use crate::session::{ListenerContext, Session};
 use crate::stream::Stream;
+use crate::telemetry::ProtocolErrorKind;
 
 /// Session limits shared by every listener of the process.
 pub struct ConnectionLimits {
     total: Arc<Semaphore>,
+    max_sessions: usize,
+    /// Open sessions above which the server is under stress.
+    stress_above: usize,
+    /// Flips when the stress state changes, so waiting sessions shorten their deadlines.
+    stress: tokio::sync::watch::Sender<bool>,
     per_network: Arc<Mutex<HashMap<IpNet, usize>>>,
     max_per_network: usize,
     exempt: Vec<IpNet>,
@@ -62,12 +68,39 @@ impl ConnectionLimits {
     pub fn new(limits: &Limits) -> Self {
         ConnectionLimits {
             total: Arc::new(Semaphore::new(limits.max_sessions)),
+            max_sessions: limits.max_sessions,
+            stress_above: (limits.max_sessions as f64 * limits.stress_threshold) as usize,
+            stress: tokio::sync::watch::Sender::new(false),
             per_network: Arc::new(Mutex::new(HashMap::new())),
             max_per_network: limits.max_sessions_per_network,
             exempt: limits.exempt_networks.clone(),
             v4_prefix: limits.ipv4_prefix,
             v6_prefix: limits.ipv6_prefix,
         }
+    }
+
+    /// Sessions open now, in every listener.
+    pub fn open(&self) -> usize {
+        self.max_sessions - self.total.available_permits()
+    }
+
+    /// Whether so many sessions are open that the stress limits apply: then a client
+    /// holding a slot idle (or dripping bytes) is cut off much sooner.
+    pub fn stressed(&self) -> bool {
+        self.open() > self.stress_above
+    }
+
+    /// A receiver that wakes when the stress state changes.
+    pub fn stress_changes(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stress.subscribe()
+    }
+
+    /// Re-evaluates the stress state after a session opened or closed; returns it.
+    pub fn update_stress(&self) -> bool {
+        let now = self.stressed();
+        self.stress
+            .send_if_modified(|s| std::mem::replace(s, now) != now);
+        now
     }
 
     fn session_permit(&self) -> Option<OwnedSemaphorePermit> {
@@ -151,9 +184,13 @@ impl Listener {
                 tcp,
                 peer,
             };
+            let rt = rt.clone();
             tracker.spawn(async move {
-                let _permit = permit;
                 conn.serve().await;
+                drop(permit);
+                rt.metrics
+                    .stress_active
+                    .set(i64::from(rt.sessions.update_stress()));
             });
         }
         info!(listener = %self.context.name, "listener stopped accepting");
@@ -376,6 +413,9 @@ impl Accepted {
             .sessions_open
             .with_label_values(&[&self.context.name]);
         gauge.inc();
+        rt.metrics
+            .stress_active
+            .set(i64::from(rt.sessions.update_stress()));
         if let Some(stream) =
             handshake(&rt, &self.context, self.implicit_tls, self.tcp, self.peer).await
         {
@@ -383,6 +423,7 @@ impl Accepted {
                 ip,
                 port: client.port(),
                 listener: self.context.name.clone(),
+                submission: self.context.submission,
                 tls: stream.is_tls(),
                 auth_user: None,
             };
@@ -406,7 +447,9 @@ impl Accepted {
             Ok(Some(addr)) => Some(addr),
             Ok(None) => Some(self.peer),
             Err(e) => {
-                self.rt.metrics.protocol_error("proxy_protocol");
+                self.rt
+                    .metrics
+                    .protocol_error(ProtocolErrorKind::ProxyProtocol);
                 warn!(listener = %self.context.name, peer = %self.peer, error = %e, "PROXY header refused; closing");
                 None
             }
@@ -432,12 +475,12 @@ async fn handshake(
     match tokio::time::timeout(rt.config.limits.command_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
         Ok(Err(e)) => {
-            rt.metrics.protocol_error("tls_handshake");
+            rt.metrics.protocol_error(ProtocolErrorKind::TlsHandshake);
             debug!(client = %peer.ip(), error = %e, "implicit TLS handshake failed");
             None
         }
         Err(_) => {
-            rt.metrics.protocol_error("timeout");
+            rt.metrics.protocol_error(ProtocolErrorKind::Timeout);
             None
         }
     }

@@ -134,9 +134,20 @@ impl fmt::Display for Reply {
     }
 }
 
+/// Longest text of one reply line: with `NNN-X.YYY.ZZZ ` before it and CRLF after it,
+/// a line stays within RFC 5321's 512 octets (§4.5.3.1.5).
+const MAX_LINE_TEXT: usize = 512 - 16;
+
 /// Replaces every control character (CR, LF, NUL, …) with a space so that text from a
-/// rule, a template or an upstream can never start a reply line of its own.
+/// rule, a template or an upstream can never start a reply line of its own, and cuts the
+/// text (at a character boundary) so the line fits in 512 octets: a client's 2 KB
+/// parameter is never echoed whole.
 fn sanitize_line(text: &str) -> String {
+    let mut end = text.len().min(MAX_LINE_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &text[..end];
     if text.chars().any(char::is_control) {
         text.chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -191,6 +202,20 @@ mod tests {
     fn crlf_in_text_cannot_inject_a_line() {
         let r = reply(550, (5, 7, 1), "no\r\n250 2.0.0 fake");
         assert_eq!(wire(&r), "550 5.7.1 no  250 2.0.0 fake\r\n");
+    }
+
+    #[test]
+    fn every_line_fits_in_512_octets() {
+        let r = reply(
+            501,
+            (5, 5, 4),
+            format!("Error: invalid parameter {}", "é".repeat(2000)),
+        );
+        let w = wire(&r);
+        assert!(w.len() <= 512, "{}", w.len());
+        assert!(w.ends_with("\r\n"));
+        let r = Reply::multiline(250, StatusCode(2, 0, 0), vec!["x".repeat(600); 3]);
+        assert!(wire(&r).split("\r\n").all(|l| l.len() <= 510));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Runtime {
     pub store: Arc<dyn Store>,
     /// SPF, DKIM, DMARC, ARC, DNS lists and reverse DNS over the shared resolver.
     pub checker: Arc<crate::checks::Checker>,
+    /// Open sessions, in total and per client network; whether we are under stress.
+    pub sessions: Arc<crate::listener::ConnectionLimits>,
 }
 
 impl Runtime {
@@ -40,6 +42,26 @@ impl Runtime {
             .normalize_networks
             .iter()
             .any(|n| n.contains(ip))
+    }
+
+    /// The command deadline now: `stress_command_timeout` while under stress.
+    pub fn command_timeout(&self) -> std::time::Duration {
+        let l = &self.config.limits;
+        if self.sessions.stressed() {
+            l.command_timeout.min(l.stress_command_timeout)
+        } else {
+            l.command_timeout
+        }
+    }
+
+    /// The error limit now: `stress_hard_error_limit` while under stress.
+    pub fn hard_error_limit(&self) -> u32 {
+        let l = &self.config.limits;
+        if self.sessions.stressed() {
+            l.hard_error_limit.min(l.stress_hard_error_limit)
+        } else {
+            l.hard_error_limit
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -141,13 +141,16 @@ impl Server {
             health,
             shutdown: shutdown_rx,
             spool_dir,
-            auth_guard: crate::auth_guard::AuthGuard::new(
-                config.limits.auth_failure_window,
-                config.limits.auth_failures_per_network,
-                config.limits.auth_failures_per_user,
-            ),
+            auth_guard: crate::auth_guard::AuthGuard::new(crate::auth_guard::AuthLimits {
+                window: config.limits.auth_failure_window,
+                per_network: config.limits.auth_failures_per_network,
+                per_user: config.limits.auth_failures_per_user,
+                backoff: config.limits.auth_backoff,
+                max_backoff: config.limits.auth_max_backoff,
+            }),
             store,
             checker,
+            sessions: Arc::new(ConnectionLimits::new(&config.limits)),
         });
         Ok(Server {
             rt,
@@ -190,7 +193,7 @@ impl Server {
             .min(Duration::from_secs(5));
         let _ = tokio::time::timeout(wait, probed_rx).await;
         tokio::spawn(sweep_store(rt.clone()));
-        let limits = Arc::new(ConnectionLimits::new(&rt.config.limits));
+        let limits = rt.sessions.clone();
         let tracker = TaskTracker::new();
         let mut accept_loops = Vec::new();
         for l in self.listeners {

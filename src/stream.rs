@@ -46,15 +46,16 @@ impl Stream {
             Stream::ClientTls(s) => s.get_ref().1,
             _ => return None,
         };
-        let version = conn.protocol_version().map(|v| format!("{v:?}"));
+        // `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`, as Postfix words it.
+        let version = conn
+            .protocol_version()
+            .map(|v| format!("{v:?}").replace('_', "."))
+            .unwrap_or_default();
         let suite = conn
             .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()));
-        Some(format!(
-            "{} {}",
-            version.unwrap_or_default(),
-            suite.unwrap_or_default()
-        ))
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        Some(format!("{version} with cipher {suite}"))
     }
 }
 

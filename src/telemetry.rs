@@ -21,6 +21,115 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 
+/// The kinds of client protocol errors and limit hits (`mxguard_protocol_errors_total`'s
+/// `kind` label): one list that both counts and initialises the series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolErrorKind {
+    Syntax,
+    UnknownCommand,
+    LineTooLong,
+    NulInCommand,
+    BareLineEnd,
+    BadUtf8,
+    BadHelo,
+    ForbiddenCommand,
+    ControlCommand,
+    UnsupportedParameter,
+    Size,
+    HeaderSize,
+    NulInData,
+    Timeout,
+    SlowCommand,
+    StressTimeout,
+    DataTimeout,
+    Pregreet,
+    PipeliningAfterData,
+    TooManyErrors,
+    TooManyJunkCommands,
+    TooManyRecipients,
+    TooManyTransactions,
+    AuthRequired,
+    AuthFailed,
+    AuthRateLimited,
+    AuthDelayed,
+    Bdat,
+    StarttlsInjection,
+    TlsHandshake,
+    ProxyProtocol,
+}
+
+impl ProtocolErrorKind {
+    pub const ALL: [ProtocolErrorKind; 31] = [
+        ProtocolErrorKind::Syntax,
+        ProtocolErrorKind::UnknownCommand,
+        ProtocolErrorKind::LineTooLong,
+        ProtocolErrorKind::NulInCommand,
+        ProtocolErrorKind::BareLineEnd,
+        ProtocolErrorKind::BadUtf8,
+        ProtocolErrorKind::BadHelo,
+        ProtocolErrorKind::ForbiddenCommand,
+        ProtocolErrorKind::ControlCommand,
+        ProtocolErrorKind::UnsupportedParameter,
+        ProtocolErrorKind::Size,
+        ProtocolErrorKind::HeaderSize,
+        ProtocolErrorKind::NulInData,
+        ProtocolErrorKind::Timeout,
+        ProtocolErrorKind::SlowCommand,
+        ProtocolErrorKind::StressTimeout,
+        ProtocolErrorKind::DataTimeout,
+        ProtocolErrorKind::Pregreet,
+        ProtocolErrorKind::PipeliningAfterData,
+        ProtocolErrorKind::TooManyErrors,
+        ProtocolErrorKind::TooManyJunkCommands,
+        ProtocolErrorKind::TooManyRecipients,
+        ProtocolErrorKind::TooManyTransactions,
+        ProtocolErrorKind::AuthRequired,
+        ProtocolErrorKind::AuthFailed,
+        ProtocolErrorKind::AuthRateLimited,
+        ProtocolErrorKind::AuthDelayed,
+        ProtocolErrorKind::Bdat,
+        ProtocolErrorKind::StarttlsInjection,
+        ProtocolErrorKind::TlsHandshake,
+        ProtocolErrorKind::ProxyProtocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolErrorKind::Syntax => "syntax",
+            ProtocolErrorKind::UnknownCommand => "unknown_command",
+            ProtocolErrorKind::LineTooLong => "line_too_long",
+            ProtocolErrorKind::NulInCommand => "nul_in_command",
+            ProtocolErrorKind::BareLineEnd => "bare_line_end",
+            ProtocolErrorKind::BadUtf8 => "bad_utf8",
+            ProtocolErrorKind::BadHelo => "bad_helo",
+            ProtocolErrorKind::ForbiddenCommand => "forbidden_command",
+            ProtocolErrorKind::ControlCommand => "control_command",
+            ProtocolErrorKind::UnsupportedParameter => "unsupported_parameter",
+            ProtocolErrorKind::Size => "size",
+            ProtocolErrorKind::HeaderSize => "header_size",
+            ProtocolErrorKind::NulInData => "nul_in_data",
+            ProtocolErrorKind::Timeout => "timeout",
+            ProtocolErrorKind::SlowCommand => "slow_command",
+            ProtocolErrorKind::StressTimeout => "stress_timeout",
+            ProtocolErrorKind::DataTimeout => "data_timeout",
+            ProtocolErrorKind::Pregreet => "pregreet",
+            ProtocolErrorKind::PipeliningAfterData => "pipelining_after_data",
+            ProtocolErrorKind::TooManyErrors => "too_many_errors",
+            ProtocolErrorKind::TooManyJunkCommands => "too_many_junk_commands",
+            ProtocolErrorKind::TooManyRecipients => "too_many_recipients",
+            ProtocolErrorKind::TooManyTransactions => "too_many_transactions",
+            ProtocolErrorKind::AuthRequired => "auth_required",
+            ProtocolErrorKind::AuthFailed => "auth_failed",
+            ProtocolErrorKind::AuthRateLimited => "auth_rate_limited",
+            ProtocolErrorKind::AuthDelayed => "auth_delayed",
+            ProtocolErrorKind::Bdat => "bdat",
+            ProtocolErrorKind::StarttlsInjection => "starttls_injection",
+            ProtocolErrorKind::TlsHandshake => "tls_handshake",
+            ProtocolErrorKind::ProxyProtocol => "proxy_protocol",
+        }
+    }
+}
+
 /// Every metric family mxguard exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,10 +138,12 @@ pub struct Metrics {
     pub sessions_open: IntGaugeVec,
     pub sessions_refused_total: IntCounterVec,
     pub accept_errors_total: IntCounterVec,
+    pub stress_active: IntGauge,
     pub transactions_total: IntCounterVec,
     pub protocol_errors_total: IntCounterVec,
     pub upstream_replies_total: IntCounterVec,
     pub upstream_connect_failures_total: IntCounterVec,
+    pub upstream_protocol_errors_total: IntCounterVec,
     pub upstream_reply_seconds: HistogramVec,
     pub end_of_data_seconds: Histogram,
     pub message_size_bytes: Histogram,
@@ -50,6 +161,7 @@ pub struct Metrics {
     pub auth_check_seconds: HistogramVec,
     pub dns_lookups_total: IntCounterVec,
     pub dns_lookup_seconds: HistogramVec,
+    pub dnsbl_zone_results_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,6 +189,11 @@ impl Metrics {
                 "Failed accepts by listener and kind (descriptors, memory, aborted, other)",
                 &["listener", "kind"],
             ),
+            stress_active: IntGauge::new(
+                "mxguard_stress_active",
+                "1 while more than limits.stress_threshold of max_sessions are open (stress timeouts and error limits apply)",
+            )
+            .expect("valid gauge"),
             transactions_total: counter_vec(
                 "mxguard_transactions_total",
                 "Transactions by outcome (delivered, rejected, tempfailed, upstream_rejected, upstream_failed, aborted)",
@@ -96,6 +213,11 @@ impl Metrics {
                 "mxguard_upstream_connect_failures_total",
                 "Failed connections to an upstream, by upstream index and reason",
                 &["upstream", "reason"],
+            ),
+            upstream_protocol_errors_total: counter_vec(
+                "mxguard_upstream_protocol_errors_total",
+                "Upstream replies that did not fit the command (a 250 to DATA, unsolicited or unparsable replies), by stage; the connection was dropped",
+                &["stage"],
             ),
             upstream_reply_seconds: HistogramVec::new(
                 HistogramOpts::new(
@@ -168,7 +290,7 @@ impl Metrics {
             ),
             auth_results_total: counter_vec(
                 "mxguard_auth_results_total",
-                "Results of the authentication and reputation checks (spf, spf_helo, dkim, dmarc, arc, dnsbl, rdns)",
+                "Results of the authentication and reputation checks (spf, spf_helo, dkim, dmarc, dmarc_reason, arc, dnsbl, rdns)",
                 &["check", "result"],
             ),
             auth_check_seconds: HistogramVec::new(
@@ -199,6 +321,11 @@ impl Metrics {
                 &["type"],
             )
             .expect("valid histogram"),
+            dnsbl_zone_results_total: counter_vec(
+                "mxguard_dnsbl_zone_results_total",
+                "DNS list answers per zone (its display name) and result (listed, clean, unusable)",
+                &["zone", "result"],
+            ),
             registry,
         };
         m.register_all();
@@ -215,10 +342,12 @@ impl Metrics {
             Box::new(self.sessions_open.clone()),
             Box::new(self.sessions_refused_total.clone()),
             Box::new(self.accept_errors_total.clone()),
+            Box::new(self.stress_active.clone()),
             Box::new(self.transactions_total.clone()),
             Box::new(self.protocol_errors_total.clone()),
             Box::new(self.upstream_replies_total.clone()),
             Box::new(self.upstream_connect_failures_total.clone()),
+            Box::new(self.upstream_protocol_errors_total.clone()),
             Box::new(self.upstream_reply_seconds.clone()),
             Box::new(self.end_of_data_seconds.clone()),
             Box::new(self.message_size_bytes.clone()),
@@ -236,6 +365,7 @@ impl Metrics {
             Box::new(self.auth_check_seconds.clone()),
             Box::new(self.dns_lookups_total.clone()),
             Box::new(self.dns_lookup_seconds.clone()),
+            Box::new(self.dnsbl_zone_results_total.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");
@@ -280,6 +410,7 @@ impl Metrics {
             ("spf_helo", crate::checks::SPF_RESULTS),
             ("dkim", crate::checks::DKIM_RESULTS),
             ("dmarc", crate::checks::DMARC_RESULTS),
+            ("dmarc_reason", crate::checks::DMARC_REASONS),
             ("arc", crate::checks::DKIM_RESULTS),
             ("dnsbl", crate::checks::DNSBL_RESULTS),
             ("rdns", crate::checks::RDNS_RESULTS),
@@ -313,11 +444,17 @@ impl Metrics {
         for op in ["greylist", "rate_limit", "sweep"] {
             self.store_errors_total.with_label_values(&[op]);
         }
+        for kind in ProtocolErrorKind::ALL {
+            self.protocol_errors_total
+                .with_label_values(&[kind.as_str()]);
+        }
     }
 
-    /// Counts a client protocol error or limit hit (`kind` is from a fixed set).
-    pub fn protocol_error(&self, kind: &str) {
-        self.protocol_errors_total.with_label_values(&[kind]).inc();
+    /// Counts a client protocol error or limit hit.
+    pub fn protocol_error(&self, kind: ProtocolErrorKind) {
+        self.protocol_errors_total
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     pub fn transaction(&self, outcome: &str) {

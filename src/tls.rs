@@ -96,10 +96,13 @@ fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
 
 /// A rustls server configuration using the reloadable certificate.
 pub fn server_config(cert: Arc<ReloadableCert>) -> Result<Arc<ServerConfig>, TlsError> {
-    let cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(cert);
+    // Our cipher order (strongest first), not the client's: a client that lists a weak
+    // suite first does not get it (testssl.sh: "server cipher order").
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 

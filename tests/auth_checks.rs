@@ -1,8 +1,10 @@
 //! Every check against a real DNS server (hickory-server in process, on a loopback
 //! port) through the library's own resolver and checker: SPF results and limits, DKIM
 //! rsa-sha256 and ed25519-sha256 with keys generated now, a tampered body, the relaxed
-//! body workaround, DMARC alignment and policies, DNS lists, reverse DNS, DNS timeouts,
-//! and the RFC 8463 example.
+//! body workaround, signatures RFC 6376/8301 refuse (rsa-sha1, 512-bit keys, no `v=`,
+//! `i=` outside `d=`, malformed), DMARC alignment and policies per author domain and
+//! with several records, DNS lists (names, ranges, masks, allow lists), reverse DNS,
+//! DNS timeouts, and the RFC 8463 example.
 
 mod support;
 
@@ -14,7 +16,7 @@ use mail_auth::dkim::Canonicalization;
 use mxguard::checks::{CheckInput, Checker};
 use mxguard::config::{Config, DnsblZone};
 use mxguard::dns::Dns;
-use mxguard::envelope::{AuthFacts, AuthStatus, Checks, RdnsStatus};
+use mxguard::envelope::{AuthFacts, AuthStatus, Checks, DmarcReason, RdnsStatus};
 use mxguard::telemetry::Metrics;
 use support::authzone::{Keys, message, zones};
 use support::dns::TestDns;
@@ -30,14 +32,12 @@ fn config(dns: &TestDns) -> Config {
     c.checks.timeout = Duration::from_secs(3);
     c.checks.dnsbl.zones = vec![
         DnsblZone {
-            zone: "bl.test".into(),
-            codes: vec![],
             weight: 3,
+            ..DnsblZone::new("bl.test")
         },
         DnsblZone {
-            zone: "bl2.test".into(),
             codes: vec!["127.0.0.4".parse().unwrap()],
-            weight: 1,
+            ..DnsblZone::new("bl2.test")
         },
     ];
     c
@@ -249,6 +249,252 @@ fn dkim_rsa_ed25519_tampered_and_dmarc() {
     assert_eq!(f.dmarc.unwrap().status, AuthStatus::Pass);
 }
 
+/// `signed` with the tag `name=` removed from its (first) DKIM-Signature.
+fn drop_tag(signed: &[u8], name: &str) -> Vec<u8> {
+    let s = String::from_utf8(signed.to_vec()).unwrap();
+    let at = s.find(&format!("{name}=")).unwrap();
+    let end = at + s[at..].find(';').unwrap() + 1;
+    format!("{}{}", &s[..at], &s[end..]).into_bytes()
+}
+
+/// Signatures that RFC 8301 and RFC 6376 do not accept are `permerror`, each with its
+/// reason, before any RSA work; none can pass or satisfy DMARC. Every DKIM-Signature
+/// gets one result, in header order.
+#[test]
+fn signatures_rfc_8301_and_6376_refuse() {
+    let e = env();
+    let all = Checks::DKIM | Checks::DMARC | Checks::SPF;
+    let msg = message("alice@signed.test", "refused", "Hello.\r\n");
+    let check = |signed: &[u8]| {
+        // SPF fails (192.0.2.99 is not in signed.test's record): DMARC rests on DKIM.
+        e.run(
+            all,
+            "192.0.2.99",
+            "c.example",
+            "alice@signed.test",
+            Some(signed),
+        )
+    };
+    let one = |f: &AuthFacts| {
+        let sigs = f.dkim.as_ref().unwrap();
+        assert_eq!(sigs.len(), 1, "{sigs:?}");
+        (sigs[0].status, sigs[0].reason.clone().unwrap_or_default())
+    };
+    // rsa-sha1 with the 2048-bit key: a real signature, and still not valid.
+    let f = check(&e.keys.sign_rsa_sha1(&msg, "signed.test"));
+    assert_eq!(
+        one(&f),
+        (
+            AuthStatus::PermError,
+            "rsa-sha1 is not acceptable (RFC 8301)".into()
+        )
+    );
+    assert_eq!(f.dkim.as_ref().unwrap()[0].algorithm, "rsa-sha1");
+    let d = f.dmarc.unwrap();
+    assert_eq!((d.status, d.policy), (AuthStatus::Fail, "reject"), "{d:?}");
+    // A 512-bit key: refused from its size, not "signature verification failed".
+    let f = check(&e.keys.sign_small_rsa(&msg, "signed.test", 512));
+    assert_eq!(
+        one(&f),
+        (
+            AuthStatus::PermError,
+            "RSA key of 512 bits is under 1024 bits (RFC 8301)".into()
+        )
+    );
+    assert_eq!(f.dmarc.unwrap().status, AuthStatus::Fail);
+    // 1024 bits is the smallest acceptable key.
+    let f = check(&e.keys.sign_small_rsa(&msg, "signed.test", 1024));
+    assert_eq!(one(&f), (AuthStatus::Pass, String::new()));
+    assert_eq!(f.dmarc.unwrap().status, AuthStatus::Pass);
+    // i= outside d=, no v=, no bh=, a garbage tag.
+    let f = check(
+        &e.keys
+            .sign_rsa_auid(&msg, "signed.test", "ceo@elsewhere.test"),
+    );
+    assert_eq!(
+        one(&f),
+        (
+            AuthStatus::PermError,
+            "i= is not within d= (RFC 6376 section 3.5)".into()
+        )
+    );
+    // l= lets anyone append to the signed body: mail-auth's strict parser refuses it.
+    let f = check(&e.keys.sign_rsa_body_length(&msg, "signed.test"));
+    assert_eq!(
+        one(&f),
+        (
+            AuthStatus::PermError,
+            "Insecure 'l=' tag found in Signature".into()
+        )
+    );
+    let good = e
+        .keys
+        .sign_rsa(&msg, "signed.test", Canonicalization::Relaxed);
+    let f = check(&drop_tag(&good, "v"));
+    assert_eq!(
+        one(&f),
+        (
+            AuthStatus::PermError,
+            "v= tag missing (RFC 6376 section 3.5)".into()
+        )
+    );
+    assert_eq!(f.dmarc.unwrap().status, AuthStatus::Fail);
+    let f = check(&drop_tag(&good, "bh"));
+    assert_eq!(
+        one(&f),
+        (
+            AuthStatus::PermError,
+            "missing bh= tag (RFC 6376 section 3.5)".into()
+        )
+    );
+    let garbage = String::from_utf8(good.clone())
+        .unwrap()
+        .replacen("v=1;", "v=1; )garbage(;", 1);
+    let f = check(garbage.as_bytes());
+    assert_eq!(
+        one(&f),
+        (
+            AuthStatus::PermError,
+            "malformed tag list (RFC 6376 section 3.2)".into()
+        )
+    );
+    let sig = &f.dkim.as_ref().unwrap()[0];
+    assert_eq!(
+        (sig.domain.as_str(), sig.selector.as_str()),
+        ("signed.test", "rsa")
+    );
+    // Three signatures (malformed, good, rsa-sha1): three results in header order; the
+    // good one passes and DMARC passes on it alone.
+    let ed = e.keys.sign_ed(&msg, "signed.test");
+    let ed_header = &ed[..ed.len() - msg.len()];
+    let sha1 = e.keys.sign_rsa_sha1(&msg, "signed.test");
+    let sha1_header = &sha1[..sha1.len() - msg.len()];
+    let no_bh = drop_tag(&good, "bh");
+    let no_bh_header = &no_bh[..no_bh.len() - msg.len()];
+    let three = [no_bh_header, ed_header, sha1_header, &msg].concat();
+    let f = check(&three);
+    let got: Vec<(AuthStatus, &str)> = f
+        .dkim
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|s| (s.status, s.algorithm.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (AuthStatus::PermError, "rsa-sha256"),
+            (AuthStatus::Pass, "ed25519-sha256"),
+            (AuthStatus::PermError, "rsa-sha1"),
+        ]
+    );
+    assert_eq!(f.dkim_status(), Some(AuthStatus::Pass));
+    assert_eq!(f.dmarc.unwrap().status, AuthStatus::Pass);
+}
+
+/// RFC 7489 §6.6.1: every author domain is evaluated and the strictest result applies;
+/// more than one From field, or none with a domain, carries its reason. §6.6.3: two
+/// DMARC records at the name that applies mean no policy.
+#[test]
+fn dmarc_per_author_domain_and_several_records() {
+    let e = env();
+    let all = Checks::DKIM | Checks::DMARC | Checks::SPF;
+    let with_from = |from_lines: &str, subject: &str| {
+        format!(
+            "{from_lines}To: <rcpt@example.org>\r\nSubject: {subject}\r\nDate: Mon, 30 Nov 2026 00:00:00 +0000\r\nMessage-ID: <{subject}@test>\r\n\r\nHi.\r\n"
+        )
+        .into_bytes()
+    };
+    // The spoof: a second From field for a p=reject domain, signed and SPF-aligned for
+    // the attacker's own domain. mail-auth alone says `none`; mxguard evaluates both.
+    let m = with_from(
+        "From: <boss@reject.test>\r\nFrom: <mallory@signed.test>\r\n",
+        "two-from",
+    );
+    let signed = e.keys.sign_ed(&m, "signed.test");
+    let f = e.run(
+        all,
+        "127.0.0.10",
+        "c.example",
+        "mallory@signed.test",
+        Some(&signed),
+    );
+    let d = f.dmarc.unwrap();
+    assert_eq!(
+        (d.status, d.policy, d.domain.as_str(), d.reason),
+        (
+            AuthStatus::Fail,
+            "reject",
+            "reject.test",
+            Some(DmarcReason::MultipleFrom)
+        ),
+        "{d:?}"
+    );
+    // One From field with two authors: both evaluated, the strictest kept, no reason.
+    let m = with_from(
+        "From: <mallory@signed.test>, <boss@reject.test>\r\n",
+        "two-authors",
+    );
+    let signed = e.keys.sign_ed(&m, "signed.test");
+    let f = e.run(
+        all,
+        "127.0.0.10",
+        "c.example",
+        "mallory@signed.test",
+        Some(&signed),
+    );
+    let d = f.dmarc.unwrap();
+    assert_eq!(
+        (d.status, d.policy, d.domain.as_str(), d.reason),
+        (AuthStatus::Fail, "reject", "reject.test", None),
+        "{d:?}"
+    );
+    // Both authors aligned: pass.
+    let m = with_from("From: <a@signed.test>, <b@signed.test>\r\n", "same-domain");
+    let signed = e.keys.sign_ed(&m, "signed.test");
+    let f = e.run(
+        all,
+        "127.0.0.10",
+        "c.example",
+        "a@signed.test",
+        Some(&signed),
+    );
+    assert_eq!(f.dmarc.unwrap().status, AuthStatus::Pass);
+    // No From field, an empty group, an address without a domain: no author domain.
+    for from in ["", "From: undisclosed-recipients:;\r\n", "From: boss\r\n"] {
+        let m = with_from(from, "no-from");
+        let f = e.run(all, "127.0.0.10", "c.example", "a@signed.test", Some(&m));
+        let d = f.dmarc.unwrap();
+        assert_eq!(
+            (d.status, d.reason),
+            (AuthStatus::PermError, Some(DmarcReason::NoFrom)),
+            "{from:?}: {d:?}"
+        );
+    }
+    // Two records at the author domain, or at the parent that applies: no policy,
+    // although the message is unaligned and SPF fails.
+    for from in ["x@twice.test", "x@sub.subtwice.test"] {
+        let m = message(from, "twice", "Hi.\r\n");
+        let s = e.keys.sign_rsa(&m, "other.test", Canonicalization::Relaxed);
+        let f = e.run(all, "127.0.0.10", "c.example", "x@fail.test", Some(&s));
+        let d = f.dmarc.unwrap();
+        assert_eq!(
+            (d.status, d.policy, d.reason),
+            (AuthStatus::None, "none", Some(DmarcReason::MultipleRecords)),
+            "{from}: {d:?}"
+        );
+    }
+    let m = e.metrics.encode();
+    assert!(
+        m.contains(r#"mxguard_auth_results_total{check="dmarc_reason",result="multiple_from"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"mxguard_auth_results_total{check="dmarc_reason",result="no_from"} 3"#),
+        "{m}"
+    );
+}
+
 /// mail-auth 0.13.3 bug #62: relaxed body canonicalisation keeps whitespace-only lines
 /// at the end of the body. A message signed per RFC 6376 (the signature covers the
 /// body without those lines, which is what relaxed canonicalisation hashes) must pass.
@@ -319,6 +565,57 @@ fn dnsbl_listed_clean_error_and_foreign_answers() {
         .dnsbl
         .unwrap();
     assert_eq!(f.score, 4, "{f:?}");
+}
+
+/// A zone with an access key is shown by its name everywhere; answer codes in ranges and
+/// bitmasks; an allow list counts only its listed codes (never dnswl's 127.0.0.255).
+#[test]
+fn dnsbl_names_ranges_masks_and_allow_lists() {
+    let e = env_with(|c| {
+        c.checks.dnsbl.zones = vec![
+            DnsblZone {
+                name: Some("dqs".into()),
+                codes: vec!["127.0.0.2-127.0.0.11".parse().unwrap()],
+                weight: 3,
+                ..DnsblZone::new("s3cr3tkey.dqs.test")
+            },
+            DnsblZone {
+                codes: vec!["127.0.2.0-127.0.20.3".parse().unwrap()],
+                weight: -5,
+                ..DnsblZone::new("wl.test")
+            },
+            DnsblZone {
+                mask: Some(0x04),
+                weight: 2,
+                ..DnsblZone::new("multi.test")
+            },
+        ];
+    });
+    let f = |ip: &str| e.run(Checks::DNSBL, ip, "c", "a@b.c", None).dnsbl.unwrap();
+    let listed = f("127.0.0.10");
+    assert_eq!(listed.hits.len(), 1, "{listed:?}");
+    assert_eq!(listed.hits[0].zone, "dqs");
+    assert_eq!(
+        listed.score, 3,
+        "127.0.0.255 from the allow list must not count"
+    );
+    let trusted = f("127.0.0.14");
+    let zones: Vec<&str> = trusted.hits.iter().map(|h| h.zone.as_str()).collect();
+    assert_eq!(zones, ["wl.test", "multi.test"]);
+    assert_eq!(trusted.score, -3);
+    assert!(
+        f("127.0.0.15").hits.is_empty(),
+        "bit 0x04 is not set in 127.0.0.2"
+    );
+    let m = e.metrics.encode();
+    assert!(
+        m.contains(r#"mxguard_dnsbl_zone_results_total{result="listed",zone="dqs"} 1"#),
+        "{m}"
+    );
+    assert!(
+        !m.contains("s3cr3tkey"),
+        "the key leaked into the metrics:\n{m}"
+    );
 }
 
 #[test]

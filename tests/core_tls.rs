@@ -1,7 +1,8 @@
 //! Issue 2: TLS on the client side, with real clients and the real Postfix behind.
 //! STARTTLS (RFC 3207) with Python `smtplib` verifying the test CA and `swaks --tls`, and
 //! an implicit-TLS listener (port 465 style); in each case the message reaches Postfix
-//! byte-identical and Postfix records the real client address.
+//! byte-identical below the trace lines, Postfix records the real client address, and
+//! our trace line records the client's TLS (issue 10).
 
 mod support;
 
@@ -13,6 +14,20 @@ use support::mxguard::{MxGuard, MxOpts, tls_config};
 use support::postfix::Postfix;
 
 const TOOLS: &[&str] = &["postfix", "/usr/lib/postfix/sbin/master"];
+
+/// The client used TLS: below Postfix's own Received line (which can only say `ESMTP`:
+/// XCLIENT has no way to tell it about TLS) is ours for the client hop, with the cipher.
+#[track_caller]
+fn assert_client_tls_traced(d: &support::postfix::Delivered) {
+    let trace = d.trace();
+    assert_eq!(trace.len(), 2, "{trace:#?}");
+    assert!(trace[0].contains("(Postfix)"), "{trace:#?}");
+    assert!(
+        trace[1].contains("(using TLSv1.3 with cipher TLS13_")
+            && trace[1].contains("(mxguard) with ESMTPS"),
+        "{trace:#?}"
+    );
+}
 
 fn message(subject: &str) -> Vec<u8> {
     format!(
@@ -76,12 +91,13 @@ fn smtplib_starttls_with_verified_certificate() {
     );
     let d = pf.wait_delivered(1, Duration::from_secs(20));
     support::assert_bytes_eq(
-        d[0].without_first_received(),
+        d[0].without_trace(),
         &support::crlf_to_lf(&msg),
         "delivered",
     );
     assert_eq!(d[0].env("client_address"), "127.0.0.4");
     assert_eq!(d[0].env("client_helo"), "tls-client.example");
+    assert_client_tls_traced(&d[0]);
 }
 
 #[test]
@@ -110,11 +126,12 @@ fn swaks_starttls() {
     assert!(ok, "{out}\n{}", mx.log());
     let d = pf.wait_delivered(1, Duration::from_secs(20));
     support::assert_bytes_eq(
-        d[0].without_first_received(),
+        d[0].without_trace(),
         &support::crlf_to_lf(&msg),
         "delivered",
     );
     assert_eq!(d[0].env("client_address"), "127.0.0.5");
+    assert_client_tls_traced(&d[0]);
 }
 
 #[test]
@@ -157,11 +174,12 @@ fn implicit_tls_listener() {
     assert_eq!(r.code, 250, "{r}");
     let d = pf.wait_delivered(1, Duration::from_secs(20));
     support::assert_bytes_eq(
-        d[0].without_first_received(),
+        d[0].without_trace(),
         &support::crlf_to_lf(&msg),
         "delivered",
     );
     assert_eq!(d[0].env("client_address"), "127.0.0.6");
+    assert_client_tls_traced(&d[0]);
 }
 
 fn postfix_with_tls(certs: &TestCerts) -> Postfix {
@@ -246,4 +264,41 @@ fn upstream_certificate_name_mismatch_gives_4xx_never_250() {
         d.is_empty(),
         "nothing may be delivered over an unverified upstream"
     );
+}
+
+#[test]
+fn the_server_picks_its_own_cipher_order() {
+    if !support::require(TOOLS, true) {
+        return;
+    }
+    let certs = TestCerts::generate();
+    let pf = Postfix::start();
+    let mx = MxGuard::start(MxOpts::new(pf.addr).config(&tls_config(
+        &certs.leaf_chain,
+        &certs.leaf_key,
+        false,
+    )));
+    // A client that prefers ChaCha20 (listed first) still gets our first choice.
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+    ];
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(certs.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut c = support::client::RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    assert_eq!(c.cmd("STARTTLS").code, 220);
+    let tls = start_tls(c.stream, std::sync::Arc::new(cfg), "mx.test").unwrap();
+    let suite = tls.conn.negotiated_cipher_suite().unwrap().suite();
+    assert_eq!(suite, rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
 }

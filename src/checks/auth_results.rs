@@ -50,19 +50,24 @@ pub fn header(
             if let Some(r) = &g.reason {
                 p.push_str(&format!(" reason={}", quoted(r)));
             }
-            if !g.domain.is_empty() {
-                p.push_str(&format!(
-                    " header.d={} header.s={} header.a={}",
-                    pvalue(&g.domain),
-                    pvalue(&g.selector),
-                    pvalue(&g.algorithm)
-                ));
+            // A malformed signature may lack some of these: name what it has.
+            for (prop, v) in [
+                ("header.d", &g.domain),
+                ("header.s", &g.selector),
+                ("header.a", &g.algorithm),
+            ] {
+                if !v.is_empty() {
+                    p.push_str(&format!(" {prop}={}", pvalue(v)));
+                }
             }
             parts.push(p);
         }
     }
     if let Some(d) = &facts.dmarc {
         let mut p = format!("dmarc={}", d.status);
+        if let Some(r) = d.reason {
+            p.push_str(&format!(" reason={}", quoted(r.describe())));
+        }
         if !d.domain.is_empty() {
             p.push_str(&format!(" header.from={}", pvalue(&d.domain)));
         }
@@ -208,6 +213,53 @@ mod tests {
         assert_eq!(pvalue("a b@x"), "\"a b@x\"");
         assert_eq!(pvalue("x;y\r\nZ: 1"), "\"x;y  Z: 1\"");
         assert_eq!(quoted("say \"hi\""), "\"say \\\"hi\\\"\"");
+    }
+
+    #[test]
+    fn each_signature_and_the_dmarc_reason_are_reported() {
+        use crate::envelope::{DkimSignatureFact, DmarcFact, DmarcReason};
+        let sig = |status, d: &str, s: &str, a: &str, reason: Option<&str>| DkimSignatureFact {
+            status,
+            domain: d.into(),
+            selector: s.into(),
+            algorithm: a.into(),
+            reason: reason.map(str::to_owned),
+        };
+        let facts = AuthFacts {
+            dkim: Some(vec![
+                sig(
+                    AuthStatus::PermError,
+                    "a.example",
+                    "s1",
+                    "rsa-sha1",
+                    Some("rsa-sha1 is not acceptable (RFC 8301)"),
+                ),
+                sig(
+                    AuthStatus::PermError,
+                    "a.example",
+                    "",
+                    "",
+                    Some("missing s= tag (RFC 6376 section 3.5)"),
+                ),
+                sig(AuthStatus::Pass, "b.example", "s2", "ed25519-sha256", None),
+            ]),
+            dmarc: Some(DmarcFact {
+                status: AuthStatus::Fail,
+                domain: "a.example".into(),
+                policy: "reject",
+                reason: Some(DmarcReason::MultipleFrom),
+            }),
+            ..AuthFacts::default()
+        };
+        let h = header("mx.test", &facts, "192.0.2.1".parse().unwrap(), "h", "s@x");
+        assert_eq!(
+            h,
+            "Authentication-Results: mx.test;\r\n\t\
+             dkim=permerror reason=\"rsa-sha1 is not acceptable (RFC 8301)\" header.d=a.example header.s=s1 header.a=rsa-sha1;\r\n\t\
+             dkim=permerror reason=\"missing s= tag (RFC 6376 section 3.5)\" header.d=a.example;\r\n\t\
+             dkim=pass header.d=b.example header.s=s2 header.a=ed25519-sha256;\r\n\t\
+             dmarc=fail reason=\"more than one From header field\" header.from=a.example policy.dmarc=reject\r\n"
+        );
     }
 
     #[test]

@@ -10,10 +10,10 @@
 //! |---|---|
 //! | `mailauth` | the one wrapper over mail-auth 0.13 (the 0.15 upgrade touches only it) |
 //! | `spf` | HELO and MAIL FROM identities, the null sender |
-//! | `dkim` | the relaxed-body workaround for mail-auth bug #62 |
-//! | `dmarc` | RFC 7489 `pct` on top of mail-auth, DNS trouble behind a failure |
+//! | `dkim` | signatures RFC 6376/8301 refuse (rsa-sha1, no `v=`, short keys, …), the relaxed-body workaround for mail-auth bug #62 |
+//! | `dmarc` | author domains of every From field, several records, RFC 7489 `pct`, DNS trouble behind a failure |
 //! | `arc` | ARC chain validation (reported in the header) |
-//! | `dnsbl` | DNS block/allow lists, weights, unusable zones |
+//! | `dnsbl` | DNS block/allow lists: display names, codes, masks, weights, unusable zones |
 //! | `rdns` | PTR, FCrDNS, generic names |
 //! | `auth_results` | the RFC 8601 header and removal of forged ones |
 //! | `greylist` | the greylist triplet and its store call |
@@ -63,6 +63,8 @@ pub const SPF_RESULTS: &[&str] = &[
 ];
 pub const DKIM_RESULTS: &[&str] = &["pass", "fail", "neutral", "none", "temperror", "permerror"];
 pub const DMARC_RESULTS: &[&str] = &["pass", "fail", "none", "temperror", "permerror"];
+/// `check="dmarc_reason"`: counted besides the DMARC result when one applies.
+pub const DMARC_REASONS: &[&str] = &["multiple_from", "no_from", "multiple_records"];
 pub const DNSBL_RESULTS: &[&str] = &["listed", "clean", "unusable"];
 pub const RDNS_RESULTS: &[&str] = &["pass", "mismatch", "none", "temperror"];
 
@@ -97,6 +99,13 @@ impl Checker {
                 .map(|g| format!("(?i){g}")),
         )
         .unwrap_or_else(|_| RegexSet::empty());
+        for z in &config.checks.dnsbl.zones {
+            for r in DNSBL_RESULTS {
+                metrics
+                    .dnsbl_zone_results_total
+                    .with_label_values(&[z.display_name().as_str(), r]);
+            }
+        }
         Checker {
             auth: Authenticator::new(&dns),
             dns,
@@ -106,11 +115,12 @@ impl Checker {
         }
     }
 
-    /// The checks to run before `stage_needs`' rules: those plus what the
-    /// Authentication-Results header needs at `data` (SPF and the message checks).
+    /// The checks to run before `stage_needs`' rules: those, plus with
+    /// `auth_results: true` what the header reports (SPF from `mail` on, the message
+    /// checks at `data`). `auto` adds nothing: the header reports what ran.
     pub fn wanted(&self, stage_needs: Checks, at_data: bool, at_mail: bool) -> Checks {
         let mut w = stage_needs;
-        if self.config.checks.auth_results {
+        if self.config.checks.auth_results.runs_all() {
             if at_mail || at_data {
                 w |= Checks::SPF;
             }
@@ -131,7 +141,7 @@ impl Checker {
             let (fact, trouble) = deadline(limit, dnsbl::check(&self.dns, input.ip, zones))
                 .await
                 .unwrap_or_else(|| {
-                    let unusable = zones.iter().map(|z| z.zone.clone()).collect();
+                    let unusable = zones.iter().map(|z| z.display_name()).collect();
                     (
                         DnsblFact {
                             unusable,
@@ -148,6 +158,7 @@ impl Checker {
                 "clean"
             };
             self.record("dnsbl", label, started);
+            self.record_zones(&fact);
             if trouble && self.config.checks.dnsbl.on_dns_error == OnDnsError::Tempfail {
                 facts.degraded |= Checks::DNSBL;
             }
@@ -225,6 +236,7 @@ impl Checker {
         let results = deadline(
             cfg.timeout,
             self.auth.verify_message(
+                &self.dns,
                 raw,
                 &mail_from_domain,
                 facts.spf.as_ref(),
@@ -249,6 +261,7 @@ impl Checker {
                 status: AuthStatus::TempError,
                 domain: String::new(),
                 policy: "none",
+                reason: None,
             }),
             arc: want_arc.then_some(AuthStatus::TempError),
         });
@@ -270,6 +283,12 @@ impl Checker {
         }
         if let Some(d) = &facts.dmarc {
             self.record("dmarc", d.status.as_str(), started);
+            if let Some(r) = d.reason {
+                self.metrics
+                    .auth_results_total
+                    .with_label_values(&["dmarc_reason", r.as_str()])
+                    .inc();
+            }
             if dmarc::maybe_dns_trouble(facts) && cfg.dmarc.on_dns_error == OnDnsError::Tempfail {
                 facts.degraded |= Checks::DMARC;
             }
@@ -279,6 +298,24 @@ impl Checker {
             if a == AuthStatus::TempError && cfg.arc.on_dns_error == OnDnsError::Tempfail {
                 facts.degraded |= Checks::ARC;
             }
+        }
+    }
+
+    /// Per zone, by display name: which list listed, which was unusable.
+    fn record_zones(&self, fact: &DnsblFact) {
+        for z in &self.config.checks.dnsbl.zones {
+            let name = z.display_name();
+            let result = if fact.hits.iter().any(|h| h.zone == name) {
+                "listed"
+            } else if fact.unusable.contains(&name) {
+                "unusable"
+            } else {
+                "clean"
+            };
+            self.metrics
+                .dnsbl_zone_results_total
+                .with_label_values(&[name.as_str(), result])
+                .inc();
         }
     }
 

@@ -184,6 +184,7 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
         ip: input.client_ip,
         port: 0,
         listener: "explain".into(),
+        submission: false,
         tls: input.tls,
         auth_user: input.auth_user.map(str::to_owned),
     };

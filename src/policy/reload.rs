@@ -337,6 +337,7 @@ mod tests {
             ip: ip.parse().unwrap(),
             port: 1,
             listener: "mx".into(),
+            submission: false,
             tls: false,
             auth_user: None,
         };

@@ -53,6 +53,7 @@ fn s() -> S {
             ip: "192.0.2.10".parse().unwrap(),
             port: 4000,
             listener: "mx".into(),
+            submission: false,
             tls: false,
             auth_user: None,
         },
@@ -539,7 +540,7 @@ fn shipped_rules_load_and_behave_as_the_issue_shows() {
         Ok(s) => s,
         Err(e) => panic!("shipped rules do not load:\n{e}"),
     };
-    assert_eq!(set.rule_count(), 10);
+    assert_eq!(set.rule_count(), 11);
     assert_eq!(set.content_hash().len(), 16);
     assert!(
         set.watched_paths()

@@ -51,6 +51,7 @@ fn decide(set: &RuleSet, stage: Stage, auth: &AuthFacts) -> Decision {
         ip: "192.0.2.1".parse().unwrap(),
         port: 1,
         listener: "mx".into(),
+        submission: false,
         tls: false,
         auth_user: None,
     };
@@ -130,6 +131,7 @@ fn conditions_decide_on_the_facts() {
         status: AuthStatus::Fail,
         domain: "f.example".into(),
         policy: "quarantine",
+        reason: None,
     });
     a.dkim = Some(vec![DkimSignatureFact {
         status: AuthStatus::Fail,
@@ -205,5 +207,61 @@ fn bad_auth_conditions_are_located() {
             "a.yaml:16:44: rules[3].if.dnsbl.code: invalid return code \"nope\", expected e.g. 127.0.0.2",
             "a.yaml:20:17: rules[4].if.rdns: unknown rdns result \"sometimes\", expected pass, mismatch, none, generic or temperror",
         ]
+    );
+}
+
+#[test]
+fn dmarc_reasons_are_conditions() {
+    use crate::envelope::DmarcReason;
+    let (_d, r) = load_files(&[(
+        "a.yaml",
+        r#"
+rules:
+  - name: dmarc-from
+    stage: data
+    if: { dmarc: { reason: [multiple_from, no_from] } }
+    then: { reject: "550 5.7.1 From fields" }
+  - name: dmarc-records
+    stage: data
+    if: { dmarc: { result: none, reason: multiple_records } }
+    then: { add_header: "X-DMARC: ambiguous" }
+"#,
+    )]);
+    let set = r.unwrap_or_else(|e| panic!("{e}"));
+    let with = |status, reason| AuthFacts {
+        dmarc: Some(DmarcFact {
+            status,
+            domain: "a.example".into(),
+            policy: "none",
+            reason,
+        }),
+        ..AuthFacts::default()
+    };
+    let refused =
+        |d: &Decision| matches!(d, Decision::Reject(r) if r.to_string() == "550 5.7.1 From fields");
+    // Whatever the result, more than one From field or none is refused.
+    for status in [AuthStatus::Pass, AuthStatus::Fail, AuthStatus::PermError] {
+        for reason in [DmarcReason::MultipleFrom, DmarcReason::NoFrom] {
+            let d = decide(&set, Stage::Data, &with(status, Some(reason)));
+            assert!(refused(&d), "{status:?} {reason:?}: {d:?}");
+        }
+    }
+    let d = decide(&set, Stage::Data, &with(AuthStatus::Pass, None));
+    assert_eq!(d, Decision::Continue);
+    let d = decide(
+        &set,
+        Stage::Data,
+        &with(AuthStatus::None, Some(DmarcReason::MultipleRecords)),
+    );
+    assert_eq!(d, Decision::Continue);
+    let (dir, r) = load_files(&[(
+        "b.yaml",
+        "rules:\n  - name: x\n    stage: data\n    if: { dmarc: { reason: two_froms } }\n    then: reject\n",
+    )]);
+    let prefix = format!("{}/", dir.path().display());
+    let e = r.expect_err("must fail").to_string().replace(&prefix, "");
+    assert!(
+        e.contains("b.yaml:4:28: rules[0].if.dmarc.reason: unknown reason \"two_froms\", expected multiple_from, no_from or multiple_records"),
+        "{e}"
     );
 }

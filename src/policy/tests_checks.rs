@@ -11,6 +11,7 @@ fn client(ip: &str) -> ClientInfo {
         ip: ip.parse().unwrap(),
         port: 4000,
         listener: "mx".into(),
+        submission: false,
         tls: false,
         auth_user: None,
     }

@@ -84,8 +84,11 @@ pub enum RelayError {
     Timeout(&'static str),
     #[error("upstream connection lost during {stage}: {reason}")]
     Lost { stage: &'static str, reason: String },
-    #[error("upstream sent an unparsable reply during {0}")]
-    Protocol(&'static str),
+    /// The upstream is out of step: an unparsable or over-long reply, one that does not
+    /// fit the command (a 250 to DATA), or bytes nobody asked for. The connection is
+    /// dropped: nothing it says can be matched to a command any more.
+    #[error("upstream protocol error during {stage}: {detail}")]
+    Protocol { stage: &'static str, detail: String },
     #[error("upstream refused {stage}: {reply}")]
     Refused { stage: &'static str, reply: Reply },
     #[error("reading the spooled message: {0}")]
@@ -234,6 +237,27 @@ impl Upstreams {
     }
 }
 
+/// The longest reply we read (Postfix's EHLO reply is under 1 KiB).
+const MAX_REPLY: usize = 64 * 1024;
+
+/// Whether a reply code can answer `stage`'s command: its positive code(s), or a
+/// refusal. Anything else means the upstream is out of step with us.
+fn reply_fits(stage: &str, code: u16) -> bool {
+    if (400..600).contains(&code) {
+        return true;
+    }
+    match stage {
+        "banner" | "starttls" => code == 220,
+        "xclient" => code == 220 || code == 250,
+        "ehlo" => code == 250,
+        "data" => code == 354,
+        "auth" => code == 235 || code == 334,
+        "quit" => true,
+        // mail, rcpt, rset, noop, xforward, end_of_data
+        _ => (200..300).contains(&code),
+    }
+}
+
 fn host_part(address: &str) -> &str {
     let host = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
     host.trim_start_matches('[').trim_end_matches(']')
@@ -254,28 +278,40 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Reads one (possibly multi-line) reply.
+    /// Reads one (possibly multi-line) reply and checks that it fits `stage`'s command.
     async fn read_reply(
         &mut self,
         stage: &'static str,
         timeout: Duration,
     ) -> Result<Reply, RelayError> {
         let deadline = Instant::now() + timeout;
+        let mut reply_bytes = 0;
         loop {
             let input = self.conn.buffered();
             let mut it = input.iter();
             let parsed = self.rx.parse(&mut it);
             let used = input.len() - it.as_slice().len();
             self.conn.consume(used);
+            reply_bytes += used;
             match parsed {
                 Ok(resp) => {
                     self.rx.reset();
+                    if !reply_fits(stage, resp.code) {
+                        return Err(self.protocol_error(
+                            stage,
+                            format!("reply {} does not fit the command", resp.code),
+                        ));
+                    }
                     return Ok(Reply::from_upstream(resp.code, resp.esc, &resp.message));
                 }
-                Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
-                Err(_) => {
+                Err(smtp_proto::Error::NeedsMoreData { .. }) if reply_bytes <= MAX_REPLY => {}
+                Err(smtp_proto::Error::NeedsMoreData { .. }) => {
                     self.rx.reset();
-                    return Err(RelayError::Protocol(stage));
+                    return Err(self.protocol_error(stage, "reply too long".into()));
+                }
+                Err(e) => {
+                    self.rx.reset();
+                    return Err(self.protocol_error(stage, format!("unparsable reply: {e:?}")));
                 }
             }
             match self.conn.fill(deadline).await {
@@ -301,8 +337,20 @@ impl Upstream {
             })
     }
 
-    /// Sends one command line and returns the reply, timing it.
+    fn protocol_error(&self, stage: &'static str, detail: String) -> RelayError {
+        self.metrics
+            .upstream_protocol_errors_total
+            .with_label_values(&[stage])
+            .inc();
+        RelayError::Protocol { stage, detail }
+    }
+
+    /// Sends one command line and returns the reply, timing it. Bytes already waiting
+    /// before the command are a reply to nothing: a protocol error, never the answer.
     async fn command(&mut self, stage: &'static str, line: &[u8]) -> Result<Reply, RelayError> {
+        if !self.conn.buffered().is_empty() {
+            return Err(self.protocol_error(stage, "unsolicited reply before the command".into()));
+        }
         let started = Instant::now();
         self.write(stage, line).await?;
         let reply = self.read_reply(stage, self.command_timeout).await?;
@@ -345,7 +393,10 @@ impl Upstream {
             .conn
             .stream
             .take_plain()
-            .ok_or(RelayError::Protocol("starttls"))?;
+            .ok_or_else(|| RelayError::Protocol {
+                stage: "starttls",
+                detail: "connection already under TLS".into(),
+            })?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let tls = tokio::time::timeout(self.command_timeout, connector.connect(server_name, tcp))
             .await
@@ -443,6 +494,7 @@ impl Upstream {
     ) -> Result<Reply, RelayError> {
         let reply = self.command("data", b"DATA\r\n").await?;
         if reply.code != 354 {
+            // A refusal (4xx/5xx): `reply_fits` let nothing else through.
             return Ok(reply);
         }
         let started = Instant::now();
@@ -491,6 +543,31 @@ impl Upstream {
             .observe(started.elapsed().as_secs_f64());
         self.metrics.upstream_reply("end_of_data", reply.code);
         Ok(reply)
+    }
+
+    /// Whether a connection kept open between transactions is still usable: nothing may
+    /// have arrived since the last reply (Postfix's idle `421 4.4.2 … timeout exceeded`
+    /// or a close). Costs one non-blocking read.
+    pub async fn still_open(&mut self) -> Result<(), RelayError> {
+        if !self.conn.buffered().is_empty() {
+            return Err(self.protocol_error("idle", "unsolicited bytes while idle".into()));
+        }
+        match self.conn.fill(Instant::now()).await {
+            Err(ReadError::Timeout) => Ok(()),
+            Ok(_) => Err(RelayError::Lost {
+                stage: "idle",
+                reason: format!(
+                    "upstream spoke while idle: {:?}",
+                    String::from_utf8_lossy(
+                        &self.conn.buffered()[..self.conn.buffered().len().min(80)]
+                    )
+                ),
+            }),
+            Err(e) => Err(RelayError::Lost {
+                stage: "idle",
+                reason: e.to_string(),
+            }),
+        }
     }
 
     /// NOOP, to keep a waiting transaction alive: `Err` if the session is gone.
@@ -579,6 +656,19 @@ mod tests {
         let c = Capabilities::parse(msg);
         assert_eq!(c.size, Some(0));
         assert!(!c.smtputf8 && c.xclient.is_none() && c.xforward.is_none());
+    }
+
+    #[test]
+    fn replies_must_fit_their_command() {
+        assert!(reply_fits("data", 354));
+        assert!(reply_fits("data", 554));
+        assert!(!reply_fits("data", 250));
+        assert!(!reply_fits("mail", 354));
+        assert!(reply_fits("mail", 250));
+        assert!(!reply_fits("end_of_data", 354));
+        assert!(reply_fits("auth", 334));
+        assert!(!reply_fits("ehlo", 220));
+        assert!(!reply_fits("rcpt", 199));
     }
 
     #[test]

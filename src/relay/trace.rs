@@ -15,6 +15,8 @@ pub struct ClientIdentity {
     /// Whether the client used EHLO (ESMTP) rather than HELO.
     pub esmtp: bool,
     pub tls: bool,
+    /// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384` when the client used TLS (for our trace line).
+    pub tls_description: Option<String>,
     pub auth_user: Option<String>,
     /// Our session id, used as the `id` of a Received header.
     pub session_id: String,
@@ -106,9 +108,11 @@ fn attribute_command(verb: &str, id: &ClientIdentity, offered: &[String], login:
     cmd
 }
 
-/// A `Received:` trace header for the client hop, for upstreams that take neither XCLIENT
-/// nor XFORWARD (e.g. Sendmail). The HELO name is reduced to printable non-space ASCII so a
-/// client cannot fold new header fields into ours.
+/// A `Received:` trace header for the client hop: for upstreams that take neither XCLIENT
+/// nor XFORWARD (e.g. Sendmail), and for clients that used TLS (XCLIENT cannot tell
+/// Postfix about TLS, so its own trace line would say plain `ESMTP`). The HELO name is
+/// reduced to printable non-space ASCII so a client cannot fold new header fields into
+/// ours.
 pub fn received_header(id: &ClientIdentity, our_hostname: &str, unix_time: i64) -> String {
     let helo: String = id
         .helo
@@ -126,8 +130,19 @@ pub fn received_header(id: &ClientIdentity, our_hostname: &str, unix_time: i64) 
         IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
     };
     let date = mail_parser::DateTime::from_timestamp(unix_time).to_rfc822();
+    let tls = match &id.tls_description {
+        Some(desc) => {
+            let desc: String = desc
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .filter(|c| *c != '(' && *c != ')')
+                .collect();
+            format!("\t(using {desc})\r\n")
+        }
+        None => String::new(),
+    };
     format!(
-        "Received: from {helo} ({literal})\r\n\tby {our_hostname} (mxguard) with {} id {};\r\n\t{date}\r\n",
+        "Received: from {helo} ({literal})\r\n{tls}\tby {our_hostname} (mxguard) with {} id {};\r\n\t{date}\r\n",
         id.protocol(),
         id.session_id
     )
@@ -144,6 +159,7 @@ mod tests {
             helo: helo.into(),
             esmtp: true,
             tls: false,
+            tls_description: None,
             auth_user: None,
             session_id: "abc123".into(),
         }
@@ -178,5 +194,17 @@ mod tests {
         let h = received_header(&ident("192.0.2.1", "evil\r\nX-Injected: 1"), "mx.test", 0);
         assert!(h.starts_with("Received: from evilX-Injected:1 ([192.0.2.1])\r\n\tby mx.test (mxguard) with ESMTP id abc123;\r\n\t"));
         assert_eq!(h.matches("\r\n").count(), 3);
+    }
+
+    #[test]
+    fn received_header_carries_the_clients_tls() {
+        let mut id = ident("192.0.2.1", "client.example");
+        id.tls = true;
+        id.tls_description = Some("TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384".into());
+        let h = received_header(&id, "mx.test", 0);
+        assert!(
+            h.starts_with("Received: from client.example ([192.0.2.1])\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\tby mx.test (mxguard) with ESMTPS id abc123;"),
+            "{h}"
+        );
     }
 }

@@ -10,8 +10,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use tracing::{info, warn};
 
 use super::{End, Flow, Session};
+use crate::auth_guard::AuthGate;
 use crate::config::IpNet;
 use crate::reply::{Reply, reply};
+use crate::telemetry::ProtocolErrorKind;
 
 /// A SASL response line longer than this is refused (RFC 4954 has no limit; Postfix uses 12 KiB).
 const MAX_SASL_LINE: usize = 12 * 1024;
@@ -51,25 +53,58 @@ impl Session {
             }
         };
         let network = self.client_network();
-        if self.rt.auth_guard.blocked(&network, None) {
+        if !self.rt.auth_guard.network_allowed(&network) {
             return self.too_many_auth_failures(None);
         }
-        match self.relay_auth(name, initial_response).await {
-            Ok(AuthOutcome::Success { user, reply: r }) => {
-                if self.rt.auth_guard.blocked(&network, Some(&user)) {
-                    // The password was right, but this user is under attack: refuse anyway.
-                    self.upstream = None;
-                    return self.too_many_auth_failures(Some(&user));
-                }
+        // The user name comes first, from the client alone: every limit is checked
+        // before anything reaches the upstream's SASL.
+        let first = match self.first_sasl_response(name, initial_response).await {
+            Ok(Some(first)) => first,
+            Ok(None) => {
+                self.error_reply(reply(501, (5, 7, 0), "Authentication cancelled"));
+                return Flow::Continue;
+            }
+            Err(end) => {
+                info!(session = %self.id, client = %self.client.ip, reason = %end, "client left during AUTH");
+                return Flow::Close;
+            }
+        };
+        let Some(user) = user_from_response(name, &first, 0) else {
+            self.rt.auth_guard.record_failure(&network, None);
+            self.bad_input(
+                ProtocolErrorKind::AuthFailed,
+                reply(
+                    501,
+                    (5, 5, 2),
+                    "Error: cannot decode the authentication response",
+                ),
+            );
+            return Flow::Continue;
+        };
+        let key = crate::auth_guard::canonical_user(&user);
+        match self.rt.auth_guard.gate(&network, &key) {
+            AuthGate::Refuse => return self.too_many_auth_failures(Some(&user)),
+            AuthGate::Delay(d) => {
+                self.rt
+                    .metrics
+                    .protocol_error(ProtocolErrorKind::AuthDelayed);
+                info!(session = %self.id, client = %self.client.ip, user = %user, delay_ms = d.as_millis() as u64, "AUTH delayed: user under a spread guessing attack");
+                tokio::time::sleep(d).await;
+            }
+            AuthGate::Allow => {}
+        }
+        match self.relay_auth(name, first).await {
+            Ok(AuthOutcome::Success { reply: r }) => {
                 info!(session = %self.id, client = %self.client.ip, user = %user, mechanism = name, "authenticated");
+                self.rt.auth_guard.record_success(&network, &key);
                 self.client.auth_user = Some(user);
                 self.push(&r);
                 Flow::Continue
             }
-            Ok(AuthOutcome::Refused { user, reply: r }) => {
-                info!(session = %self.id, client = %self.client.ip, user = user.as_deref().unwrap_or(""), mechanism = name, "authentication failed");
-                self.rt.auth_guard.record_failure(&network, user.as_deref());
-                self.bad_input("auth_failed", r);
+            Ok(AuthOutcome::Refused { reply: r }) => {
+                info!(session = %self.id, client = %self.client.ip, user = %user, mechanism = name, "authentication failed");
+                self.rt.auth_guard.record_failure(&network, Some(&key));
+                self.bad_input(ProtocolErrorKind::AuthFailed, r);
                 Flow::Continue
             }
             Ok(AuthOutcome::Cancelled) => {
@@ -93,13 +128,34 @@ impl Session {
         }
     }
 
+    /// The client's first SASL response: the initial response on the AUTH line, or the
+    /// answer to our own first challenge (`334 ` for PLAIN, `334 VXNlcm5hbWU6` —
+    /// "Username:" — for LOGIN). `None` when the client cancels with `*`.
+    async fn first_sasl_response(
+        &mut self,
+        mechanism: &str,
+        initial: String,
+    ) -> Result<Option<String>, End> {
+        if !initial.is_empty() {
+            return Ok((initial != "*" && initial != "=").then_some(initial));
+        }
+        let challenge = if mechanism == "LOGIN" {
+            "VXNlcm5hbWU6"
+        } else {
+            ""
+        };
+        self.push(&Reply::new(334, crate::reply::StatusCode(3, 0, 0), challenge).without_status());
+        let answer = self.read_sasl_line().await?;
+        Ok((answer != "*").then_some(answer))
+    }
+
     fn too_many_auth_failures(&mut self, user: Option<&str>) -> Flow {
         let r = reply(
             421,
             (4, 7, 0),
             "Error: too many failed authentication attempts, closing",
         );
-        self.note_bad_input("auth_rate_limited", &r);
+        self.note_bad_input(ProtocolErrorKind::AuthRateLimited, &r);
         warn!(session = %self.id, client = %self.client.ip, user = user.unwrap_or(""), "too many failed AUTH attempts");
         self.push(&r);
         Flow::Close
@@ -110,12 +166,13 @@ impl Session {
         IpNet::containing(self.client.ip, l.ipv4_prefix, l.ipv6_prefix).to_string()
     }
 
-    /// The exchange itself: AUTH to the upstream, then each 334 challenge to the client
-    /// and its answer back, until the upstream says yes or no.
+    /// The exchange itself: AUTH with the client's first response to the upstream, then
+    /// each 334 challenge to the client and its answer back, until the upstream says yes
+    /// or no.
     async fn relay_auth(
         &mut self,
         mechanism: &str,
-        initial: String,
+        first: String,
     ) -> Result<AuthOutcome, AuthError> {
         if self.upstream.is_none() {
             let up = self
@@ -126,14 +183,7 @@ impl Session {
                 .map_err(AuthError::Upstream)?;
             self.upstream = Some(up);
         }
-        let mut user = user_from_response(mechanism, &initial, 0);
-        let mut line = format!("AUTH {mechanism}");
-        if !initial.is_empty() {
-            line.push(' ');
-            line.push_str(&initial);
-        }
-        line.push_str("\r\n");
-        let mut step = usize::from(!initial.is_empty());
+        let mut line = format!("AUTH {mechanism} {first}\r\n");
         loop {
             let up = self.upstream.as_mut().expect("connected above");
             let r = up
@@ -141,14 +191,9 @@ impl Session {
                 .await
                 .map_err(AuthError::Upstream)?;
             match r.code {
-                235 => {
-                    return Ok(AuthOutcome::Success {
-                        user: user.unwrap_or_default(),
-                        reply: r,
-                    });
-                }
+                235 => return Ok(AuthOutcome::Success { reply: r }),
                 334 => {}
-                _ => return Ok(AuthOutcome::Refused { user, reply: r }),
+                _ => return Ok(AuthOutcome::Refused { reply: r }),
             }
             // A challenge: the client answers with one line.
             self.push(&Reply::multiline(334, r.status, r.lines().to_vec()).without_status());
@@ -158,10 +203,6 @@ impl Session {
                 let _ = up.auth_step(b"*\r\n").await;
                 return Ok(AuthOutcome::Cancelled);
             }
-            if user.is_none() {
-                user = user_from_response(mechanism, &answer, step);
-            }
-            step += 1;
             line = format!("{answer}\r\n");
         }
     }
@@ -185,8 +226,8 @@ impl Session {
 }
 
 enum AuthOutcome {
-    Success { user: String, reply: Reply },
-    Refused { user: Option<String>, reply: Reply },
+    Success { reply: Reply },
+    Refused { reply: Reply },
     Cancelled,
 }
 

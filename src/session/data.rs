@@ -17,6 +17,7 @@ use crate::relay::TraceMode;
 use crate::reply::{Reply, StatusCode, reply};
 use crate::spool::Spool;
 use crate::stream::ReadError;
+use crate::telemetry::ProtocolErrorKind;
 
 /// Read size while a message is being received.
 const DATA_CHUNK: usize = 64 * 1024;
@@ -51,7 +52,7 @@ impl Session {
             // The message was sent before our 354: a client that does not wait for replies
             // (RFC 2920 makes DATA the last command of a group). Refuse and close.
             let r = reply(554, (5, 5, 0), "Error: SMTP protocol synchronization");
-            self.note_bad_input("pipelining_after_data", &r);
+            self.note_bad_input(ProtocolErrorKind::PipeliningAfterData, &r);
             self.push(&r);
             return Flow::Close;
         }
@@ -128,7 +129,7 @@ impl Session {
                         (4, 4, 2),
                         format!("{} Error: timeout exceeded", self.rt.config.hostname),
                     );
-                    self.note_bad_input("data_timeout", &r);
+                    self.note_bad_input(ProtocolErrorKind::DataTimeout, &r);
                     self.push(&r);
                     let _ = self.flush().await;
                     return Err(End::Timeout);
@@ -212,25 +213,24 @@ impl Session {
                 self.finish_transaction("delivered", Some(&r));
                 r
             }
+            Ok(r) if r.code == 421 || r.is_positive() => {
+                // A 421 is about the upstream's own connection (and names its host); a 2xx
+                // other than 250 after the dot is not an acceptance we can vouch for.
+                warn!(session = %self.id, client = %self.client.ip, reply = %r, "upstream gave no usable answer to the message");
+                self.finish_transaction("upstream_failed", Some(&r));
+                self.upstream = None;
+                self.upstream_in_transaction = false;
+                reply(
+                    451,
+                    (4, 4, 1),
+                    "Error: upstream failure, message not accepted, try again later",
+                )
+            }
             Ok(r) => {
                 self.finish_transaction(upstream_outcome(&r), Some(&r));
-                if r.code == 421 {
-                    self.upstream = None;
-                    self.upstream_in_transaction = false;
-                } else {
-                    self.reset_upstream().await;
-                }
+                self.reset_upstream().await;
                 self.errors += 1;
-                // 2xx/3xx other than 250 after the dot is not an acceptance we can vouch for.
-                if r.is_positive() {
-                    reply(
-                        451,
-                        (4, 4, 1),
-                        "Error: unexpected upstream reply, try again later",
-                    )
-                } else {
-                    r
-                }
+                r
             }
             Err(e) => {
                 warn!(session = %self.id, client = %self.client.ip, error = %e, "upstream failed at DATA");
@@ -251,19 +251,22 @@ impl Session {
         &self,
         got: &Received,
         normalize: bool,
-    ) -> Option<(&'static str, Reply)> {
+    ) -> Option<(ProtocolErrorKind, Reply)> {
         if got.oversize {
-            return Some(("size", reply(552, (5, 3, 4), "Error: message file too big")));
+            return Some((
+                ProtocolErrorKind::Size,
+                reply(552, (5, 3, 4), "Error: message file too big"),
+            ));
         }
         if got.header_too_big {
             return Some((
-                "header_size",
+                ProtocolErrorKind::HeaderSize,
                 reply(552, (5, 3, 4), "Error: message header too big"),
             ));
         }
         if !normalize && (got.anomalies.bare_cr || got.anomalies.bare_lf) {
             return Some((
-                "bare_line_end",
+                ProtocolErrorKind::BareLineEnd,
                 reply(
                     550,
                     (5, 6, 0),
@@ -273,7 +276,7 @@ impl Session {
         }
         if !normalize && got.anomalies.nul {
             return Some((
-                "nul_in_data",
+                ProtocolErrorKind::NulInData,
                 reply(550, (5, 6, 0), "Error: message contains NUL characters"),
             ));
         }
@@ -310,11 +313,11 @@ impl Session {
     /// the headers rules asked for.
     fn headers_to_prepend(&self) -> String {
         let mut prepend = String::new();
-        if self
+        let no_client_trace = self
             .upstream
             .as_ref()
-            .is_some_and(|u| u.trace == TraceMode::ReceivedHeader)
-        {
+            .is_some_and(|u| u.trace == TraceMode::ReceivedHeader);
+        if no_client_trace || self.client.tls {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
@@ -325,7 +328,7 @@ impl Session {
                 now,
             ));
         }
-        if self.rt.config.checks.auth_results {
+        if self.rt.config.adds_auth_results(&self.auth_facts) {
             prepend.push_str(&auth_results::header(
                 self.rt.config.authserv_id(),
                 &self.auth_facts,

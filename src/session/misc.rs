@@ -6,6 +6,7 @@ use tracing::{info, warn};
 use super::{End, Flow, Session};
 use crate::reply::reply;
 use crate::stream::Stream;
+use crate::telemetry::ProtocolErrorKind;
 
 impl Session {
     pub(super) async fn rset(&mut self) -> Flow {
@@ -82,7 +83,9 @@ impl Session {
         let injected = self.conn.discard_buffered();
         if injected > 0 {
             self.rt.metrics.starttls_injection_total.inc();
-            self.rt.metrics.protocol_error("starttls_injection");
+            self.rt
+                .metrics
+                .protocol_error(ProtocolErrorKind::StarttlsInjection);
             warn!(session = %self.id, client = %self.client.ip, bytes = injected, "discarded plaintext pipelined after STARTTLS");
         }
         let acceptor = self.listener.tls.clone().ok_or(End::Limit("no TLS"))?;
@@ -95,12 +98,14 @@ impl Session {
         let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                self.rt.metrics.protocol_error("tls_handshake");
+                self.rt
+                    .metrics
+                    .protocol_error(ProtocolErrorKind::TlsHandshake);
                 info!(session = %self.id, client = %self.client.ip, error = %e, "TLS handshake failed");
                 return Err(End::Io(format!("TLS handshake: {e}")));
             }
             Err(_) => {
-                self.rt.metrics.protocol_error("timeout");
+                self.rt.metrics.protocol_error(ProtocolErrorKind::Timeout);
                 return Err(End::Timeout);
             }
         };

@@ -29,6 +29,7 @@ use crate::relay::{ClientIdentity, Upstream};
 use crate::reply::{Reply, StatusCode, reply};
 use crate::runtime::Runtime;
 use crate::stream::{BufferedConn, ReadError, Stream};
+use crate::telemetry::ProtocolErrorKind;
 
 /// Read size while commands are expected; DATA reads in larger chunks.
 const COMMAND_CHUNK: usize = 1024;
@@ -100,6 +101,8 @@ pub struct Session {
     pending_headers: Vec<String>,
     /// Recipients tried in this transaction (accepted or not), for "no valid recipients".
     rcpts_tried: usize,
+    /// RCPTs refused in this transaction because `max_recipients` was reached.
+    rcpts_over_limit: usize,
     upstream: Option<Upstream>,
     /// The upstream has MAIL of an unfinished transaction and needs RSET before reuse.
     upstream_in_transaction: bool,
@@ -110,6 +113,10 @@ pub struct Session {
     message_size: u64,
     /// A command line overflowed the limit: discard up to its end, then answer 500 5.5.2.
     discarding_long_line: bool,
+    /// When we began waiting for the command line now expected (see `wait_for_input`).
+    line_started: Option<Instant>,
+    /// The server was under stress while this line was awaited: its short timeout holds.
+    line_stressed: bool,
     started: StdInstant,
     transaction_started: StdInstant,
     /// What the DNS checks found: the client's for the session, the sender's and the
@@ -138,6 +145,7 @@ impl Session {
             transaction_accepted: false,
             pending_headers: Vec::new(),
             rcpts_tried: 0,
+            rcpts_over_limit: 0,
             upstream: None,
             upstream_in_transaction: false,
             errors: 0,
@@ -145,6 +153,8 @@ impl Session {
             transactions: 0,
             message_size: 0,
             discarding_long_line: false,
+            line_started: None,
+            line_stressed: false,
             started: StdInstant::now(),
             transaction_started: StdInstant::now(),
             auth_facts: AuthFacts::default(),
@@ -239,7 +249,7 @@ impl Session {
         }
         if self.talked_before_greeting().await {
             let r = reply(554, (5, 5, 0), "Error: SMTP protocol synchronization");
-            self.note_bad_input("pregreet", &r);
+            self.note_bad_input(ProtocolErrorKind::Pregreet, &r);
             self.push(&r);
             let _ = self.flush().await;
             return Err(End::Limit("pregreet"));
@@ -283,6 +293,9 @@ impl Session {
                 Some(pos) => {
                     let line = buf[..=pos].to_vec();
                     self.conn.consume(pos + 1);
+                    // The next line gets a deadline of its own.
+                    self.line_started = None;
+                    self.line_stressed = false;
                     if self.discarding_long_line || line.len() > max {
                         self.discarding_long_line = false;
                         self.line_too_long();
@@ -304,22 +317,33 @@ impl Session {
 
     fn line_too_long(&mut self) {
         self.bad_input(
-            "line_too_long",
+            ProtocolErrorKind::LineTooLong,
             reply(500, (5, 5, 2), "Error: line too long"),
         );
     }
 
-    /// Waits for more input under the command deadline, or for shutdown.
+    /// Waits for more input, or for shutdown. The deadline is per command line: it runs
+    /// from when we began waiting for the line, so a client dripping one byte at a time
+    /// cannot hold its slot longer than one timeout. When the server comes under stress
+    /// the (shorter) stress timeout applies at once, also to lines already awaited.
     async fn wait_for_input(&mut self) -> Result<(), End> {
-        let deadline = Instant::now() + self.rt.config.limits.command_timeout;
+        let started = *self.line_started.get_or_insert_with(Instant::now);
         let mut shutdown = self.rt.shutdown.clone();
+        let mut stress = self.rt.sessions.stress_changes();
         let in_transaction = self.env.sender.is_some();
-        let result = tokio::select! {
-            r = self.conn.fill(deadline) => r,
-            _ = crate::runtime::shutdown_signalled(&mut shutdown), if !in_transaction => {
-                self.push(&reply(421, (4, 3, 2), format!("{} Service shutting down, closing transmission channel", self.rt.config.hostname)));
-                let _ = self.flush().await;
-                return Err(End::Shutdown);
+        let result = loop {
+            // Once stress has cut this line's deadline, it stays cut (even if the stress
+            // ends a moment later): the short timeout is what the client was given.
+            self.line_stressed |= self.rt.sessions.stressed();
+            let deadline = started + self.command_timeout();
+            tokio::select! {
+                r = self.conn.fill(deadline) => break r,
+                _ = stress.changed() => continue,
+                _ = crate::runtime::shutdown_signalled(&mut shutdown), if !in_transaction => {
+                    self.push(&reply(421, (4, 3, 2), format!("{} Service shutting down, closing transmission channel", self.rt.config.hostname)));
+                    let _ = self.flush().await;
+                    return Err(End::Shutdown);
+                }
             }
         };
         match result {
@@ -330,7 +354,15 @@ impl Session {
                     (4, 4, 2),
                     format!("{} Error: timeout exceeded", self.rt.config.hostname),
                 );
-                self.note_bad_input("timeout", &r);
+                // A partial line pending: a dripper, not an idle client.
+                let kind = if self.line_stressed {
+                    ProtocolErrorKind::StressTimeout
+                } else if self.conn.buffered().is_empty() && !self.discarding_long_line {
+                    ProtocolErrorKind::Timeout
+                } else {
+                    ProtocolErrorKind::SlowCommand
+                };
+                self.note_bad_input(kind, &r);
                 self.push(&r);
                 let _ = self.flush().await;
                 Err(End::Timeout)
@@ -340,12 +372,22 @@ impl Session {
         }
     }
 
+    /// The command timeout for the line now awaited: the stress timeout once stress hit it.
+    fn command_timeout(&self) -> std::time::Duration {
+        let l = &self.rt.config.limits;
+        if self.line_stressed {
+            l.command_timeout.min(l.stress_command_timeout)
+        } else {
+            l.command_timeout
+        }
+    }
+
     /// Writes the queued replies.
     async fn flush(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let timeout = self.rt.config.limits.command_timeout;
+        let timeout = self.rt.command_timeout();
         let res = self.conn.send(&self.out, timeout).await;
         self.out.clear();
         if self.out.capacity() > 4096 {
@@ -360,17 +402,17 @@ impl Session {
 
     /// Bad input: counted by kind, logged with the reply, answered (and counted towards
     /// the error limit).
-    fn bad_input(&mut self, kind: &'static str, r: Reply) {
+    fn bad_input(&mut self, kind: ProtocolErrorKind, r: Reply) {
         self.note_bad_input(kind, &r);
         self.error_reply(r);
     }
 
     /// The metric and the log line for bad input whose reply is sent elsewhere; the line
     /// is rate-limited per kind (a flood of junk must not fill the disk), the metric not.
-    fn note_bad_input(&self, kind: &'static str, r: &Reply) {
+    fn note_bad_input(&self, kind: ProtocolErrorKind, r: &Reply) {
         self.rt.metrics.protocol_error(kind);
-        if crate::log_limit::BAD_INPUT.allow(kind) {
-            info!(session = %self.id, client = %self.client.ip, kind, reply = %r, "refused client input");
+        if crate::log_limit::BAD_INPUT.allow(kind.as_str()) {
+            info!(session = %self.id, client = %self.client.ip, kind = kind.as_str(), reply = %r, "refused client input");
         }
     }
 
@@ -384,9 +426,9 @@ impl Session {
     fn check_limits(&mut self) -> Flow {
         let limits = &self.rt.config.limits;
         let host = &self.rt.config.hostname;
-        if self.errors >= limits.hard_error_limit {
+        if self.errors >= self.rt.hard_error_limit() {
             let r = reply(421, (4, 7, 0), format!("{host} Error: too many errors"));
-            self.note_bad_input("too_many_errors", &r);
+            self.note_bad_input(ProtocolErrorKind::TooManyErrors, &r);
             self.push(&r);
             return Flow::Close;
         }
@@ -396,32 +438,65 @@ impl Session {
                 (4, 7, 0),
                 format!("{host} Error: too many junk commands"),
             );
-            self.note_bad_input("too_many_junk_commands", &r);
+            self.note_bad_input(ProtocolErrorKind::TooManyJunkCommands, &r);
             self.push(&r);
             return Flow::Close;
         }
         Flow::Continue
     }
 
-    /// Parses and answers one command line.
-    async fn handle_line(&mut self, line: &[u8]) -> Flow {
-        if line.contains(&0) {
-            self.bad_input(
-                "nul_in_command",
-                reply(500, (5, 5, 2), "Error: NUL character in command"),
-            );
-            return Flow::Continue;
+    /// Parses and answers one command line (it ends in LF; see [`Self::next_line`]).
+    async fn handle_line(&mut self, raw: &[u8]) -> Flow {
+        if is_forbidden_command(raw) {
+            // An HTTP or proxy client, or binary junk (a TLS hello on a plaintext port):
+            // not a mail client. Postfix's smtpd_forbidden_commands answers the same.
+            let r = reply(221, (2, 7, 0), "Error: I can break rules, too. Goodbye.");
+            self.note_bad_input(ProtocolErrorKind::ForbiddenCommand, &r);
+            self.push(&r);
+            return Flow::Close;
         }
-        let verb = verb_of(line);
+        let line = match self.command_text(raw) {
+            Ok(line) => line,
+            Err(r) => {
+                let (kind, r) = *r;
+                self.bad_input(kind, r);
+                return Flow::Continue;
+            }
+        };
+        let verb = verb_of(line.as_bytes());
         let control = [&b"XCLIENT"[..], b"XFORWARD", b"PROXY"];
         if control.iter().any(|c| verb.eq_ignore_ascii_case(c)) {
             self.bad_input(
-                "control_command",
+                ProtocolErrorKind::ControlCommand,
                 reply(550, (5, 7, 0), "Error: insufficient authorization"),
             );
             return Flow::Continue;
         }
-        let request = match Request::parse(&mut line.iter()) {
+        if verb.eq_ignore_ascii_case(b"MAIL") {
+            return match crate::smtp::parse_mail(&line) {
+                Ok(cmd) => self.mail(cmd).await,
+                Err(e) => self.command_error(e, "sender"),
+            };
+        }
+        if verb.eq_ignore_ascii_case(b"RCPT") {
+            return match crate::smtp::parse_rcpt(&line) {
+                Ok(cmd) => self.rcpt(cmd).await,
+                Err(e) => self.command_error(e, "recipient"),
+            };
+        }
+        if (verb.eq_ignore_ascii_case(b"EHLO") || verb.eq_ignore_ascii_case(b"HELO"))
+            && line.bytes().any(|b| b.is_ascii_control())
+        {
+            // Control characters must never reach our own EHLO/XCLIENT upstream.
+            self.bad_input(
+                ProtocolErrorKind::BadHelo,
+                reply(501, (5, 5, 2), "Error: control characters in the HELO name"),
+            );
+            return Flow::Continue;
+        }
+        let mut with_crlf = line.into_bytes();
+        with_crlf.extend_from_slice(b"\r\n");
+        let request = match Request::parse(&mut with_crlf.iter()) {
             Ok(req) => req.into_owned(),
             Err(e) => {
                 self.syntax_error(e);
@@ -431,8 +506,7 @@ impl Session {
         match request {
             Request::Ehlo { host } => self.ehlo(host, true).await,
             Request::Helo { host } => self.ehlo(host, false).await,
-            Request::Mail { from } => self.mail(from).await,
-            Request::Rcpt { to } => self.rcpt(to).await,
+            Request::Mail { .. } | Request::Rcpt { .. } => unreachable!("parsed above"),
             Request::Data => self.data().await,
             Request::Rset => self.rset().await,
             Request::Noop { .. } => self.noop(),
@@ -444,7 +518,7 @@ impl Session {
             Request::Bdat { .. } => {
                 // Chunk bytes would follow; without CHUNKING we cannot stay in sync.
                 let r = reply(502, (5, 5, 1), "Error: BDAT not supported, closing");
-                self.note_bad_input("bdat", &r);
+                self.note_bad_input(ProtocolErrorKind::Bdat, &r);
                 self.push(&r);
                 Flow::Close
             }
@@ -462,40 +536,126 @@ impl Session {
         }
     }
 
+    /// The text of a command line without its CRLF, or the refusal for a line that is no
+    /// command: NUL, a bare LF or CR (Postfix `smtpd_forbid_bare_newline = reject`;
+    /// normalised for `data.normalize_networks`), invalid UTF-8.
+    fn command_text(&self, raw: &[u8]) -> Result<String, Box<(ProtocolErrorKind, Reply)>> {
+        let refuse =
+            |kind, code, status, text: &str| Err(Box::new((kind, reply(code, status, text))));
+        if raw.contains(&0) {
+            return refuse(
+                ProtocolErrorKind::NulInCommand,
+                500,
+                (5, 5, 2),
+                "Error: NUL character in command",
+            );
+        }
+        let body = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let crlf = body.ends_with(b"\r");
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        let bare_cr = body.contains(&b'\r');
+        let normalize = self.rt.normalizes(self.client.ip);
+        if (!crlf || bare_cr) && !normalize {
+            return refuse(
+                ProtocolErrorKind::BareLineEnd,
+                500,
+                (5, 5, 2),
+                "Error: bare <CR> or <LF> received (see RFC 5321 section 2.3.8)",
+            );
+        }
+        let text: Vec<u8> = if bare_cr {
+            body.iter()
+                .map(|&b| if b == b'\r' { b' ' } else { b })
+                .collect()
+        } else {
+            body.to_vec()
+        };
+        String::from_utf8(text).map_err(|_| {
+            Box::new((
+                ProtocolErrorKind::BadUtf8,
+                reply(501, (5, 5, 2), "Error: invalid UTF-8 in command"),
+            ))
+        })
+    }
+
+    /// The reply to a MAIL or RCPT command that did not parse.
+    fn command_error(&mut self, e: crate::smtp::CommandError, what: &str) -> Flow {
+        use crate::smtp::CommandError as E;
+        let (kind, r) = match &e {
+            E::Syntax(syntax) => (
+                ProtocolErrorKind::Syntax,
+                reply(501, (5, 5, 4), format!("Syntax: {syntax}")),
+            ),
+            E::BadAddress(why) => {
+                let status = if what == "sender" {
+                    (5, 1, 7)
+                } else {
+                    (5, 1, 3)
+                };
+                (
+                    ProtocolErrorKind::Syntax,
+                    reply(
+                        501,
+                        status,
+                        format!("Error: bad {what} address syntax ({why})"),
+                    ),
+                )
+            }
+            E::BadParameter(p) => (
+                ProtocolErrorKind::Syntax,
+                reply(501, (5, 5, 4), format!("Error: invalid parameter {p}")),
+            ),
+            E::UnknownParameter(p) => (
+                ProtocolErrorKind::UnsupportedParameter,
+                reply(555, (5, 5, 4), format!("Error: unsupported parameter {p}")),
+            ),
+            E::SizeTooLarge => (
+                ProtocolErrorKind::Size,
+                reply(552, (5, 3, 4), "Error: message size exceeds fixed limit"),
+            ),
+        };
+        self.bad_input(kind, r);
+        Flow::Continue
+    }
+
     fn syntax_error(&mut self, e: smtp_proto::Error) {
         use smtp_proto::Error as E;
         let (kind, r) = match e {
             E::UnknownCommand => {
                 self.junk += 1;
                 (
-                    "unknown_command",
+                    ProtocolErrorKind::UnknownCommand,
                     reply(500, (5, 5, 1), "Error: command not recognized"),
                 )
             }
             E::InvalidSenderAddress => (
-                "syntax",
+                ProtocolErrorKind::Syntax,
                 reply(501, (5, 1, 7), "Error: bad sender address syntax"),
             ),
             E::InvalidRecipientAddress => (
-                "syntax",
+                ProtocolErrorKind::Syntax,
                 reply(501, (5, 1, 3), "Error: bad recipient address syntax"),
             ),
-            E::SyntaxError { syntax } => {
-                ("syntax", reply(501, (5, 5, 4), format!("Syntax: {syntax}")))
-            }
+            E::SyntaxError { syntax } => (
+                ProtocolErrorKind::Syntax,
+                reply(501, (5, 5, 4), format!("Syntax: {syntax}")),
+            ),
             E::InvalidParameter { param } => (
-                "syntax",
+                ProtocolErrorKind::Syntax,
                 reply(501, (5, 5, 4), format!("Error: invalid parameter {param}")),
             ),
             E::UnsupportedParameter { param } => (
-                "unsupported_parameter",
+                ProtocolErrorKind::UnsupportedParameter,
                 reply(
                     555,
                     (5, 5, 4),
                     format!("Error: unsupported parameter {param}"),
                 ),
             ),
-            _ => ("syntax", reply(501, (5, 5, 4), "Error: syntax error")),
+            _ => (
+                ProtocolErrorKind::Syntax,
+                reply(501, (5, 5, 4), "Error: syntax error"),
+            ),
         };
         self.bad_input(kind, r);
     }
@@ -644,6 +804,7 @@ impl Session {
             helo: self.env.helo.clone().unwrap_or_default(),
             esmtp: self.esmtp,
             tls: self.client.tls,
+            tls_description: self.conn.stream.tls_description(),
             auth_user: self.client.auth_user.clone(),
             session_id: self.id.clone(),
         }
@@ -666,6 +827,7 @@ impl Session {
         self.transaction_accepted = false;
         self.pending_headers.clear();
         self.rcpts_tried = 0;
+        self.rcpts_over_limit = 0;
         self.message_size = 0;
     }
 
@@ -698,6 +860,19 @@ impl Session {
         {
             self.upstream = None;
         }
+    }
+}
+
+/// HTTP and proxy verbs, and lines that do not start with a letter (binary junk, a TLS
+/// hello on a plaintext port): the client is not speaking SMTP.
+fn is_forbidden_command(line: &[u8]) -> bool {
+    const FORBIDDEN: [&[u8]; 6] = [b"GET", b"POST", b"CONNECT", b"HEAD", b"PUT", b"OPTIONS"];
+    match line.first() {
+        None | Some(b'\r' | b'\n') => false,
+        Some(b) if !b.is_ascii_alphabetic() => true,
+        Some(_) => FORBIDDEN
+            .iter()
+            .any(|f| verb_of(line).eq_ignore_ascii_case(f)),
     }
 }
 

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `memory` | [`memory`] | one process, lost on restart; governor's GCRA for rates |
 //! | `file` (default) | [`file`] | redb under the state directory: passes survive restarts |
-//! | `redis` | [`redis`] | shared by every instance behind MX records or a balancer |
+//! | `redis`, `redis_sentinel`, `redis_cluster` | [`redis`] | shared by every instance behind MX records or a balancer; one Redis, a Sentinel-managed master, or a Cluster |
 //!
 //! The decision rules are pure functions here ([`greylist_step`], [`gcra`]) over stored
 //! records and a time passed in, so every back end decides the same way and tests need no
@@ -320,11 +320,6 @@ pub enum AllowTarget {
     Network(String),
 }
 
-/// Key prefixes: one namespace per kind of record, so one Redis database can hold all.
-pub(crate) const TRIPLET_PREFIX: &str = "mxg:gt:";
-pub(crate) const NET_PREFIX: &str = "mxg:gn:";
-pub(crate) const RATE_PREFIX: &str = "mxg:rl:";
-
 /// Where the state lives: the `store:` setting and `mxguard run --store`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StoreConfig {
@@ -337,12 +332,17 @@ pub enum StoreConfig {
     FileAt(PathBuf),
     /// `redis://host:port/db`.
     Redis(String),
+    /// A master and its replicas behind Redis Sentinel.
+    RedisSentinel(redis::spec::SentinelSpec),
+    /// A Redis Cluster.
+    RedisCluster(redis::spec::ClusterSpec),
 }
 
 impl FromStr for StoreConfig {
     type Err = String;
 
-    /// `memory`, `memory:`, `file`, `file:`, `file:PATH`, `redis://host:port/db`.
+    /// `memory`, `memory:`, `file`, `file:`, `file:PATH`, `redis://host:port/db`,
+    /// `redis+sentinel://host:port,…/master/db`, `redis+cluster://host:port,…`.
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         match s {
@@ -353,8 +353,15 @@ impl FromStr for StoreConfig {
                 ::redis::Client::open(s).map_err(|e| format!("invalid redis URL {s:?}: {e}"))?;
                 Ok(StoreConfig::Redis(s.to_owned()))
             }
+            _ if s.starts_with("redis+sentinel://") => {
+                redis::spec::SentinelSpec::from_url(s).map(StoreConfig::RedisSentinel)
+            }
+            _ if s.starts_with("redis+cluster://") => {
+                redis::spec::ClusterSpec::from_url(s).map(StoreConfig::RedisCluster)
+            }
             _ => Err(format!(
-                "invalid store {s:?}: expected memory:, file:PATH or redis://host:port/db"
+                "invalid store {s:?}: expected memory:, file:PATH, redis://host:port/db, \
+                 redis+sentinel://host:port,…/master/db or redis+cluster://host:port,…"
             )),
         }
     }
@@ -366,29 +373,57 @@ impl<'de> serde::Deserialize<'de> for StoreConfig {
         #[serde(untagged)]
         enum Raw {
             Name(String),
-            Map(std::collections::BTreeMap<String, String>),
+            Map(std::collections::BTreeMap<String, serde_yaml_ng::Value>),
         }
         let err = |m: String| serde::de::Error::custom(m);
         match Raw::deserialize(d)? {
             Raw::Name(n) if n == "memory" || n == "file" => n.parse().map_err(err),
             Raw::Name(n) => Err(err(format!(
-                "unknown store {n:?}, expected memory, file, {{ file: PATH }} or {{ redis: URL }}"
+                "unknown store {n:?}, expected memory, file, {{ file: PATH }}, {{ redis: URL }}, \
+                 {{ redis_sentinel: … }} or {{ redis_cluster: [URL, …] }}"
             ))),
             Raw::Map(m) if m.len() == 1 => {
                 let (k, v) = m.into_iter().next().expect("one entry");
-                match k.as_str() {
-                    "file" => Ok(StoreConfig::FileAt(PathBuf::from(v))),
-                    "redis" if v.starts_with("redis://") || v.starts_with("rediss://") => {
-                        v.parse().map_err(err)
-                    }
-                    "redis" => Err(err(format!("invalid redis URL {v:?}"))),
-                    other => Err(err(format!(
-                        "unknown store `{other}`, expected `file` or `redis`"
-                    ))),
-                }
+                store_from_map_entry(&k, v).map_err(err)
             }
-            Raw::Map(_) => Err(err("expected exactly one of `file` or `redis`".into())),
+            Raw::Map(_) => Err(err(
+                "expected exactly one of `file`, `redis`, `redis_sentinel` or `redis_cluster`"
+                    .into(),
+            )),
         }
+    }
+}
+
+/// `{ KIND: VALUE }`: the value's shape depends on the kind.
+fn store_from_map_entry(kind: &str, v: serde_yaml_ng::Value) -> Result<StoreConfig, String> {
+    let string = |v: serde_yaml_ng::Value| {
+        serde_yaml_ng::from_value::<String>(v).map_err(|e| format!("store.{kind}: {e}"))
+    };
+    match kind {
+        "file" => Ok(StoreConfig::FileAt(PathBuf::from(string(v)?))),
+        "redis" => {
+            let url = string(v)?;
+            if url.starts_with("redis://") || url.starts_with("rediss://") {
+                url.parse()
+            } else {
+                Err(format!("invalid redis URL {url:?}"))
+            }
+        }
+        "redis_sentinel" => {
+            let spec: redis::spec::SentinelSpec = serde_yaml_ng::from_value(v).map_err(|e| {
+                format!("store.redis_sentinel: {e} (expected {{ master: NAME, sentinels: [HOST:PORT, …], db: N }})")
+            })?;
+            spec.validate()?;
+            Ok(StoreConfig::RedisSentinel(spec))
+        }
+        "redis_cluster" => {
+            let nodes: Vec<String> = serde_yaml_ng::from_value(v)
+                .map_err(|e| format!("store.redis_cluster: {e} (expected a list of node URLs)"))?;
+            redis::spec::ClusterSpec::from_nodes(nodes).map(StoreConfig::RedisCluster)
+        }
+        other => Err(format!(
+            "unknown store `{other}`, expected `file`, `redis`, `redis_sentinel` or `redis_cluster`"
+        )),
     }
 }
 
@@ -407,6 +442,8 @@ impl StoreConfig {
             )?),
             StoreConfig::FileAt(p) => Arc::new(file::FileStore::open(p, clock)?),
             StoreConfig::Redis(url) => Arc::new(redis::RedisStore::connect(url, clock)?),
+            StoreConfig::RedisSentinel(spec) => Arc::new(redis::RedisStore::sentinel(spec, clock)?),
+            StoreConfig::RedisCluster(spec) => Arc::new(redis::RedisStore::cluster(spec, clock)?),
         })
     }
 }
@@ -418,6 +455,8 @@ impl fmt::Display for StoreConfig {
             StoreConfig::File => f.write_str("file:"),
             StoreConfig::FileAt(p) => write!(f, "file:{}", p.display()),
             StoreConfig::Redis(u) => f.write_str(u),
+            StoreConfig::RedisSentinel(s) => s.fmt(f),
+            StoreConfig::RedisCluster(c) => c.fmt(f),
         }
     }
 }
@@ -528,5 +567,50 @@ mod tests {
         let c: StoreConfig = serde_yaml_ng::from_str("memory").unwrap();
         assert_eq!(c, StoreConfig::Memory);
         assert!(serde_yaml_ng::from_str::<StoreConfig>("sql").is_err());
+    }
+
+    #[test]
+    fn sentinel_and_cluster_stores() {
+        let url = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster/1";
+        let StoreConfig::RedisSentinel(s) = url.parse::<StoreConfig>().unwrap() else {
+            panic!("not a sentinel store");
+        };
+        let yaml = "{ redis_sentinel: { master: mymaster, db: 1, \
+                    sentinels: [\"10.0.0.1:26379\", \"10.0.0.2:26379\"] } }";
+        let c: StoreConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        assert_eq!(c, StoreConfig::RedisSentinel(s));
+        assert_eq!(c.to_string(), url);
+
+        let url = "redis+cluster://10.0.0.1:7000,10.0.0.2:7000";
+        let from_url: StoreConfig = url.parse().unwrap();
+        let yaml = "{ redis_cluster: [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"] }";
+        let c: StoreConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        assert_eq!(c, from_url);
+        assert_eq!(c.to_string(), url);
+
+        for (bad, says) in [
+            ("{ redis_sentinel: { master: m } }", "sentinels"),
+            (
+                "{ redis_sentinel: { master: m, sentinels: [] } }",
+                "sentinels",
+            ),
+            (
+                "{ redis_sentinel: { master: m, sentinels: [\"h:1\"], dbx: 1 } }",
+                "dbx",
+            ),
+            (
+                "{ redis_sentinel: { master: m, sentinels: [\"h:x\"] } }",
+                "port",
+            ),
+            ("{ redis_cluster: [] }", "no node"),
+            ("{ redis_cluster: \"redis://h:1\" }", "list"),
+            ("{ redis_clusters: [] }", "unknown store"),
+        ] {
+            let e = serde_yaml_ng::from_str::<StoreConfig>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert!("redis+sentinel://h:1".parse::<StoreConfig>().is_err());
     }
 }

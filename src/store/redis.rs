@@ -3,23 +3,31 @@
 //! mirrors [`super::greylist_step`] and [`super::gcra`], with the proxy's clock passed in
 //! as ARGV and a TTL on every key it writes, so Redis never fills with idle keys.
 //!
-//! The connection is a [`ConnectionManager`]: created lazily (mxguard starts while Redis
-//! is down), multiplexed, and reconnecting by itself. Every call has a short deadline;
-//! the checks turn a failure into the action's `fail:` mode.
+//! | module | gives |
+//! |---|---|
+//! | [`connection`] | one Redis, a Sentinel-managed master, or a Cluster; the 1 s deadline |
+//! | [`keys`] | the key layout (hash tags in a cluster, so a script's keys share a slot) |
+//! | [`spec`] | the `redis_sentinel` / `redis_cluster` settings and URLs |
+//!
+//! Nothing connects before the first call (mxguard starts while Redis is down), and a
+//! lost connection or a failed-over master is found again by itself. A failing call is
+//! an error; the checks turn it into the action's `fail:` mode.
+
+pub mod connection;
+pub mod keys;
+pub mod spec;
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use connection::{Link, Lua, Request};
+use keys::KeyLayout;
+use spec::{ClusterSpec, SentinelSpec};
 
 use super::{
-    AllowTarget, BoxFuture, Clock, GreyEntry, GreyOutcome, GreyParams, GreyRecord, NET_PREFIX,
-    NetRecord, RATE_PREFIX, RateOutcome, RateParams, Store, StoreError, TRIPLET_PREFIX,
+    AllowTarget, BoxFuture, Clock, GreyEntry, GreyOutcome, GreyParams, GreyRecord, NetRecord,
+    RateOutcome, RateParams, Store, StoreError,
 };
-
-/// Deadline of one Redis call: a store that is down must not hold sessions for long.
-const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Greylisting, atomically. KEYS: triplet, network. ARGV: now, delay, retry_window,
 /// expire, auto_allow_after (times in µs). Returns {outcome, retry_in}: 0 new,
@@ -68,11 +76,12 @@ redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.max(1, math.ce
 return {1, 0}
 "#;
 
-static GREY_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GREY_LUA));
-static RATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RATE_LUA));
+static GREY_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(GREY_LUA));
+static RATE_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(RATE_LUA));
 
 pub struct RedisStore {
-    con: ConnectionManager,
+    link: Link,
+    layout: KeyLayout,
     clock: Arc<dyn Clock>,
 }
 
@@ -82,50 +91,69 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-async fn timed<T>(
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Ok(r) => r.map_err(StoreError::from),
-        Err(_) => Err(StoreError::Timeout(CALL_TIMEOUT)),
-    }
-}
-
 impl RedisStore {
-    /// Prepares the connection without connecting: the first call connects, and a lost
-    /// connection is re-established in the background. Must run inside a tokio runtime.
+    /// One Redis at `url` (plain key layout). Prepares the connection without
+    /// connecting. Must run inside a tokio runtime.
     pub fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url)?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let con = ConnectionManager::new_lazy_with_config(client, cfg)?;
-        Ok(RedisStore { con, clock })
+        Ok(RedisStore {
+            link: Link::single(url)?,
+            layout: KeyLayout::Plain,
+            clock,
+        })
     }
 
-    /// Every key under `prefix`, by SCAN (never KEYS: it blocks the server).
-    async fn scan(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut con = self.con.clone();
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = timed(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut con),
-            )
-            .await?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
+    /// The master that the sentinels name (plain key layout: the same keys as one Redis,
+    /// so moving a single Redis under Sentinel keeps its entries).
+    pub fn sentinel(spec: &SentinelSpec, clock: Arc<dyn Clock>) -> Result<RedisStore, StoreError> {
+        Ok(RedisStore {
+            link: Link::sentinel(spec)?,
+            layout: KeyLayout::Plain,
+            clock,
+        })
+    }
+
+    /// A Redis Cluster (hash-tagged key layout). Must run inside a tokio runtime.
+    pub fn cluster(spec: &ClusterSpec, clock: Arc<dyn Clock>) -> Result<RedisStore, StoreError> {
+        Ok(RedisStore {
+            link: Link::cluster(spec)?,
+            layout: KeyLayout::HashTagged,
+            clock,
+        })
+    }
+
+    async fn hmget<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        fields: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(key).arg(fields);
+        self.link.query(Request::Cmd(&cmd)).await
+    }
+
+    /// The key of triplet `k` for `allow`: where it already is (under any network, as a
+    /// cluster tags it by network), else under the network it starts with.
+    async fn triplet_key_for_allow(&self, k: &str) -> Result<Vec<String>, StoreError> {
+        if self.layout == KeyLayout::Plain {
+            return Ok(vec![self.layout.triplet("", k)]);
+        }
+        let found: Vec<String> = self
+            .link
+            .scan(&self.layout.triplet_anywhere_pattern(k))
+            .await?
+            .into_iter()
+            .filter(|key| self.layout.parse_triplet(key) == Some(k))
+            .collect();
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let first = k.split('|').next().unwrap_or_default();
+        match first.parse::<crate::config::IpNet>() {
+            Ok(net) => Ok(vec![self.layout.triplet(&net.to_string(), k)]),
+            Err(_) => Err(StoreError::Other(format!(
+                "triplet {k:?} is not in the cluster yet and does not start with a client \
+                 network: allow it after its first attempt"
+            ))),
         }
     }
 }
@@ -138,16 +166,22 @@ impl Store for RedisStore {
         p: &'a GreyParams,
     ) -> BoxFuture<'a, Result<GreyOutcome, StoreError>> {
         Box::pin(async move {
-            let mut con = self.con.clone();
-            let mut inv = GREY_SCRIPT.prepare_invoke();
-            inv.key(format!("{TRIPLET_PREFIX}{triplet}"))
-                .key(format!("{NET_PREFIX}{net}"))
-                .arg(self.clock.now_us())
-                .arg(p.delay)
-                .arg(p.retry_window)
-                .arg(p.expire)
-                .arg(p.auto_allow_after);
-            let (code, retry_in): (i64, i64) = timed(inv.invoke_async(&mut con)).await?;
+            let keys = [self.layout.triplet(net, triplet), self.layout.network(net)];
+            let args = [
+                self.clock.now_us(),
+                p.delay,
+                p.retry_window,
+                p.expire,
+                u64::from(p.auto_allow_after),
+            ];
+            let (code, retry_in): (i64, i64) = self
+                .link
+                .query(Request::Lua {
+                    script: &GREY_SCRIPT,
+                    keys: &keys,
+                    args: &args,
+                })
+                .await?;
             let retry_in = retry_in.max(0) as u64;
             Ok(match code {
                 0 => GreyOutcome::New { retry_in },
@@ -171,14 +205,21 @@ impl Store for RedisStore {
         cost: u64,
     ) -> BoxFuture<'a, Result<RateOutcome, StoreError>> {
         Box::pin(async move {
-            let mut con = self.con.clone();
-            let mut inv = RATE_SCRIPT.prepare_invoke();
-            inv.key(format!("{RATE_PREFIX}{key}"))
-                .arg(self.clock.now_us())
-                .arg(p.interval)
-                .arg(p.burst)
-                .arg(cost.min(u64::from(p.burst)));
-            let (ok, retry_in): (i64, i64) = timed(inv.invoke_async(&mut con)).await?;
+            let keys = [self.layout.rate(key)];
+            let args = [
+                self.clock.now_us(),
+                p.interval,
+                u64::from(p.burst),
+                cost.min(u64::from(p.burst)),
+            ];
+            let (ok, retry_in): (i64, i64) = self
+                .link
+                .query(Request::Lua {
+                    script: &RATE_SCRIPT,
+                    keys: &keys,
+                    args: &args,
+                })
+                .await?;
             Ok(if ok == 1 {
                 RateOutcome::Allowed
             } else {
@@ -197,21 +238,18 @@ impl Store for RedisStore {
     fn list(&self) -> BoxFuture<'_, Result<Vec<GreyEntry>, StoreError>> {
         Box::pin(async move {
             let now = self.clock.now_us();
-            let mut con = self.con.clone();
             let mut out = Vec::new();
-            for k in self.scan(TRIPLET_PREFIX).await? {
-                let (f, e, p): (Option<u64>, Option<u64>, Option<String>) = timed(
-                    redis::cmd("HMGET")
-                        .arg(&k)
-                        .arg(&["f", "e", "p"])
-                        .query_async(&mut con),
-                )
-                .await?;
+            for k in self.link.scan(&self.layout.triplet_pattern()).await? {
+                let Some(triplet) = self.layout.parse_triplet(&k) else {
+                    continue;
+                };
+                let (f, e, p): (Option<u64>, Option<u64>, Option<String>) =
+                    self.hmget(&k, &["f", "e", "p"]).await?;
                 if let (Some(first_seen), Some(expires)) = (f, e)
                     && expires > now
                 {
                     out.push(GreyEntry::Triplet {
-                        key: k[TRIPLET_PREFIX.len()..].to_owned(),
+                        key: triplet.to_owned(),
                         record: GreyRecord {
                             first_seen,
                             expires,
@@ -220,19 +258,16 @@ impl Store for RedisStore {
                     });
                 }
             }
-            for k in self.scan(NET_PREFIX).await? {
-                let (c, e): (Option<u64>, Option<u64>) = timed(
-                    redis::cmd("HMGET")
-                        .arg(&k)
-                        .arg(&["c", "e"])
-                        .query_async(&mut con),
-                )
-                .await?;
+            for k in self.link.scan(&self.layout.network_pattern()).await? {
+                let Some(net) = self.layout.parse_network(&k) else {
+                    continue;
+                };
+                let (c, e): (Option<u64>, Option<u64>) = self.hmget(&k, &["c", "e"]).await?;
                 if let (Some(passes), Some(expires)) = (c, e)
                     && expires > now
                 {
                     out.push(GreyEntry::Network {
-                        net: k[NET_PREFIX.len()..].to_owned(),
+                        net: net.to_owned(),
                         record: NetRecord {
                             passes: passes.min(u64::from(u32::MAX)) as u32,
                             expires,
@@ -252,40 +287,54 @@ impl Store for RedisStore {
         Box::pin(async move {
             let now = self.clock.now_us();
             let expires = (now + ttl.as_micros() as u64).to_string();
-            let mut con = self.con.clone();
-            let (key, fields): (String, Vec<(&str, String)>) = match target {
+            let (keys, fields): (Vec<String>, Vec<(&str, String)>) = match target {
                 AllowTarget::Triplet(k) => (
-                    format!("{TRIPLET_PREFIX}{k}"),
+                    self.triplet_key_for_allow(k).await?,
                     vec![("f", now.to_string()), ("e", expires), ("p", "1".into())],
                 ),
                 AllowTarget::Network(k) => (
-                    format!("{NET_PREFIX}{k}"),
+                    vec![self.layout.network(k)],
                     vec![("c", u32::MAX.to_string()), ("e", expires)],
                 ),
             };
             let ms = ttl.as_millis().max(1) as i64;
-            timed(
-                redis::pipe()
-                    .atomic()
+            for key in keys {
+                // One key per transaction: a cluster runs MULTI only within one slot.
+                let mut pipe = redis::pipe();
+                pipe.atomic()
                     .hset_multiple(&key, &fields)
                     .ignore()
                     .pexpire(&key, ms)
-                    .ignore()
-                    .query_async::<()>(&mut con),
-            )
-            .await
+                    .ignore();
+                self.link.query::<()>(Request::Pipe(&pipe)).await?;
+            }
+            Ok(())
         })
     }
 
     fn purge<'a>(&'a self, pattern: &'a str) -> BoxFuture<'a, Result<usize, StoreError>> {
         Box::pin(async move {
-            let mut keys = self.scan(TRIPLET_PREFIX).await?;
-            keys.extend(self.scan(NET_PREFIX).await?);
-            keys.retain(|k| k.contains(pattern));
-            let mut con = self.con.clone();
+            let l = self.layout;
+            let mut keys: Vec<String> = self
+                .link
+                .scan(&l.triplet_pattern())
+                .await?
+                .into_iter()
+                .filter(|k| l.parse_triplet(k).is_some_and(|t| t.contains(pattern)))
+                .collect();
+            keys.extend(
+                self.link
+                    .scan(&l.network_pattern())
+                    .await?
+                    .into_iter()
+                    .filter(|k| l.parse_network(k).is_some_and(|n| n.contains(pattern))),
+            );
             let mut n = 0;
+            // A cluster splits a multi-key DEL by slot itself.
             for chunk in keys.chunks(500) {
-                let deleted: usize = timed(con.del(chunk)).await?;
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(chunk);
+                let deleted: usize = self.link.query(Request::Cmd(&cmd)).await?;
                 n += deleted;
             }
             Ok(n)

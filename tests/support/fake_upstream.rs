@@ -40,6 +40,10 @@ pub enum Fault {
     },
     /// Never answer at this stage; keep the connection open (until the test ends).
     Stall(Stage),
+    /// After accepting each message, say this (e.g. Postfix's idle
+    /// `421 4.4.2 fake.test Error: timeout exceeded`) and close: a reused upstream
+    /// connection that died between two transactions.
+    CloseAfterMessage(String),
 }
 
 #[derive(Clone, Debug)]
@@ -456,6 +460,10 @@ async fn serve(
                 msg.final_reply = Some(reply.clone());
                 st.lock().unwrap().messages.push(msg);
                 c.say(&reply).await?;
+                if let Fault::CloseAfterMessage(last_words) = &script.fault {
+                    c.say(last_words).await?;
+                    return Ok(());
+                }
                 if let Fault::Reply {
                     stage: Stage::DataEnd,
                     close: true,

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | this file | tool checks (fail under `CI=true`, skip loudly otherwise), free ports, a process guard, banner readiness |
 //! | [`postfix`] | a private Postfix instance delivering to files, XCLIENT trusted from 127.0.0.1 only |
-//! | [`redis`] | a private `redis-server` for the shared store |
+//! | [`redis`] | a private `redis-server`, a Redis Cluster, or a master + replica + three sentinels, for the shared store |
 //! | [`sendmail`] | a private Sendmail 8.17 (unpacked, not installed), the upstream without XCLIENT |
 //! | [`sink`] | Postfix's `smtp-sink`, for load |
 //! | [`fake_upstream`] | a scripted SMTP server for fault injection that records what it got |

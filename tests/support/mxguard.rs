@@ -91,7 +91,9 @@ impl MxGuard {
         std::fs::create_dir_all(&rules).unwrap();
         std::fs::create_dir_all(&state).unwrap();
         for (name, text) in &opts.rules {
-            std::fs::write(rules.join(name), text).unwrap();
+            let path = rules.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
         }
         let log_path = dir.join("mxguard.log");
         let (proc, addr) = spawn(&opts, &dir, &log_path);

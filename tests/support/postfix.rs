@@ -91,6 +91,36 @@ impl Delivered {
         }
     }
 
+    /// The message without every `Received:` field at its top: Postfix's, and ours for a
+    /// client hop Postfix cannot describe itself (e.g. the client's TLS).
+    pub fn without_trace(&self) -> &[u8] {
+        let mut rest: &[u8] = &self.eml;
+        while rest.starts_with(b"Received: ") {
+            let mut i = 0;
+            loop {
+                i = rest[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map(|p| i + p + 1)
+                    .unwrap_or(rest.len());
+                if i >= rest.len() || !(rest[i] == b' ' || rest[i] == b'\t') {
+                    break;
+                }
+            }
+            rest = &rest[i..];
+        }
+        rest
+    }
+
+    /// Every `Received:` field at the top of the message, unfolded, in order.
+    pub fn trace(&self) -> Vec<String> {
+        let head = &self.eml[..self.eml.len() - self.without_trace().len()];
+        let text = String::from_utf8_lossy(head)
+            .replace("\n\t", " ")
+            .replace("\n ", " ");
+        text.lines().map(str::to_owned).collect()
+    }
+
     /// Postfix's Received header (with continuation lines), as text.
     pub fn first_received(&self) -> String {
         let rest = self.without_first_received().len();
@@ -109,12 +139,25 @@ impl Postfix {
         Postfix::start_with(PostfixOpts::default())
     }
 
+    /// Starts an instance; a master that exits before its greeting (another process won
+    /// the race for the free port) is retried on a fresh port, at most three times.
     pub fn start_with(opts: PostfixOpts) -> Postfix {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Postfix::try_start(&opts) {
+                Ok(pf) => return pf,
+                Err(e) => last = e,
+            }
+        }
+        panic!("postfix did not start three times: {last}");
+    }
+
+    fn try_start(opts: &PostfixOpts) -> Result<Postfix, String> {
         let tmp = tempdir("mxg-pfx.");
         let dir = tmp.path().to_path_buf();
         let port = super::free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        write_instance(&dir, addr, &opts);
+        write_instance(&dir, addr, opts);
         let log = std::fs::File::create(dir.join("master.out")).unwrap();
         let child = Command::new(MASTER)
             .arg("-c")
@@ -139,16 +182,27 @@ impl Postfix {
         };
         let dir = pf.dir.clone();
         let master = pf.master.as_mut().unwrap();
-        wait_banner(addr, Duration::from_secs(20), "postfix", || {
-            master.check_alive().map_err(|e| {
-                format!(
-                    "{e}\n--- master.out ---\n{}\n--- maillog ---\n{}",
-                    std::fs::read_to_string(dir.join("master.out")).unwrap_or_default(),
-                    std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
-                )
+        let died = std::cell::Cell::new(None);
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_banner(addr, Duration::from_secs(20), "postfix", || {
+                master.check_alive().map_err(|e| {
+                    let why = format!(
+                        "{e}\n--- master.out ---\n{}\n--- maillog ---\n{}",
+                        std::fs::read_to_string(dir.join("master.out")).unwrap_or_default(),
+                        std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
+                    );
+                    died.set(Some(why.clone()));
+                    why
+                })
             })
-        });
-        pf
+        }));
+        match (started, died.take()) {
+            (Ok(()), _) => Ok(pf),
+            // The master exited: worth another try on another port.
+            (Err(_), Some(why)) => Err(why),
+            // No greeting in time from a live master: a real failure.
+            (Err(p), None) => std::panic::resume_unwind(p),
+        }
     }
 
     pub fn mail_dir(&self) -> PathBuf {

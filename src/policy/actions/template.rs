@@ -1,5 +1,7 @@
 //! Reply and header templates: `{client_ip} {helo} {sender} {recipient}
 //! {recipient_domain} {rule} {auth} {dnsbl_zone} {dnsbl_reason}`, parsed and checked at load, filled in per decision.
+//! `{dnsbl_zone}` is the first listing zone's display name (`name`), never the queried
+//! zone, which may hold an access key.
 //!
 //! Substituted values come from the client and may hold anything; the reply text is
 //! made safe by [`crate::reply::Reply`] (control characters become spaces) and header

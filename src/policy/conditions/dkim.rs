@@ -69,7 +69,10 @@ impl Condition for Dkim {
         };
         let each: Vec<String> = sigs
             .iter()
-            .map(|g| format!("{}:{}/{}", g.status, g.domain, g.selector))
+            .map(|g| match &g.reason {
+                Some(r) => format!("{}:{}/{} ({r})", g.status, g.domain, g.selector),
+                None => format!("{}:{}/{}", g.status, g.domain, g.selector),
+            })
             .collect();
         format!(
             "dkim={} [{}]",

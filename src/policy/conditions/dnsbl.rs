@@ -2,14 +2,16 @@
 //!
 //! ```yaml
 //! dnsbl: true                          # listed by any configured zone
-//! dnsbl: zen.example                   # listed by this zone
+//! dnsbl: zen.example                   # listed by this zone (its display name)
 //! dnsbl: { zone: zen.example, code: 127.0.0.4 }
 //! dnsbl_score: { over: 2 }             # sum of the weights of the listing zones
 //! ```
 //!
-//! Zones, their expected answers and weights are configured under `checks.dnsbl`.
-//! A zone that answers outside 127.0.0.0/8 or with 127.255.255.x is "unusable" and
-//! never counts as a listing.
+//! Zones, their expected answers (codes, ranges, a bitmask) and weights are configured
+//! under `checks.dnsbl`; a rule names a zone by its display name (`name`, by default
+//! the zone itself), so a zone that carries an access key (Spamhaus DQS) is written
+//! here as its name. A zone that answers outside 127.0.0.0/8 or with 127.255.255.x is
+//! "unusable" and never counts as a listing.
 
 use std::net::Ipv4Addr;
 

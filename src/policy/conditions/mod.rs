@@ -129,6 +129,16 @@ pub(crate) const KINDS: &[ConditionKind] = &[
         parse: session::parse_tls,
     },
     ConditionKind {
+        name: "submission",
+        stages: ALL,
+        parse: session::parse_submission,
+    },
+    ConditionKind {
+        name: "listener",
+        stages: ALL,
+        parse: session::parse_listener,
+    },
+    ConditionKind {
         name: "auth_user",
         stages: FROM_MAIL,
         parse: text::parse_auth_user,
