@@ -754,6 +754,9 @@ fn classify_tempfailed(
 
 #[test]
 fn fault_soak_loses_duplicates_and_fakes_nothing() {
+    if !support::require(&["curl"], false) {
+        return;
+    }
     let seed = seed_from_env();
     let secs = env_u64("MXGUARD_SOAK_SECS", 20);
     let clients = env_u64("MXGUARD_SOAK_CLIENTS", 24);
@@ -772,8 +775,10 @@ fn fault_soak_loses_duplicates_and_fakes_nothing() {
         ChaosUpstream::start(0, planner.clone(), TIMING),
         ChaosUpstream::start(1, planner.clone(), TIMING),
     ];
+    let metrics = format!("127.0.0.1:{}", support::free_port());
     let mut opts = MxOpts::new(ups[0].addr).config(&config(&ups[0], &ups[1]));
     opts.upstream_flag = false;
+    opts.args = vec!["--metrics".into(), metrics.clone()];
     let mut mx = MxGuard::start(opts);
     mx.wait_log("upstream capabilities", Duration::from_secs(10));
     let pid = mx.pid();
@@ -818,6 +823,7 @@ fn fault_soak_loses_duplicates_and_fakes_nothing() {
         fds_end = procstat::open_fds(pid);
     }
     let rss_end = procstat::rss_kib(pid);
+    let scrape = scrape(&format!("http://{metrics}/metrics"));
 
     let ledger = std::mem::take(&mut *ctx.ledger.lock().unwrap());
     let mut deliveries: Vec<Delivery> = ups.iter().flat_map(|u| u.deliveries()).collect();
@@ -888,6 +894,20 @@ fn fault_soak_loses_duplicates_and_fakes_nothing() {
         eprintln!("... and {} more problems", problems.len() - 40);
     }
 
+    // mxguard's own books agree with what the clients saw.
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"mxguard_transactions_total{outcome="delivered"}"#
+        ),
+        Some(n.delivered as f64),
+        "delivered transactions in mxguard's metrics vs 250s the clients got"
+    );
+    assert_eq!(
+        metric(&scrape, r#"mxguard_sessions_open{listener="mx"}"#),
+        Some(0.0),
+        "sessions still open after every client has gone"
+    );
     assert_eq!(
         behaviours.get("desync-close"),
         None,
@@ -937,6 +957,27 @@ fn fault_soak_loses_duplicates_and_fakes_nothing() {
         rss_end <= rss_limit,
         "mxguard's RSS grew to {rss_end} KiB after the soak (warm: {rss_warm} KiB, limit {rss_limit} KiB)"
     );
+}
+
+/// `/metrics`, fetched with curl (tests never hand-write HTTP either).
+fn scrape(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", url])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 metrics")
+}
+
+/// The value of one series (`name{labels}`) in a Prometheus text page.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
 }
 
 /// A reply without the variable part of its text.
