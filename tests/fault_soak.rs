@@ -932,8 +932,8 @@ fn fault_soak_loses_duplicates_and_fakes_nothing() {
     );
     // The soak must have exercised what it claims: deliveries, failover, every fault.
     assert!(n.delivered > 0 && stats[1].connections > 0, "{summary}");
-    // 15 connection and 29 transaction fault kinds (14 and 25 without the stale lines)
-    let expected_faults = if stale_lines { 15 + 29 } else { 14 + 25 };
+    // 17 connection and 29 transaction fault kinds (16 and 25 without the stale lines)
+    let expected_faults = if stale_lines { 17 + 29 } else { 16 + 25 };
     if secs >= 20 {
         assert!(
             faults.len() + 2 >= expected_faults,

@@ -205,16 +205,15 @@ impl Planner for RandomPlanner {
                 7 => ConnFault::EhloReply("554 5.5.1 chaos: EHLO refused"),
                 8 => ConnFault::EhloResetMid,
                 9 => ConnFault::EhloStall,
-                10 => ConnFault::XclientReply("421 4.3.2 chaos: closing"),
+                10 if r.chance(50) => ConnFault::XclientReply("421 4.3.2 chaos: closing"),
+                10 => ConnFault::XclientReply("550 5.7.0 chaos: XCLIENT denied"),
                 11 => ConnFault::XclientReset,
                 12 => ConnFault::XclientStall,
-                _ => {
-                    if r.chance(50) {
-                        ConnFault::RsetReset
-                    } else {
-                        ConnFault::RsetReply("421 4.3.2 chaos: closing at RSET")
-                    }
-                }
+                _ => match r.below(3) {
+                    0 => ConnFault::RsetReset,
+                    1 => ConnFault::RsetReply("421 4.3.2 chaos: closing at RSET"),
+                    _ => ConnFault::RsetReply("554 5.5.1 chaos: RSET refused"),
+                },
             };
             if self.stale_lines || !f.is_stale_line() {
                 return f;
