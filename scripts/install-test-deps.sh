@@ -21,6 +21,9 @@ PACKAGES=(
     sasl2-bin libsasl2-modules   # SASL users for the submission (AUTH) tests
     m4 libwrap0 libdb5.3 libldap-2.5-0 libnsl2 libsasl2-2   # Sendmail (unpacked by the tests)
     util-linux              # unshare, flock (the Sendmail harness)
+    # content filters (tests/filters_clients.rs), run as private instances; no freshclam:
+    # clamd loads a two-line EICAR signature database written by the test
+    clamav-daemon clamav-milter opendkim opendkim-tools opendmarc rspamd
     systemd                 # systemd-analyze verify for the unit file test
     procps iproute2 util-linux
     sasl2-bin libsasl2-modules   # AUTH at the private Postfix (saslpasswd2, sasldb)
@@ -41,14 +44,24 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 echo "install-test-deps: installing ${missing[*]}"
 
-# No maintainer script may start a daemon (redis, haproxy) while we install.
+# No maintainer script may start a daemon (redis, haproxy, clamd, freshclam, rspamd,
+# opendkim, opendmarc) while we install: policy-rc.d must exit 101. A different one is
+# set aside and put back afterwards.
 added_policy=
-if [ ! -e /usr/sbin/policy-rc.d ]; then
+saved_policy=
+if [ ! -e /usr/sbin/policy-rc.d ] || ! grep -qx 'exit 101' /usr/sbin/policy-rc.d; then
+    if [ -e /usr/sbin/policy-rc.d ]; then
+        saved_policy=/usr/sbin/policy-rc.d.mxguard-saved
+        mv /usr/sbin/policy-rc.d "$saved_policy"
+    fi
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
     chmod 755 /usr/sbin/policy-rc.d
     added_policy=1
 fi
-cleanup() { if [ -n "$added_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi; }
+cleanup() {
+    if [ -n "$added_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [ -n "$saved_policy" ]; then mv "$saved_policy" /usr/sbin/policy-rc.d; fi
+}
 trap cleanup EXIT
 
 export DEBIAN_FRONTEND=noninteractive

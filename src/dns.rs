@@ -1,13 +1,13 @@
-//! The one DNS resolver every check shares: SPF, DKIM, DMARC and ARC (through
-//! mail-auth), DNS lists and reverse DNS (our own lookups below). One resolver means
-//! one cache: the A record an SPF `a:` mechanism fetched serves the FCrDNS check too.
+//! The one DNS resolver every check shares: DKIM, DMARC and ARC (through mail-auth),
+//! SPF, DNS lists and reverse DNS (our own lookups below). One resolver means one
+//! cache: the A record an SPF `a:` mechanism fetched serves the FCrDNS check too.
 //!
 //! The name servers come from `dns.servers` (or `/etc/resolv.conf`), replaced by
 //! `--dns ADDR:PORT`; `/etc/hosts` is never consulted, because a local hosts entry must
 //! not be able to vouch for a sender. Every query has the configured timeout and
 //! attempts; our own lookups are counted and timed in the metrics.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,8 +15,9 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use crate::config::DnsConfig;
 use crate::telemetry::Metrics;
@@ -41,6 +42,36 @@ pub enum LookupError {
     Timeout,
     /// SERVFAIL, REFUSED, a broken answer, a network error.
     Failed,
+}
+
+/// The answer to one query, with the cases SPF must tell apart (RFC 7208 §4.6.4: a
+/// "void lookup" is NXDOMAIN or an empty answer; §5: a server failure or a timeout is
+/// a `temperror`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<T> {
+    /// At least one record of the type asked for.
+    Records(T),
+    /// The name exists but has no record of this type.
+    NoData,
+    /// The name does not exist (also: a name that cannot exist, such as one with an
+    /// empty or over-long label, which is never sent).
+    NxDomain,
+    /// SERVFAIL, REFUSED, a broken answer, a network error.
+    ServFail,
+    Timeout,
+}
+
+impl<T> Answer<T> {
+    /// The metric label of this answer.
+    fn label(&self) -> &'static str {
+        match self {
+            Answer::Records(_) => "ok",
+            Answer::NoData => "nodata",
+            Answer::NxDomain => "nxdomain",
+            Answer::ServFail => "error",
+            Answer::Timeout => "timeout",
+        }
+    }
 }
 
 /// The shared resolver and its metrics. Cheap to clone (the cache is shared).
@@ -171,6 +202,81 @@ impl Dns {
         out
     }
 
+    /// TXT records of `name`, each one's strings joined as raw bytes (SPF must see a
+    /// non-ASCII byte to refuse it). `name` is sent as written: no IDNA conversion.
+    pub async fn txt_records(&self, name: &str) -> Answer<Vec<Vec<u8>>> {
+        self.records(name, RecordType::TXT, |d| match d {
+            RData::TXT(t) => Some(t.txt_data.iter().flat_map(|c| c.iter().copied()).collect()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// A records of `name` (sent as written).
+    pub async fn a_records(&self, name: &str) -> Answer<Vec<Ipv4Addr>> {
+        self.records(name, RecordType::A, |d| match d {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .await
+    }
+
+    /// AAAA records of `name` (sent as written).
+    pub async fn aaaa_records(&self, name: &str) -> Answer<Vec<Ipv6Addr>> {
+        self.records(name, RecordType::AAAA, |d| match d {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        })
+        .await
+    }
+
+    /// MX records of `name` as `(preference, exchange)`, the exchange without its
+    /// trailing dot (`""` for the root, a null MX).
+    pub async fn mx_records(&self, name: &str) -> Answer<Vec<(u16, String)>> {
+        self.records(name, RecordType::MX, |d| match d {
+            RData::MX(mx) => Some((mx.preference, raw_text(&mx.exchange))),
+            _ => None,
+        })
+        .await
+    }
+
+    /// PTR names of `ip`, without the trailing dot.
+    pub async fn ptr_records(&self, ip: IpAddr) -> Answer<Vec<String>> {
+        let name = raw_text(&Name::from(ip));
+        self.records(&name, RecordType::PTR, |d| match d {
+            RData::PTR(p) => Some(raw_text(&p.0)),
+            _ => None,
+        })
+        .await
+    }
+
+    /// One query of `rtype`, the answer's records of that type (CNAMEs followed by the
+    /// resolver) through `pick`, timed and counted.
+    async fn records<T>(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        pick: impl Fn(&RData) -> Option<T>,
+    ) -> Answer<Vec<T>> {
+        let started = Instant::now();
+        let out = match raw_name(name) {
+            None => Answer::NxDomain,
+            Some(query) => match self.resolver.lookup(query, rtype).await {
+                Ok(l) => {
+                    let found: Vec<T> = l.answers().iter().filter_map(|r| pick(&r.data)).collect();
+                    if found.is_empty() {
+                        Answer::NoData
+                    } else {
+                        Answer::Records(found)
+                    }
+                }
+                Err(e) => answer_of(&e),
+            },
+        };
+        self.count(rtype.to_string().as_str(), started, out.label());
+        out
+    }
+
     fn observe<T>(&self, rtype: &str, started: Instant, out: &Lookup<T>) {
         let result = match out {
             Lookup::Found(_) => "ok",
@@ -178,6 +284,10 @@ impl Dns {
             Lookup::Error(LookupError::Timeout) => "timeout",
             Lookup::Error(LookupError::Failed) => "error",
         };
+        self.count(rtype, started, result);
+    }
+
+    fn count(&self, rtype: &str, started: Instant, result: &str) {
         self.metrics
             .dns_lookups_total
             .with_label_values(&[rtype, result])
@@ -203,6 +313,40 @@ fn fqdn(name: &str) -> String {
         name.to_owned()
     } else {
         format!("{name}.")
+    }
+}
+
+/// `name` (a trailing dot or not) as a fully qualified DNS name of raw labels: no IDNA,
+/// no escapes, so what SPF macros produce is queried byte for byte. `None` when no
+/// query can carry it (an empty or over-long label, more than 255 octets).
+fn raw_name(name: &str) -> Option<Name> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Some(Name::root());
+    }
+    Name::from_labels(name.split('.').map(str::as_bytes)).ok()
+}
+
+/// A name's labels joined with dots, as raw text (lossy for non-UTF-8 bytes), without
+/// the trailing dot.
+fn raw_text(name: &Name) -> String {
+    name.iter()
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn answer_of<T>(e: &NetError) -> Answer<T> {
+    if e.is_nx_domain() {
+        Answer::NxDomain
+    } else if e.is_no_records_found() {
+        Answer::NoData
+    } else if matches!(e, NetError::Timeout)
+        || e.to_string().to_ascii_lowercase().contains("timed out")
+    {
+        Answer::Timeout
+    } else {
+        Answer::ServFail
     }
 }
 

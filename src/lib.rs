@@ -25,6 +25,8 @@
 //! | [`store`] | greylist and rate state: memory, embedded file (redb), Redis |
 //! | [`dns`] | the one resolver and cache every check shares |
 //! | [`checks`] | SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS, Authentication-Results |
+//! | [`milter`] | the milter protocol client (clamav-milter, opendkim, opendmarc, rspamd proxy) |
+//! | [`filters`] | content filter configuration; the rspamd HTTP client |
 //! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
@@ -38,8 +40,10 @@ pub mod config;
 pub mod dns;
 pub mod dotstream;
 pub mod envelope;
+pub mod filters;
 pub mod listener;
 pub mod log_limit;
+pub mod milter;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod relay;

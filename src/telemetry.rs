@@ -306,7 +306,7 @@ impl Metrics {
             .expect("valid histogram"),
             dns_lookups_total: counter_vec(
                 "mxguard_dns_lookups_total",
-                "DNS lookups made by mxguard itself (DNS lists, reverse DNS) by record type and result (ok, nxdomain, nodata, timeout, error)",
+                "DNS lookups made by mxguard itself (SPF, DNS lists, reverse DNS) by record type and result (ok, nxdomain, nodata, timeout, error)",
                 &["type", "result"],
             ),
             dns_lookup_seconds: HistogramVec::new(
@@ -419,9 +419,9 @@ impl Metrics {
                 self.auth_results_total.with_label_values(&[check, r]);
             }
         }
-        for rtype in ["A", "TXT", "PTR", "A_AAAA"] {
+        for rtype in ["A", "AAAA", "MX", "TXT", "PTR", "A_AAAA"] {
             self.dns_lookup_seconds.with_label_values(&[rtype]);
-            for result in ["ok", "nxdomain", "timeout", "error"] {
+            for result in ["ok", "nxdomain", "nodata", "timeout", "error"] {
                 self.dns_lookups_total.with_label_values(&[rtype, result]);
             }
         }

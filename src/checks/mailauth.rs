@@ -3,22 +3,16 @@
 //! `DnsCache` trait, `MessageAuthenticator::new`) touches this file alone.
 //!
 //! mail-auth 0.13 takes our resolver (`MessageAuthenticator` has a public field), so
-//! its SPF/DKIM/DMARC lookups share the cache of [`crate::dns::Dns`].
+//! its DKIM/DMARC lookups share the cache of [`crate::dns::Dns`]. SPF is ours
+//! ([`super::spf`]); DMARC gets our SPF result through `verify_message`.
 
-use std::borrow::Borrow;
-use std::hash::Hash;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use mail_auth::common::cache::NoCache;
 use mail_auth::dkim::Canonicalization;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, Error, MX, MessageAuthenticator,
-    Parameters, RecordSet, ResolverCache, SpfOutput, SpfResult, Txt,
+    AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, Error, MessageAuthenticator,
+    SpfOutput, SpfResult,
 };
 
 use hickory_resolver::proto::rr::RData;
@@ -61,27 +55,6 @@ pub struct MessageResults {
 impl Authenticator {
     pub fn new(dns: &crate::dns::Dns) -> Self {
         Authenticator(MessageAuthenticator(dns.resolver().clone()))
-    }
-
-    /// SPF `check_host()` for the HELO identity.
-    pub async fn spf_helo(&self, ip: IpAddr, helo: &str, host: &str) -> SpfFact {
-        let voids = VoidLookups::default();
-        let out = self
-            .0
-            .verify_spf(voids.attach(SpfParameters::verify_ehlo(ip, helo, host)))
-            .await;
-        spf_fact(&out, helo, &voids)
-    }
-
-    /// SPF `check_host()` for a MAIL FROM address (`local@domain`).
-    pub async fn spf_mail_from(&self, ip: IpAddr, helo: &str, host: &str, from: &str) -> SpfFact {
-        let voids = VoidLookups::default();
-        let out = self
-            .0
-            .verify_spf(voids.attach(SpfParameters::verify_mail_from(ip, helo, host, from)))
-            .await;
-        let domain = from.rsplit_once('@').map_or(from, |(_, d)| d);
-        spf_fact(&out, domain, &voids)
     }
 
     /// DKIM (within the limits of `opts`), then DMARC and ARC when asked, on a raw
@@ -397,122 +370,6 @@ fn body_hash_only_failure(o: &DkimOutput<'_>) -> bool {
     ) && o
         .signature()
         .is_some_and(|s| s.cb == Canonicalization::Relaxed && s.l == 0)
-}
-
-/// Counts the DNS lookups of one SPF evaluation that found nothing (RFC 7208 §4.6.4
-/// "void lookups": NXDOMAIN or an empty answer), which mail-auth 0.13 does not limit.
-/// It sits in mail-auth's per-lookup cache hooks: every lookup first asks the cache
-/// (`get`, always a miss here, so the shared resolver still answers) and stores an
-/// answer it got (`insert`); a lookup without an answer never stores one.
-#[derive(Default)]
-struct VoidLookups {
-    asked: AtomicU32,
-    answered: AtomicU32,
-}
-
-/// SPF parameters whose TXT, MX, A and AAAA lookups are counted.
-type CountedSpf<'x> = Parameters<
-    'x,
-    SpfParameters<'x>,
-    VoidLookups,
-    VoidLookups,
-    VoidLookups,
-    VoidLookups,
-    NoCache<IpAddr, RecordSet<Box<str>>>,
->;
-
-/// More than this many void lookups make the SPF result `permerror`.
-const MAX_VOID_LOOKUPS: u32 = 2;
-
-impl VoidLookups {
-    fn attach<'x>(&'x self, p: SpfParameters<'x>) -> CountedSpf<'x> {
-        Parameters::new(p)
-            .with_txt_cache(self)
-            .with_mx_cache(self)
-            .with_ipv4_cache(self)
-            .with_ipv6_cache(self)
-    }
-
-    fn voids(&self) -> u32 {
-        let asked = self.asked.load(Ordering::Relaxed);
-        asked.saturating_sub(self.answered.load(Ordering::Relaxed))
-    }
-
-    fn miss<V>(&self) -> Option<V> {
-        self.asked.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
-
-macro_rules! void_counting_cache {
-    ($v:ty, $empty:expr) => {
-        impl ResolverCache<Box<str>, $v> for VoidLookups {
-            fn get<Q>(&self, _: &Q) -> Option<$v>
-            where
-                Box<str>: Borrow<Q>,
-                Q: Hash + Eq + ?Sized,
-            {
-                self.miss()
-            }
-            fn remove<Q>(&self, _: &Q) -> Option<$v>
-            where
-                Box<str>: Borrow<Q>,
-                Q: Hash + Eq + ?Sized,
-            {
-                None
-            }
-            fn insert(&self, _: Box<str>, value: $v, _: std::time::Instant) {
-                let empty: fn(&$v) -> bool = $empty;
-                if !empty(&value) {
-                    self.answered.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    };
-}
-
-// TXT lookups are not counted: an include/redirect target without a record is
-// already a permerror, the top-level record's absence is `none`, and the `exp=`
-// lookup must not count (RFC 7208 §4.6.4).
-impl ResolverCache<Box<str>, Txt> for VoidLookups {
-    fn get<Q>(&self, _: &Q) -> Option<Txt>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        None
-    }
-    fn remove<Q>(&self, _: &Q) -> Option<Txt>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        None
-    }
-    fn insert(&self, _: Box<str>, _: Txt, _: std::time::Instant) {}
-}
-void_counting_cache!(RecordSet<MX>, |r| r.rrset.is_empty());
-void_counting_cache!(RecordSet<Ipv4Addr>, |r| r.rrset.is_empty());
-void_counting_cache!(RecordSet<Ipv6Addr>, |r| r.rrset.is_empty());
-
-fn spf_fact(out: &SpfOutput, domain: &str, voids: &VoidLookups) -> SpfFact {
-    let mut result = out.result();
-    if voids.voids() > MAX_VOID_LOOKUPS && result != SpfResult::TempError {
-        result = SpfResult::PermError;
-    }
-    let status = match result {
-        SpfResult::Pass => AuthStatus::Pass,
-        SpfResult::Fail => AuthStatus::Fail,
-        SpfResult::SoftFail => AuthStatus::SoftFail,
-        SpfResult::Neutral => AuthStatus::Neutral,
-        SpfResult::TempError => AuthStatus::TempError,
-        SpfResult::PermError => AuthStatus::PermError,
-        SpfResult::None => AuthStatus::None,
-    };
-    SpfFact {
-        status,
-        domain: domain.to_ascii_lowercase(),
-    }
 }
 
 fn spf_result_back(s: AuthStatus) -> SpfResult {

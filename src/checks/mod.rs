@@ -8,8 +8,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `mailauth` | the one wrapper over mail-auth 0.13 (the 0.15 upgrade touches only it) |
-//! | `spf` | HELO and MAIL FROM identities, the null sender |
+//! | `mailauth` | the one wrapper over mail-auth 0.13 for DKIM, DMARC, ARC (the 0.15 upgrade touches only it) |
+//! | `spf` | our RFC 7208 evaluator: record parser, macros, `check_host()`, identities |
 //! | `dkim` | signatures RFC 6376/8301 refuse (rsa-sha1, no `v=`, short keys, …), the relaxed-body workaround for mail-auth bug #62 |
 //! | `dmarc` | author domains of every From field, several records, RFC 7489 `pct`, DNS trouble behind a failure |
 //! | `arc` | ARC chain validation (reported in the header) |
@@ -192,7 +192,7 @@ impl Checker {
                 status: AuthStatus::TempError,
                 domain: String::new(),
             };
-            let (h, m) = deadline(limit, spf::check(&self.auth, input.ip, helo, host, sender))
+            let (h, m) = deadline(limit, spf::check(&self.dns, input.ip, helo, host, sender))
                 .await
                 .unwrap_or_else(|| (temp(), temp()));
             self.record("spf_helo", h.status.as_str(), started);

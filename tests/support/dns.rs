@@ -1,7 +1,8 @@
 //! A real DNS server for the tests: hickory-server in process, on a random loopback
-//! port (UDP and TCP), serving zones given as zone-file text. Unknown names get
-//! NXDOMAIN; names under `timeout.test.` are never answered, so the checks see a DNS
-//! timeout (the "slow zone" of SPF temperror and the failure-policy tests).
+//! port (UDP and TCP), serving zones given as zone-file text, or records built in code
+//! ([`TestDns::start_records`], for names and data a zone file cannot express). Unknown
+//! names get NXDOMAIN; names under `timeout.test.` are never answered, so the checks
+//! see a DNS timeout (the "slow zone" of SPF temperror and the failure-policy tests).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::rr::{LowerName, Name};
+use hickory_server::proto::rr::{LowerName, Name, Record, RecordType};
 use hickory_server::proto::serialize::txt::Parser;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -33,9 +34,28 @@ pub fn txt(value: &str) -> String {
         .join(" ")
 }
 
+/// Queries for exactly `name` are never answered, except those for the `answered`
+/// types (the OpenSPF suites' `TIMEOUT` entry: types listed before it still answer).
+pub struct Stall {
+    pub name: Name,
+    pub answered: Vec<RecordType>,
+}
+
 struct Stalling {
     catalog: Catalog,
+    /// Whole subtrees that never answer.
     stall: Vec<LowerName>,
+    exact: Vec<(LowerName, Vec<RecordType>)>,
+}
+
+impl Stalling {
+    fn stalls(&self, name: &LowerName, rtype: RecordType) -> bool {
+        self.stall.iter().any(|s| s.zone_of(name))
+            || self
+                .exact
+                .iter()
+                .any(|(n, answered)| n == name && !answered.contains(&rtype))
+    }
 }
 
 #[async_trait::async_trait]
@@ -46,7 +66,7 @@ impl RequestHandler for Stalling {
         response_handle: R,
     ) -> ResponseInfo {
         if let Ok(info) = request.request_info()
-            && self.stall.iter().any(|s| s.zone_of(info.query.name()))
+            && self.stalls(info.query.name(), info.query.query_type())
         {
             // Longer than any resolver timeout the tests configure.
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -100,7 +120,50 @@ impl TestDns {
                 .filter_map(|n| Name::from_ascii(n).ok())
                 .map(LowerName::from)
                 .collect(),
+            exact: Vec::new(),
         };
+        TestDns::serve(rt, handler)
+    }
+
+    /// Serves `records` in one root zone exactly as built (raw labels with spaces or
+    /// colons, TXT data with control characters or non-ASCII bytes, a TXT record with
+    /// no strings), and never answers the `stalls`.
+    pub fn start_records(records: Vec<Record>, stalls: Vec<Stall>) -> TestDns {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = soa(".");
+        let (_, soa_records) = Parser::new(text.as_str(), None, Some(Name::root()))
+            .parse()
+            .expect("root SOA");
+        let mut zone =
+            InMemoryZoneHandler::<hickory_server::net::runtime::TokioRuntimeProvider>::new(
+                Name::root(),
+                soa_records,
+                ZoneType::Primary,
+                AxfrPolicy::Deny,
+            )
+            .unwrap();
+        for r in records {
+            let shown = r.to_string();
+            assert!(zone.upsert_mut(r, 1), "test DNS: cannot serve {shown}");
+        }
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::from(Name::root()), vec![Arc::new(zone)]);
+        let handler = Stalling {
+            catalog,
+            stall: vec![LowerName::from(Name::from_ascii("timeout.test.").unwrap())],
+            exact: stalls
+                .into_iter()
+                .map(|s| (LowerName::from(s.name), s.answered))
+                .collect(),
+        };
+        TestDns::serve(rt, handler)
+    }
+
+    fn serve(rt: tokio::runtime::Runtime, handler: Stalling) -> TestDns {
         let (addr, server) = rt.block_on(async {
             // UDP and TCP on the same port: retry when another test took the TCP port.
             let mut tries = 0;

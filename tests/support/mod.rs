@@ -9,6 +9,7 @@
 //! | [`redis`] | a private `redis-server`, a Redis Cluster, or a master + replica + three sentinels, for the shared store |
 //! | [`sendmail`] | a private Sendmail 8.17 (unpacked, not installed), the upstream without XCLIENT |
 //! | [`sink`] | Postfix's `smtp-sink`, for load |
+//! | [`filters`] | clamd + clamav-milter, opendkim (sign/verify), opendmarc, rspamd (HTTP and milter), a scripted fake milter |
 //! | [`fake_upstream`] | a scripted SMTP server for fault injection that records what it got |
 //! | [`chaos_upstream`] | an SMTP server that misbehaves at every point (seeded), recording each message and what became of its reply |
 //! | [`rng`] | a seeded generator (SplitMix64) so a soak run can be repeated |
@@ -28,6 +29,7 @@ pub mod chaos_upstream;
 pub mod client;
 pub mod dns;
 pub mod fake_upstream;
+pub mod filters;
 pub mod mxguard;
 pub mod postfix;
 pub mod procstat;
