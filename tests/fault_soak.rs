@@ -991,3 +991,71 @@ fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
+
+/// The soak's finding F8 as a fixed case: the upstream fails at the second RCPT (reset,
+/// stall, or its own 421). Whatever mxguard answers that RCPT, the later RCPT and the DATA
+/// of the same transaction must not get a 5xx: the sender would bounce recipients (or the
+/// message) nobody refused.
+#[test]
+fn an_upstream_failure_at_one_rcpt_never_makes_the_rest_of_the_transaction_permanent() {
+    use support::chaos_upstream::{ConnFault, FixedPlanner, TxnFault};
+    let faults = [
+        TxnFault::RcptReset { nth: 1 },
+        TxnFault::RcptStall { nth: 1 },
+        TxnFault::RcptReply {
+            nth: 1,
+            reply: "421 4.3.2 chaos: closing at RCPT",
+        },
+    ];
+    for fault in faults {
+        let up = ChaosUpstream::start(
+            0,
+            Arc::new(FixedPlanner {
+                conn: ConnFault::None,
+                txn: fault.clone(),
+            }),
+            TIMING,
+        );
+        let mx = MxGuard::start(MxOpts::new(up.addr).config(&format!(
+            "store: memory\nupstreams:\n  - address: \"{{upstream}}\"\n    command_timeout: {COMMAND_TIMEOUT_MS}ms\n"
+        )));
+        up.arm();
+        for pipelined in [false, true] {
+            let mut c = RawClient::connect(mx.addr);
+            c.ehlo("client.example");
+            let lines = [
+                "MAIL FROM:<a@example.org>\r\n",
+                "RCPT TO:<r1@dest.example>\r\n",
+                "RCPT TO:<r2@dest.example>\r\n",
+                "RCPT TO:<r3@dest.example>\r\n",
+                "DATA\r\n",
+            ];
+            let mut replies = Vec::new();
+            if pipelined {
+                c.send(lines.concat().as_bytes());
+                for _ in &lines {
+                    replies.push(c.reply_within(CLIENT_WAIT));
+                }
+            } else {
+                for l in lines {
+                    if c.try_send(l.as_bytes()).is_err() {
+                        break;
+                    }
+                    let r = c.reply_within(CLIENT_WAIT);
+                    let gone = r.is_none();
+                    replies.push(r);
+                    if gone {
+                        break;
+                    }
+                }
+            }
+            let replies: Vec<Reply> = replies.into_iter().flatten().collect();
+            assert_eq!(replies[0].code, 250, "{fault:?}: MAIL {replies:?}");
+            assert_eq!(replies[1].code, 250, "{fault:?}: first RCPT {replies:?}");
+            assert!(
+                replies.iter().all(|r| r.class() != 5),
+                "{fault:?} (pipelined: {pipelined}): an upstream fault at the second RCPT made mxguard answer {replies:?}"
+            );
+        }
+    }
+}
