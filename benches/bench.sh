@@ -8,15 +8,25 @@
 #   BENCH_TARGETS="mxguard mxfile mxredis" SIZES=1024 SESSIONS=100 bash benches/bench.sh
 #                                    # issue 5: greylist + rate limit on the file store and
 #                                    # on Redis against mxguard without rules
+#   BENCH=counts bash benches/bench.sh   # issue 14: system calls and instructions per message
+#   BENCH=tls bash benches/bench.sh      # issue 14: STARTTLS, mxguard vs Postfix's smtpd
+#   BENCH=flood bash benches/bench.sh    # issue 14: legitimate load under a flood, vs postscreen
+#                                    # (each mode is benches/bench-MODE.sh; see its header)
 #
 # Matrix: message size 1 KiB and 100 KiB x 1/10/100 parallel sessions x one message per
 # connection / many per connection (smtp-source -d) x the three targets, interleaved in
 # one run (target order rotates per repetition), REPS repetitions, medians reported.
 # CPU per message comes from /proc/PID/stat (utime+stime) of mxguard / haproxy; resident
-# memory per idle session from VmRSS before and after opening IDLE idle sessions.
+# memory per idle session from VmRSS before and after opening IDLE idle sessions (that
+# read the banner; with IDLE_EHLO=1 they also say EHLO, as issue 14's target counts them).
 # Loopback only; every loop is bounded; every process started here is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${BENCH:-matrix}" in
+    matrix) ;;   # the matrix below, unchanged, so that figures compare across commits
+    counts|tls|flood) exec bash "benches/bench-$BENCH.sh" ;;
+    *) echo "bench: unknown BENCH=$BENCH (matrix, counts, tls, flood)" >&2; exit 2 ;;
+esac
 export PATH="$PATH:/usr/sbin:/sbin"
 
 REPS=${REPS:-3}
@@ -186,8 +196,9 @@ print('%.1f %.1f' % (n/dt, cpu/n*1e6))"
 # --- memory per idle session ----------------------------------------------------------
 idle_kib() { # port pid n
     python3 - "$1" "$2" "$3" <<'PY'
-import socket, sys, time
+import os, socket, sys, time
 port, pid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+ehlo = bool(os.environ.get("IDLE_EHLO"))  # issue 14's target counts a session after EHLO
 def rss():
     for l in open(f"/proc/{pid}/status"):
         if l.startswith("VmRSS:"):
@@ -203,6 +214,12 @@ for i in range(n):
         sys.exit(f"bench: idle session {i} to port {port}: {e}")
     if not line.startswith(b"220"):
         sys.exit(f"bench: idle session {i} to port {port}: {line!r}")
+    if ehlo:
+        s.sendall(b"EHLO idle.example\r\n")
+        while line[:4] != b"250 ":
+            line = f.readline()
+            if not line.startswith(b"250"):
+                sys.exit(f"bench: EHLO of idle session {i} to port {port}: {line!r}")
     socks.append((s, f))
 after = rss()
 print("%.1f" % ((after - before) / n))
@@ -271,7 +288,9 @@ for size in (1024, 102400):
             label = "1 msg/conn" if pattern == "conn" else "many/conn (-d)"
             ratio = m / h * 100 if h == h and h > 0 else float("nan")
             print(f"| {size//1024} KiB | {sess} | {label} | {s:.0f} | {h:.0f} | {m:.0f} | {ratio:.0f} % | {med(k('haproxy'),1):.0f} | {med(k('mxguard'),1):.0f} |")
-print(f"\nResident memory per idle session (VmRSS delta / sessions, after the banner): "
+import os
+after_what = "after EHLO" if os.environ.get("IDLE_EHLO") else "after the banner"
+print(f"\nResident memory per idle session (VmRSS delta / sessions, {after_what}): "
       f"mxguard {mx_idle} KiB ({idle} sessions), HAProxy {hap_idle} KiB ({hap_n} sessions; "
       f"its banner comes from smtp-sink).")
 print(f"\nmxguard open file descriptors after the load runs: {mx_fds}.")

@@ -14,6 +14,7 @@ PACKAGES=(
     swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
     curl python3 openssl ca-certificates
     haproxy                 # benchmark baseline (TCP mode)
+    strace valgrind         # benchmark counts: system calls and instructions per message
     redis-server            # shared store tests (also runs the sentinels: redis-server --sentinel)
     redis-tools             # redis-cli --cluster create (Redis Cluster tests)
     prometheus              # metrics tests scrape mxguard with a real Prometheus

@@ -39,6 +39,10 @@ impl Session {
             self.error_reply(reply(503, (5, 5, 1), "Error: need MAIL command"));
             return Flow::Continue;
         }
+        if self.upstream_failed {
+            self.push(&super::rcpt::upstream_aborted());
+            return Flow::Continue;
+        }
         if self.env.recipients.is_empty() {
             let r = if self.rcpts_tried > 0 {
                 reply(554, (5, 5, 1), "Error: no valid recipients")

@@ -106,6 +106,9 @@ pub struct Session {
     upstream: Option<Upstream>,
     /// The upstream has MAIL of an unfinished transaction and needs RSET before reuse.
     upstream_in_transaction: bool,
+    /// The upstream was lost in the middle of this transaction: it is counted and logged
+    /// as failed, and every further RCPT and DATA gets `451 4.4.1` until it is reset.
+    upstream_failed: bool,
     errors: u32,
     junk: u32,
     transactions: u32,
@@ -148,6 +151,7 @@ impl Session {
             rcpts_over_limit: 0,
             upstream: None,
             upstream_in_transaction: false,
+            upstream_failed: false,
             errors: 0,
             junk: 0,
             transactions: 0,
@@ -165,7 +169,7 @@ impl Session {
     /// Runs the session to its end; never panics on client input.
     pub async fn run(mut self) {
         let end = self.serve().await;
-        if self.env.sender.is_some() {
+        if self.env.sender.is_some() && !self.upstream_failed {
             self.rt.metrics.transaction("aborted");
             self.log_transaction("aborted", None);
         }
@@ -812,8 +816,11 @@ impl Session {
 
     /// Ends the current transaction: log line, counters, envelope reset.
     fn finish_transaction(&mut self, outcome: &'static str, upstream_reply: Option<&Reply>) {
-        self.rt.metrics.transaction(outcome);
-        self.log_transaction(outcome, upstream_reply);
+        // A transaction whose upstream failed was counted and logged when it failed.
+        if !std::mem::take(&mut self.upstream_failed) {
+            self.rt.metrics.transaction(outcome);
+            self.log_transaction(outcome, upstream_reply);
+        }
         self.env.reset_transaction();
         // The sender's and the message's results belong to this transaction only; the
         // client's (DNS lists, reverse DNS) stay for the session.
@@ -829,6 +836,16 @@ impl Session {
         self.rcpts_tried = 0;
         self.rcpts_over_limit = 0;
         self.message_size = 0;
+    }
+
+    /// Records the transaction as failed at the upstream (metric and log line now), but
+    /// keeps it open: the client learns of it from 4xx replies until it resets.
+    fn fail_transaction_upstream(&mut self) {
+        if !self.upstream_failed {
+            self.rt.metrics.transaction("upstream_failed");
+            self.log_transaction("upstream_failed", None);
+            self.upstream_failed = true;
+        }
     }
 
     /// One structured line per transaction outcome.

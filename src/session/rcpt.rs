@@ -14,6 +14,10 @@ impl Session {
             self.error_reply(reply(503, (5, 5, 1), "Error: need MAIL command"));
             return Flow::Continue;
         }
+        if self.upstream_failed {
+            self.push(&upstream_aborted());
+            return Flow::Continue;
+        }
         let limits = &self.rt.config.limits;
         if self.env.recipients.len() >= limits.max_recipients {
             // Past the limit, 452 asks for the rest in another transaction; a client that
@@ -67,21 +71,28 @@ impl Session {
             outcome => {
                 // The upstream is gone or out of step (a 421 is about the upstream's own
                 // connection and names its host: never passed through). The transaction
-                // cannot go on there: the client gets a 4xx and starts over with MAIL.
+                // cannot go on there; it stays open for the client, whose every further
+                // RCPT and DATA gets the same 4xx until it starts over — never a 5xx for an
+                // upstream's fault.
                 match outcome {
                     Err(e) => warn!(session = %self.id, error = %e, "upstream failed at RCPT"),
                     Ok(r) => warn!(session = %self.id, reply = %r, "upstream closing at RCPT"),
                 }
                 self.upstream = None;
                 self.upstream_in_transaction = false;
-                self.finish_transaction("upstream_failed", None);
-                self.push(&reply(
-                    451,
-                    (4, 4, 1),
-                    "Error: upstream unavailable, transaction aborted, try again later",
-                ));
+                self.fail_transaction_upstream();
+                self.push(&upstream_aborted());
                 Flow::Continue
             }
         }
     }
+}
+
+/// The reply to every RCPT and DATA of a transaction whose upstream side was lost.
+pub(super) fn upstream_aborted() -> crate::reply::Reply {
+    reply(
+        451,
+        (4, 4, 1),
+        "Error: upstream unavailable, transaction aborted, try again later",
+    )
 }
