@@ -10,6 +10,7 @@
 //! | [`admin`] | greylist administration, offline and over the HTTP listener |
 //! | [`auth_guard`] | failed AUTH attempts per network and user |
 //! | [`cli`] | the `run` and `check` commands and their flags |
+//! | [`log_limit`] | rate limits for per-event log lines (one summary line per kind and interval) |
 //! | [`listener`] | accept loops, connection limits per client network, implicit TLS |
 //! | [`proxy_protocol`] | PROXY v1/v2 headers from trusted load balancers |
 //! | [`session`] | the SMTP server state machine, limits, timeouts |
@@ -42,6 +43,7 @@ pub mod dotstream;
 pub mod envelope;
 pub mod filters;
 pub mod listener;
+pub mod log_limit;
 pub mod milter;
 pub mod policy;
 pub mod proxy_protocol;

@@ -3,6 +3,14 @@
 //!
 //! A refused connection still gets an SMTP answer (`421 4.7.0`), never a silent reset,
 //! so a legitimate sender knows to retry later.
+//!
+//! When accept itself fails (the process is out of descriptors, the kernel out of
+//! memory), the loop backs off exponentially instead of spinning on a listening socket
+//! that stays readable, writes one log line per kind and interval, and counts every
+//! failure in `mxguard_accept_errors_total`. Out of descriptors, it releases a descriptor
+//! kept in reserve for the purpose, accepts the waiting connection, answers it
+//! `421 4.3.2` and closes it, so clients hear "try later" instead of hanging in the
+//! backlog; it serves normally again as soon as descriptors are free.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{IpNet, Limits, ProxyProtocolConfig, canonical_ip};
 use crate::envelope::ClientInfo;
+use crate::log_limit::LogLimiter;
 use crate::runtime::Runtime;
 use crate::session::{ListenerContext, Session};
 use crate::stream::Stream;
@@ -133,17 +142,23 @@ impl Listener {
     /// Accepts until shutdown; every session is spawned on `tracker`.
     pub async fn run(self, rt: Arc<Runtime>, limits: Arc<ConnectionLimits>, tracker: TaskTracker) {
         let mut shutdown = rt.shutdown.clone();
+        let mut trouble = AcceptTrouble::new();
         loop {
             let accepted = tokio::select! {
                 a = self.tcp.accept() => a,
                 _ = crate::runtime::shutdown_signalled(&mut shutdown) => break,
             };
             let (tcp, peer) = match accepted {
-                Ok(x) => x,
+                Ok(x) => {
+                    trouble.recovered(&self.context.name);
+                    x
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(listener = %self.context.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let pause = self.accept_failed(&rt, &mut trouble, &e).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = crate::runtime::shutdown_signalled(&mut shutdown) => break,
+                    }
                     continue;
                 }
             };
@@ -180,6 +195,161 @@ impl Listener {
         }
         info!(listener = %self.context.name, "listener stopped accepting");
     }
+
+    /// Counts and logs a failed accept, answers a waiting client `421` when the process
+    /// is out of descriptors, and says how long to pause before accepting again.
+    async fn accept_failed(
+        &self,
+        rt: &Runtime,
+        trouble: &mut AcceptTrouble,
+        e: &std::io::Error,
+    ) -> Duration {
+        let kind = accept_error_kind(e);
+        let name = &self.context.name;
+        rt.metrics
+            .accept_errors_total
+            .with_label_values(&[name, kind])
+            .inc();
+        if kind == "aborted" {
+            // The client gave up before we accepted: nothing wrong here.
+            return Duration::ZERO;
+        }
+        trouble.failures += 1;
+        if ACCEPT_ERRORS.allow(kind) {
+            warn!(listener = %name, kind, error = %e, "accept failed; backing off");
+        }
+        if kind == "descriptors" {
+            match self.refuse_with_reserve(rt, trouble).await {
+                // One waiting client was answered: look for the next at once.
+                Reserve::Answered => return Duration::ZERO,
+                // Nobody waiting (the kernel says EMFILE before it looks): the socket's
+                // readiness is cleared now, so the next accept waits for a client; the
+                // short pause only bounds the loop should it not be.
+                Reserve::NobodyWaiting => return BACKOFF_MIN,
+                Reserve::Unavailable => {}
+            }
+        }
+        trouble.next_pause()
+    }
+
+    /// Out of descriptors: frees the reserve, accepts one waiting connection, answers it
+    /// `421 4.3.2` and closes it, then takes the reserve back.
+    async fn refuse_with_reserve(&self, rt: &Runtime, trouble: &mut AcceptTrouble) -> Reserve {
+        let Some(reserve) = trouble.reserve.take() else {
+            trouble.reserve = open_reserve();
+            return Reserve::Unavailable;
+        };
+        drop(reserve);
+        // Only a connection that is already waiting: never block here.
+        let accepted = tokio::time::timeout(Duration::ZERO, self.tcp.accept()).await;
+        let outcome = match accepted {
+            Err(_) => Reserve::NobodyWaiting,
+            Ok(Err(_)) => Reserve::Unavailable,
+            Ok(Ok((tcp, peer))) => {
+                let line = format!(
+                    "421 4.3.2 {} Error: too busy, try again later\r\n",
+                    rt.config.hostname
+                );
+                // A fresh socket's send buffer is empty: the line fits without waiting, and
+                // the descriptor is back before the reserve is taken again.
+                let _ = tcp.try_write(line.as_bytes());
+                drop(tcp);
+                rt.metrics
+                    .sessions_refused_total
+                    .with_label_values(&[&self.context.name, "descriptors"])
+                    .inc();
+                if REFUSALS.allow("descriptors") {
+                    info!(listener = %self.context.name, client = %peer.ip(), reason = "descriptors", "connection refused");
+                }
+                Reserve::Answered
+            }
+        };
+        trouble.reserve = open_reserve();
+        outcome
+    }
+}
+
+/// What the reserve descriptor achieved.
+enum Reserve {
+    Answered,
+    NobodyWaiting,
+    /// No reserve, or the accept failed even with it: back off.
+    Unavailable,
+}
+
+/// Failed accepts: one line per kind per interval, the rest summarised.
+static ACCEPT_ERRORS: LogLimiter = LogLimiter::new(
+    "accept failed",
+    tracing::Level::WARN,
+    1,
+    Duration::from_secs(10),
+);
+/// Refused connections (a connection flood past the limits): a few lines per reason per
+/// interval, the rest summarised.
+static REFUSALS: LogLimiter = LogLimiter::new(
+    "connection refused",
+    tracing::Level::INFO,
+    10,
+    Duration::from_secs(10),
+);
+
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The accept loop's state while accepts fail.
+struct AcceptTrouble {
+    /// A descriptor held in reserve, released to answer one client when none are left.
+    reserve: Option<std::fs::File>,
+    backoff: Duration,
+    /// Failures since the last successful accept.
+    failures: u64,
+}
+
+impl AcceptTrouble {
+    fn new() -> Self {
+        AcceptTrouble {
+            reserve: open_reserve(),
+            backoff: BACKOFF_MIN,
+            failures: 0,
+        }
+    }
+
+    /// The pause before the next accept: doubling up to a second.
+    fn next_pause(&mut self) -> Duration {
+        let pause = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        pause
+    }
+
+    /// An accept succeeded: say so once after trouble, and refill the reserve.
+    fn recovered(&mut self, listener: &str) {
+        if self.failures > 0 {
+            info!(
+                listener,
+                failures = self.failures,
+                "accepting connections again"
+            );
+            self.failures = 0;
+            self.backoff = BACKOFF_MIN;
+        }
+        if self.reserve.is_none() {
+            self.reserve = open_reserve();
+        }
+    }
+}
+
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// The metric label for a failed accept.
+fn accept_error_kind(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => "descriptors",
+        Some(libc::ENOBUFS | libc::ENOMEM) => "memory",
+        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => "aborted",
+        _ => "other",
+    }
 }
 
 /// Answers `421 4.7.0` and closes, without waiting long for a client that does not read.
@@ -195,7 +365,9 @@ async fn refuse(
         .sessions_refused_total
         .with_label_values(&[&listener, reason])
         .inc();
-    info!(listener = %listener, client = %ip, reason, "connection refused");
+    if REFUSALS.allow(reason) {
+        info!(listener = %listener, client = %ip, reason, "connection refused");
+    }
     let line = format!("421 4.7.0 {} {text}\r\n", rt.config.hostname);
     let _ = tokio::time::timeout(Duration::from_millis(200), async {
         let _ = tcp.write_all(line.as_bytes()).await;
@@ -311,5 +483,33 @@ async fn handshake(
             rt.metrics.protocol_error(ProtocolErrorKind::Timeout);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_by_kind() {
+        let kind = |errno| accept_error_kind(&std::io::Error::from_raw_os_error(errno));
+        assert_eq!(kind(libc::EMFILE), "descriptors");
+        assert_eq!(kind(libc::ENFILE), "descriptors");
+        assert_eq!(kind(libc::ENOBUFS), "memory");
+        assert_eq!(kind(libc::ECONNABORTED), "aborted");
+        assert_eq!(kind(libc::EINVAL), "other");
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_second_and_resets_on_recovery() {
+        let mut t = AcceptTrouble::new();
+        assert!(t.reserve.is_some(), "a reserve descriptor from the start");
+        let pauses: Vec<u128> = (0..10).map(|_| t.next_pause().as_millis()).collect();
+        assert_eq!(pauses, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        t.failures = 3;
+        t.reserve = None;
+        t.recovered("mx");
+        assert_eq!((t.failures, t.next_pause()), (0, BACKOFF_MIN));
+        assert!(t.reserve.is_some(), "the reserve is taken back");
     }
 }

@@ -99,6 +99,16 @@ impl Spool {
         Ok(())
     }
 
+    /// Writes out what is still buffered for the file: called when the message is
+    /// complete, so a full disk shows while receiving (our failure, `452`), not later while
+    /// relaying, when it would look like the upstream's.
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.writer.flush().await,
+            None => Ok(()),
+        }
+    }
+
     async fn spill(&mut self) -> std::io::Result<()> {
         tokio::fs::create_dir_all(&self.dir).await?;
         let seq = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);

@@ -137,6 +137,7 @@ pub struct Metrics {
     pub sessions_total: IntCounterVec,
     pub sessions_open: IntGaugeVec,
     pub sessions_refused_total: IntCounterVec,
+    pub accept_errors_total: IntCounterVec,
     pub stress_active: IntGauge,
     pub transactions_total: IntCounterVec,
     pub protocol_errors_total: IntCounterVec,
@@ -182,6 +183,11 @@ impl Metrics {
                 "mxguard_sessions_refused_total",
                 "Connections refused before the banner, by reason",
                 &["listener", "reason"],
+            ),
+            accept_errors_total: counter_vec(
+                "mxguard_accept_errors_total",
+                "Failed accepts by listener and kind (descriptors, memory, aborted, other)",
+                &["listener", "kind"],
             ),
             stress_active: IntGauge::new(
                 "mxguard_stress_active",
@@ -335,6 +341,7 @@ impl Metrics {
             Box::new(self.sessions_total.clone()),
             Box::new(self.sessions_open.clone()),
             Box::new(self.sessions_refused_total.clone()),
+            Box::new(self.accept_errors_total.clone()),
             Box::new(self.stress_active.clone()),
             Box::new(self.transactions_total.clone()),
             Box::new(self.protocol_errors_total.clone()),
@@ -385,8 +392,11 @@ impl Metrics {
             for tls in ["yes", "no"] {
                 self.sessions_total.with_label_values(&[l, tls]);
             }
-            for reason in ["max_sessions", "max_sessions_per_network"] {
+            for reason in ["max_sessions", "max_sessions_per_network", "descriptors"] {
                 self.sessions_refused_total.with_label_values(&[l, reason]);
+            }
+            for kind in ["descriptors", "memory", "aborted", "other"] {
+                self.accept_errors_total.with_label_values(&[l, kind]);
             }
         }
         for i in 0..upstreams {
@@ -500,6 +510,14 @@ impl Health {
     }
 }
 
+/// Failed accepts of the metrics listener: one line per interval.
+static METRICS_ACCEPT_ERRORS: crate::log_limit::LogLimiter = crate::log_limit::LogLimiter::new(
+    "metrics listener: accept failed",
+    tracing::Level::WARN,
+    1,
+    std::time::Duration::from_secs(10),
+);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` (and, given a store, the greylist admin
 /// endpoints of [`crate::admin`]) until the task is dropped.
 pub async fn serve_http(
@@ -509,7 +527,18 @@ pub async fn serve_http(
     admin: Option<Arc<dyn crate::store::Store>>,
 ) -> std::io::Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors: wait and go on. Returning would close the endpoint
+                // for good, hiding the very trouble it should show.
+                if METRICS_ACCEPT_ERRORS.allow("metrics") {
+                    tracing::warn!(error = %e, "metrics listener: accept failed; retrying");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let metrics = metrics.clone();
         let health = health.clone();
         let admin = admin.clone();

@@ -342,6 +342,13 @@ impl<S: Transport> Session<S> {
                 rx.got.spool_error = Some(e);
             }
         }
+        // A full disk must show now (our failure, 452), not later while relaying, where
+        // it would look like the upstream's.
+        if rx.got.spool_error.is_none()
+            && let Err(e) = rx.spool.flush().await
+        {
+            rx.got.spool_error = Some(e);
+        }
         rx.got.anomalies = rx.anomalies();
         let eod = Instant::now();
         let r = Box::pin(self.end_of_message(*rx)).await;
@@ -445,11 +452,20 @@ impl<S: Transport> Session<S> {
     }
 
     /// Our own failure (the spool): a 4xx so the sender retries; not the client's fault,
-    /// so not counted as bad input, and not the upstream's.
+    /// so not counted as bad input, and not the upstream's. A full disk says so
+    /// (`452 4.3.1`, RFC 3463).
     async fn local_failure(&mut self, what: &str, e: &std::io::Error) -> Reply {
         warn!(session = %self.id, error = %e, "{what} failed (local)");
         self.finish_transaction("local_error", None);
         self.reset_upstream().await;
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        if matches!(e.kind(), StorageFull | QuotaExceeded) {
+            return reply(
+                452,
+                (4, 3, 1),
+                "Error: insufficient system storage, try again later",
+            );
+        }
         reply(451, (4, 3, 0), "Error: local error, try again later")
     }
 

@@ -337,10 +337,13 @@ impl<S: Transport> Session<S> {
         self.error_reply(r);
     }
 
-    /// The metric and the log line for bad input whose reply is sent elsewhere.
+    /// The metric and the log line for bad input whose reply is sent elsewhere; the line
+    /// is rate-limited per kind (a flood of junk must not fill the disk), the metric not.
     fn note_bad_input(&self, kind: ProtocolErrorKind, r: &Reply) {
         self.rt.metrics.protocol_error(kind);
-        info!(session = %self.id, client = %self.client.ip, kind = kind.as_str(), reply = %r, "refused client input");
+        if crate::log_limit::BAD_INPUT.allow(kind.as_str()) {
+            info!(session = %self.id, client = %self.client.ip, kind = kind.as_str(), reply = %r, "refused client input");
+        }
     }
 
     /// Queues a reply that counts as a client error.

@@ -11,6 +11,9 @@
 //! | [`sink`] | Postfix's `smtp-sink`, for load |
 //! | [`filters`] | clamd + clamav-milter, opendkim (sign/verify), opendmarc, rspamd (HTTP and milter), a scripted fake milter |
 //! | [`fake_upstream`] | a scripted SMTP server for fault injection that records what it got |
+//! | [`chaos_upstream`] | an SMTP server that misbehaves at every point (seeded), recording each message and what became of its reply |
+//! | [`rng`] | a seeded generator (SplitMix64) so a soak run can be repeated |
+//! | [`procstat`] | descriptors, resident memory and CPU time of a process, from `/proc` |
 //! | [`certs`] | a test CA and a leaf for `mx.test`, `localhost`, `127.0.0.1` |
 //! | [`authzone`] | the SPF/DKIM/DMARC/DNSBL/PTR test zone, DKIM keys generated at test time, signing |
 //! | [`dns`] | an in-process authoritative DNS server (hickory-server) on a loopback port; names under `timeout.test.` never get an answer |
@@ -22,13 +25,16 @@
 
 pub mod authzone;
 pub mod certs;
+pub mod chaos_upstream;
 pub mod client;
 pub mod dns;
 pub mod fake_upstream;
 pub mod filters;
 pub mod mxguard;
 pub mod postfix;
+pub mod procstat;
 pub mod redis;
+pub mod rng;
 pub mod sendmail;
 pub mod sink;
 

@@ -47,6 +47,8 @@ pub struct MxOpts {
     /// Pass `--upstream` (it replaces the configured upstream list); off for tests whose
     /// config lists several upstreams.
     pub upstream_flag: bool,
+    /// `RLIMIT_NOFILE` for the process (soft and hard), set before it starts.
+    pub nofile: Option<u64>,
 }
 
 impl MxOpts {
@@ -60,6 +62,7 @@ impl MxOpts {
             rust_log: "info".into(),
             implicit_tls: None,
             upstream_flag: true,
+            nofile: None,
         }
     }
 
@@ -74,6 +77,8 @@ pub struct MxGuard {
     pub dir: PathBuf,
     pub log_path: PathBuf,
     proc: ProcGuard,
+    /// How it was started, for [`MxGuard::restart`].
+    opts: MxOpts,
     _tmp: tempfile::TempDir,
 }
 
@@ -90,75 +95,49 @@ impl MxGuard {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
         }
-        // Port 0: the kernel picks a free port and mxguard logs it, so parallel tests can
-        // never race for the same "free" port.
-        let requested: SocketAddr = ([127, 0, 0, 1], 0).into();
         let log_path = dir.join("mxguard.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("run");
-        if let Some(yaml) = &opts.config {
-            let p = dir.join("mxguard.yaml");
-            let text = yaml
-                .replace("{listen}", &requested.to_string())
-                .replace("{upstream}", &opts.upstream.to_string())
-                .replace("{dir}", &dir.display().to_string());
-            std::fs::write(&p, text).unwrap();
-            cmd.arg("--config").arg(p);
-        }
-        if opts.upstream_flag {
-            cmd.arg("--upstream").arg(opts.upstream.to_string());
-        }
-        cmd.arg("--listen")
-            .arg(requested.to_string())
-            .arg("--rules")
-            .arg(&rules)
-            .arg("--state")
-            .arg(&state)
-            .arg("--hostname")
-            .arg(&opts.hostname)
-            .args(&opts.args)
-            .env("RUST_LOG", &opts.rust_log)
-            .env_remove("RUST_BACKTRACE")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
-        let mut proc = ProcGuard::new(child, "mxguard", false);
-        let addr = wait_for(
-            Duration::from_secs(20),
-            "mxguard to log its address",
-            || {
-                if let Err(e) = proc.check_alive() {
-                    panic!(
-                        "mxguard died before listening: {e}\n--- mxguard log ---\n{}",
-                        std::fs::read_to_string(&log_path).unwrap_or_default()
-                    );
-                }
-                first_listening_addr(&std::fs::read_to_string(&log_path).unwrap_or_default())
-            },
-        );
-        let lp = log_path.clone();
-        let alive = || {
-            proc.check_alive().map_err(|e| {
-                format!(
-                    "{e}\n--- mxguard log ---\n{}",
-                    std::fs::read_to_string(&lp).unwrap_or_default()
-                )
-            })
-        };
-        match &opts.implicit_tls {
-            None => wait_banner(addr, Duration::from_secs(20), "mxguard", alive),
-            Some(cfg) => wait_banner_tls(addr, cfg.clone(), alive),
-        }
+        let (proc, addr) = spawn(&opts, &dir, &log_path);
         MxGuard {
             addr,
             dir,
             log_path,
             proc,
+            opts,
             _tmp: tmp,
         }
+    }
+
+    /// Starts the process again with the same directory, config and state (after
+    /// [`MxGuard::kill`] or [`MxGuard::stop`]); the previous log moves to `mxguard.log.1`.
+    pub fn restart(&mut self) {
+        let _ = std::fs::rename(&self.log_path, self.dir.join("mxguard.log.1"));
+        let (proc, addr) = spawn(&self.opts, &self.dir, &self.log_path);
+        self.proc = proc;
+        self.addr = addr;
+    }
+
+    /// SIGKILL (a crash: no draining, nothing flushed) and reap.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.proc.signal(libc::SIGKILL);
+        wait_for(Duration::from_secs(10), "mxguard to die of SIGKILL", || {
+            self.proc.check_alive().err()
+        });
+        self.proc.child.wait().expect("reap mxguard")
+    }
+
+    /// Sends `sig` (by PID) without waiting.
+    pub fn signal(&self, sig: i32) {
+        self.proc.signal(sig);
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.proc.child.try_wait().ok().flatten()
+    }
+
+    /// The state directory (`--state`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
     }
 
     /// The log so far (stdout and stderr).
@@ -195,6 +174,94 @@ impl MxGuard {
     pub fn stop(&mut self, wait: Duration) -> Option<ExitStatus> {
         self.proc.terminate(wait)
     }
+}
+
+/// Writes the config, starts `mxguard run`, waits for its address in the log and its
+/// greeting.
+fn spawn(
+    opts: &MxOpts,
+    dir: &std::path::Path,
+    log_path: &std::path::Path,
+) -> (ProcGuard, SocketAddr) {
+    let rules = dir.join("rules");
+    let state = dir.join("state");
+    // Port 0: the kernel picks a free port and mxguard logs it, so parallel tests can
+    // never race for the same "free" port.
+    let requested: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let log = std::fs::File::create(log_path).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run");
+    if let Some(yaml) = &opts.config {
+        let p = dir.join("mxguard.yaml");
+        let text = yaml
+            .replace("{listen}", &requested.to_string())
+            .replace("{upstream}", &opts.upstream.to_string())
+            .replace("{dir}", &dir.display().to_string());
+        std::fs::write(&p, text).unwrap();
+        cmd.arg("--config").arg(p);
+    }
+    if opts.upstream_flag {
+        cmd.arg("--upstream").arg(opts.upstream.to_string());
+    }
+    cmd.arg("--listen")
+        .arg(requested.to_string())
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--state")
+        .arg(&state)
+        .arg("--hostname")
+        .arg(&opts.hostname)
+        .args(&opts.args)
+        .env("RUST_LOG", &opts.rust_log)
+        .env_remove("RUST_BACKTRACE")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if let Some(n) = opts.nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit (async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {BIN}: {e}"));
+    let mut proc = ProcGuard::new(child, "mxguard", false);
+    let addr = wait_for(
+        Duration::from_secs(20),
+        "mxguard to log its address",
+        || {
+            if let Err(e) = proc.check_alive() {
+                panic!(
+                    "mxguard died before listening: {e}\n--- mxguard log ---\n{}",
+                    std::fs::read_to_string(log_path).unwrap_or_default()
+                );
+            }
+            first_listening_addr(&std::fs::read_to_string(log_path).unwrap_or_default())
+        },
+    );
+    let alive = || {
+        proc.check_alive().map_err(|e| {
+            format!(
+                "{e}\n--- mxguard log ---\n{}",
+                std::fs::read_to_string(log_path).unwrap_or_default()
+            )
+        })
+    };
+    match &opts.implicit_tls {
+        None => wait_banner(addr, Duration::from_secs(20), "mxguard", alive),
+        Some(cfg) => wait_banner_tls(addr, cfg.clone(), alive),
+    }
+    (proc, addr)
 }
 
 /// A config with a TLS listener (STARTTLS, or implicit TLS when `implicit`).
