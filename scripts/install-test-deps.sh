@@ -13,6 +13,7 @@ PACKAGES=(
     postfix                 # upstream MTA, smtp-sink, smtp-source
     swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl
     curl python3 openssl ca-certificates
+    msmtp                   # a real client that asks for DSN (--dsn-notify)
     haproxy                 # benchmark baseline (TCP mode)
     strace valgrind         # benchmark counts: system calls and instructions per message
     redis-server            # shared store tests (also runs the sentinels: redis-server --sentinel)

@@ -471,3 +471,73 @@ async fn bdat_errors_keep_the_session_in_step() {
     assert!(c.reply().await.is_none());
     assert!(h.up.lock().unwrap().messages.is_empty());
 }
+
+/// One rule set and the recipients of one transaction: the session and `mxguard explain`
+/// must decide each recipient the same way.
+struct Agreement {
+    name: &'static str,
+    rules: &'static str,
+    rcpts: &'static [&'static str],
+    /// Greylist triplets to allow in the store first (explain assumes store checks pass:
+    /// the session's store must then let them pass too).
+    allowed: &'static [&'static str],
+}
+
+const AGREEMENT: &[Agreement] = &[
+    Agreement {
+        name: "greylist then reject",
+        rules: "rules:\n  - { name: grey, stage: rcpt, then: { greylist: { delay: 5m } } }\n  - { name: no-evil, stage: rcpt, if: { recipient: evil@d.test }, then: reject }\n",
+        rcpts: &["b@d.test", "evil@d.test"],
+        allowed: &["192.0.2.0/24|a@x.test|b@d.test", "192.0.2.0/24|a@x.test|evil@d.test"],
+    },
+    Agreement {
+        name: "accept then reject",
+        rules: "rules:\n  - { name: vip, stage: rcpt, if: { recipient: vip@d.test }, then: accept }\n  - { name: none, stage: rcpt, then: reject }\n",
+        rcpts: &["x@d.test", "vip@d.test", "y@d.test"],
+        allowed: &[],
+    },
+    Agreement {
+        name: "monitor rules do not act",
+        rules: "rules:\n  - { name: watch, stage: rcpt, then: reject, mode: monitor }\n  - { name: no-z, stage: rcpt, if: { recipient: z@d.test }, then: { tempfail: \"450 4.2.1 busy\" } }\n",
+        rcpts: &["b@d.test", "z@d.test"],
+        allowed: &[],
+    },
+    Agreement {
+        name: "rate limit then reject",
+        rules: "rules:\n  - { name: rate, stage: rcpt, then: { rate_limit: { key: [recipient], rate: 100/1h } } }\n  - { name: no-q, stage: rcpt, if: { recipient_domain: q.test }, then: reject }\n",
+        rcpts: &["b@d.test", "c@q.test"],
+        allowed: &[],
+    },
+];
+
+#[tokio::test(start_paused = true)]
+async fn explain_and_the_session_decide_alike() {
+    for case in AGREEMENT {
+        let h = harness(LIMITS, &[("r.yaml", case.rules)], UpScript::default()).await;
+        for t in case.allowed {
+            let target = crate::store::AllowTarget::Triplet((*t).into());
+            h.rt.store.allow(&target, Duration::from_secs(3600)).await.unwrap();
+        }
+        let mut c = Client::greeted(&h).await;
+        c.cmd("EHLO client.example").await;
+        assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+        let mut live = Vec::new();
+        for r in case.rcpts {
+            let reply = c.cmd(&format!("RCPT TO:<{r}>")).await;
+            live.push(!reply.starts_with('2'));
+        }
+        let input = crate::policy::ExplainInput::new(
+            "192.0.2.7".parse().unwrap(),
+            "client.example",
+            "a@x.test",
+            case.rcpts.iter().map(|r| r.to_string()).collect(),
+        );
+        let report = h.rt.policy.current().explain_session(&input);
+        let offline: Vec<bool> = case
+            .rcpts
+            .iter()
+            .map(|r| report.contains(&format!("-> recipient <{r}> refused")))
+            .collect();
+        assert_eq!(live, offline, "{}:\n{report}", case.name);
+    }
+}

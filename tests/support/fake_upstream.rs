@@ -147,13 +147,18 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub fn start(script: Script) -> FakeUpstream {
+        FakeUpstream::start_on("127.0.0.1:0".parse().unwrap(), script)
+    }
+
+    /// Listens on `addr` (e.g. a port reserved earlier, where nothing listened so far).
+    pub fn start_on(addr: SocketAddr, script: Script) -> FakeUpstream {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         let listener = rt
-            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .block_on(TcpListener::bind(addr))
             .expect("bind fake upstream");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
