@@ -18,6 +18,7 @@
 //! | [`tls`] | certificates (reloadable) and upstream TLS client settings |
 //! | [`dotstream`] | the DATA wire format: end-of-data, (un)stuffing, bare CR/LF |
 //! | [`spool`] | message bodies in memory, spilling to a file in the state directory |
+//! | [`message`] | the header index built once per message, the one list of edits, the rewriter |
 //! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
 //! | [`checks`] | store-backed checks the session resolves: greylist, rate limit |
@@ -41,6 +42,7 @@ pub mod dotstream;
 pub mod envelope;
 pub mod filters;
 pub mod listener;
+pub mod message;
 pub mod milter;
 pub mod policy;
 pub mod proxy_protocol;
