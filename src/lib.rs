@@ -20,6 +20,7 @@
 //! | [`dotstream`] | the DATA wire format: end-of-data, (un)stuffing, bare CR/LF |
 //! | [`spool`] | message bodies in memory, spilling to a file in the state directory |
 //! | [`transaction`] | one mail transaction, typed: sender and MAIL parameters, recipients, its checks, its edits |
+//! | [`message`] | the header index built once per message, the one list of edits, the rewriter |
 //! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
 //! | [`checks`] | store-backed checks the session resolves: greylist, rate limit |
@@ -44,6 +45,7 @@ pub mod envelope;
 pub mod filters;
 pub mod listener;
 pub mod log_limit;
+pub mod message;
 pub mod milter;
 pub mod policy;
 pub mod proxy_protocol;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::ops::Range;
 
 use crate::envelope::{AuthFacts, AuthStatus, RdnsStatus};
+use crate::message::HeaderIndex;
 
 /// `Authentication-Results: <id>; …` with one CRLF-TAB folded line per result, ending
 /// in CRLF. Only checks that ran appear; with none, the result is `none`.
@@ -135,47 +136,38 @@ pub fn quoted(v: &str) -> String {
     out
 }
 
-/// The byte ranges (each a whole field with its folded lines and CRLF) of the
-/// Authentication-Results fields in `head` whose authserv-id is `ours` (ASCII case
-/// ignored). `head` is the start of the message; only its header section is read.
+/// The original fields (their positions in `index`) that are Authentication-Results
+/// claiming our authserv-id `ours` (ASCII case ignored): each becomes an
+/// [`Edit::RemoveOriginal`](crate::message::Edit::RemoveOriginal).
+///
+/// The name is read more loosely than [`Field::is_named`](crate::message::Field::is_named):
+/// whatever precedes the first colon anywhere in the field, trimmed, so that a forgery
+/// behind leading white space or with a folded name is removed too.
+pub fn forged_fields(index: &HeaderIndex, ours: &str) -> Vec<usize> {
+    index
+        .fields()
+        .filter(|f| {
+            let raw = f.raw();
+            let Some(colon) = memchr::memchr(b':', raw) else {
+                return false;
+            };
+            String::from_utf8_lossy(&raw[..colon])
+                .trim()
+                .eq_ignore_ascii_case("Authentication-Results")
+                && authserv_id(&raw[colon + 1..]).is_some_and(|id| id.eq_ignore_ascii_case(ours))
+        })
+        .map(|f| f.index())
+        .collect()
+}
+
+/// The byte ranges of [`forged_fields`] in `head` (the start of the message), for the
+/// relay's skip list until the session records removals as edits.
 pub fn forged_ranges(head: &[u8], ours: &str) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < head.len() {
-        // One field: this line plus its continuation lines.
-        let line_end = |from: usize| {
-            head[from..]
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .map(|p| from + p + 2)
-        };
-        let Some(mut end) = line_end(pos) else {
-            break;
-        };
-        if end == pos + 2 {
-            break; // the empty line: end of the header section
-        }
-        while end < head.len() && (head[end] == b' ' || head[end] == b'\t') {
-            match line_end(end) {
-                Some(e) => end = e,
-                None => {
-                    end = head.len();
-                    break;
-                }
-            }
-        }
-        let field = &head[pos..end];
-        if let Some(colon) = field.iter().position(|b| *b == b':') {
-            let name = String::from_utf8_lossy(&field[..colon]);
-            if name.trim().eq_ignore_ascii_case("Authentication-Results")
-                && authserv_id(&field[colon + 1..]).is_some_and(|id| id.eq_ignore_ascii_case(ours))
-            {
-                out.push(pos..end);
-            }
-        }
-        pos = end;
-    }
-    out
+    let index = HeaderIndex::build(head);
+    forged_fields(&index, ours)
+        .into_iter()
+        .filter_map(|i| index.field(i).map(|f| f.range()))
+        .collect()
 }
 
 /// The authserv-id of an Authentication-Results value: its first word, after
@@ -265,10 +257,38 @@ mod tests {
     #[test]
     fn finds_only_fields_claiming_our_id() {
         let head = b"Received: x\r\nAuthentication-Results: mx.test;\r\n\tspf=pass\r\nauthentication-results: (c) MX.TEST 1; dkim=pass\r\nAuthentication-Results: other.example; spf=fail\r\nSubject: s\r\n\r\nbody Authentication-Results: mx.test\r\n";
+        let index = HeaderIndex::build(head);
+        assert_eq!(forged_fields(&index, "mx.test"), [1, 2]);
         let r = forged_ranges(head, "mx.test");
         assert_eq!(r.len(), 2);
         assert!(head[r[0].clone()].starts_with(b"Authentication-Results: mx.test;"));
         assert!(head[r[0].clone()].ends_with(b"spf=pass\r\n"));
         assert!(head[r[1].clone()].starts_with(b"authentication-results: (c) MX.TEST"));
+    }
+
+    #[test]
+    fn forgeries_in_odd_shapes_are_found() {
+        let cases: &[(&[u8], &[usize])] = &[
+            // Behind leading white space on the first line (it would otherwise follow
+            // our own fields as a continuation).
+            (b" Authentication-Results: mx.test; dkim=pass\r\nX: 1\r\n\r\n", &[0]),
+            // White space before the colon, a quoted id.
+            (b"X: 1\r\nAuthentication-Results :\t\"mx.test\"; spf=pass\r\n\r\n", &[1]),
+            // The name folded before its colon.
+            (b"Authentication-Results\r\n : mx.test; spf=pass\r\n\r\n", &[0]),
+            // The last line without its CRLF.
+            (b"X: 1\r\nAuthentication-Results: mx.test", &[1]),
+            // Not ours, not an A-R, or in the body.
+            (b"Authentication-Results: mx.test.evil; spf=pass\r\nX-Authentication-Results: mx.test\r\n\r\nAuthentication-Results: mx.test\r\n", &[]),
+        ];
+        for (head, want) in cases {
+            let index = HeaderIndex::build(head);
+            assert_eq!(
+                forged_fields(&index, "mx.test"),
+                *want,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
     }
 }

@@ -25,6 +25,7 @@ use std::hash::{Hash, Hasher};
 
 use crate::dns::{Dns, Lookup};
 use crate::envelope::{AuthFacts, AuthStatus, DmarcFact, DmarcReason};
+use crate::message::HeaderIndex;
 
 /// The RFC5322.From addresses to evaluate: one per author domain, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,20 +218,15 @@ fn parse_pct(record: &str) -> u8 {
 
 /// A number in 0..100 fixed for the message: from its Message-ID, else its first bytes.
 fn sample(message: &[u8]) -> u8 {
-    let key = message_id(message).unwrap_or(&message[..message.len().min(1024)]);
+    let id = HeaderIndex::build(message).message_id();
+    let key = id
+        .as_ref()
+        .map_or(&message[..message.len().min(1024)], |id| id.as_bytes());
     // DefaultHasher::new() has fixed keys: the same message samples the same way after a
     // restart, too.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     (h.finish() % 100) as u8
-}
-
-fn message_id(message: &[u8]) -> Option<&[u8]> {
-    let head_end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
-    message[..head_end]
-        .split(|&b| b == b'\n')
-        .find(|line| line.len() > 11 && line[..11].eq_ignore_ascii_case(b"message-id:"))
-        .map(|line| line[11..].trim_ascii())
 }
 
 fn lower(policy: &'static str) -> &'static str {
@@ -360,6 +356,14 @@ mod tests {
         let b = b"Subject: b\r\nMessage-Id: <1@x>\r\n\r\nbody two";
         assert_eq!(sample(a), sample(b));
         assert!(sample(a) < 100);
+        // The key is the id itself (as before the header index), folded or not.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        b"<1@x>"[..].hash(&mut h);
+        assert_eq!(sample(a), (h.finish() % 100) as u8);
+        assert_eq!(
+            sample(b"Message-ID:\r\n <1@x>\r\n\r\nbody three"),
+            sample(a)
+        );
         assert_eq!(lower("reject"), "quarantine");
         assert_eq!(lower("quarantine"), "none");
     }
