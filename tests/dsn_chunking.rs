@@ -30,7 +30,9 @@ fn dsn_parameters_reach_postfix_and_its_success_notice_names_them() {
     assert!(ehlo.contains("DSN"), "Postfix offers DSN, so do we: {ehlo}");
     let r = c.cmd("MAIL FROM:<bob@test.example> RET=HDRS ENVID=QQ314159");
     assert_eq!(r.code, 250, "{r}");
-    let r = c.cmd("RCPT TO:<alice@test.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice+40test.example");
+    let r = c.cmd(
+        "RCPT TO:<alice@test.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice+40test.example",
+    );
     assert_eq!(r.code, 250, "{r}");
     assert_eq!(c.cmd("DATA").code, 354);
     c.send(b"From: bob@test.example\r\nTo: alice@test.example\r\nSubject: dsn test\r\n\r\nsecret body text\r\n.\r\n");
@@ -43,11 +45,20 @@ fn dsn_parameters_reach_postfix_and_its_success_notice_names_them() {
         .unwrap_or_else(|| panic!("no DSN for the sender: {got:#?}"));
     let text = String::from_utf8_lossy(&dsn.eml);
     assert!(text.contains("Original-Envelope-Id: QQ314159"), "{text}");
-    assert!(text.contains("Original-Recipient: rfc822;alice@test.example"), "{text}");
+    assert!(
+        text.contains("Original-Recipient: rfc822;alice@test.example"),
+        "{text}"
+    );
     // Postfix reports a pipe delivery as "relayed"; either way a success.
     assert!(text.contains("Status: 2.0.0"), "{text}");
-    assert!(text.contains("text/rfc822-headers"), "RET=HDRS: headers only\n{text}");
-    assert!(!text.contains("secret body text"), "RET=HDRS returned the body\n{text}");
+    assert!(
+        text.contains("text/rfc822-headers"),
+        "RET=HDRS: headers only\n{text}"
+    );
+    assert!(
+        !text.contains("secret body text"),
+        "RET=HDRS returned the body\n{text}"
+    );
 }
 
 #[test]

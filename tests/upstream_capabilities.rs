@@ -12,10 +12,12 @@ use support::fake_upstream::{FakeUpstream, Script};
 use support::mxguard::{MxGuard, MxOpts};
 
 fn script(caps: &[&str]) -> Script {
-    let mut s = Script::default();
-    s.caps = caps.iter().map(|c| c.to_string()).collect();
-    s.caps.push("XCLIENT NAME ADDR PROTO HELO PORT".into());
-    s
+    let mut caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+    caps.push("XCLIENT NAME ADDR PROTO HELO PORT".into());
+    Script {
+        caps,
+        ..Script::default()
+    }
 }
 
 fn two_upstreams(a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
@@ -30,7 +32,13 @@ fn ehlo_keywords(c: &mut RawClient) -> String {
 
 #[test]
 fn the_offer_is_what_every_upstream_seen_supports() {
-    let a = FakeUpstream::start(script(&["PIPELINING", "8BITMIME", "SMTPUTF8", "DSN", "SIZE 1000000"]));
+    let a = FakeUpstream::start(script(&[
+        "PIPELINING",
+        "8BITMIME",
+        "SMTPUTF8",
+        "DSN",
+        "SIZE 1000000",
+    ]));
     let b = FakeUpstream::start(script(&["PIPELINING", "8BITMIME", "SIZE 2000000"]));
     let mut opts = MxOpts::new(a.addr).config(&two_upstreams(a.addr, b.addr));
     opts.upstream_flag = false;
@@ -38,7 +46,10 @@ fn the_offer_is_what_every_upstream_seen_supports() {
     let mut c = RawClient::connect(mx.addr);
     let offer = ehlo_keywords(&mut c);
     assert!(offer.contains("8BITMIME"), "{offer}");
-    assert!(!offer.contains("SMTPUTF8") && !offer.contains("DSN"), "{offer}");
+    assert!(
+        !offer.contains("SMTPUTF8") && !offer.contains("DSN"),
+        "{offer}"
+    );
     assert!(offer.contains("SIZE 1000000"), "the smaller limit: {offer}");
     // What was not offered is refused, whichever upstream would carry the mail.
     assert!(c.cmd("MAIL FROM:<a@x.test> SMTPUTF8").is("555 5.5.4"));
@@ -48,14 +59,22 @@ fn the_offer_is_what_every_upstream_seen_supports() {
 
 #[test]
 fn failing_over_to_an_upstream_without_an_extension_in_use_is_a_4xx() {
-    let a = FakeUpstream::start(script(&["PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 1000000"]));
+    let a = FakeUpstream::start(script(&[
+        "PIPELINING",
+        "8BITMIME",
+        "SMTPUTF8",
+        "SIZE 1000000",
+    ]));
     // The second upstream is down at start-up (nothing listens on its port yet).
     let b_addr: std::net::SocketAddr = ([127, 0, 0, 1], support::free_port()).into();
     let mut opts = MxOpts::new(a.addr).config(&two_upstreams(a.addr, b_addr));
     opts.upstream_flag = false;
     let mx = MxGuard::start(opts);
     let mut c = RawClient::connect(mx.addr);
-    assert!(ehlo_keywords(&mut c).contains("SMTPUTF8"), "only the first was seen");
+    assert!(
+        ehlo_keywords(&mut c).contains("SMTPUTF8"),
+        "only the first was seen"
+    );
     assert_eq!(c.cmd("MAIL FROM:<zoë@x.test> SMTPUTF8").code, 250);
     assert_eq!(c.cmd("RCPT TO:<b@d.test>").code, 250);
     assert_eq!(c.cmd("DATA").code, 354);
@@ -73,7 +92,10 @@ fn failing_over_to_an_upstream_without_an_extension_in_use_is_a_4xx() {
     a.stop_listening();
     let b = FakeUpstream::start_on(b_addr, script(&["PIPELINING", "8BITMIME", "SIZE 1000000"]));
     let mut c = RawClient::connect(mx.addr);
-    assert!(ehlo_keywords(&mut c).contains("SMTPUTF8"), "still as offered before");
+    assert!(
+        ehlo_keywords(&mut c).contains("SMTPUTF8"),
+        "still as offered before"
+    );
     let r = c.cmd("MAIL FROM:<zoë@x.test> SMTPUTF8");
     assert!(r.is("451 4.3.3"), "{r}\n{}", mx.log());
     assert!(

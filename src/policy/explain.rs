@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use super::{RuleSet, StageOutcome, Step};
 use crate::envelope::{ClientInfo, Decision, Facts, MessageView, Stage};
+use crate::message::HeaderIndex;
 use crate::smtp::{ForwardPath, MailParams, RcptParams, ReversePath};
 use crate::transaction::{Recipient, Transaction};
 
@@ -50,52 +51,12 @@ impl<'a> ExplainInput<'a> {
 /// The default body scan limit for `explain`, matching the session's default.
 pub const DEFAULT_BODY_SCAN: usize = 64 * 1024;
 
-/// Builds the [`MessageView`] of a raw message: header fields in order (unfolded),
-/// the first `body_limit` bytes of the body, and the size with CRLF line ends.
-/// Lines may end in CRLF or LF (files on disk usually have LF).
+/// The rules' view of a message file: lines may end in CRLF or LF (files on disk usually
+/// have LF), so it is read as the CRLF message the session would have received, and
+/// indexed the way the session indexes it.
 pub fn message_view(raw: &[u8], body_limit: usize) -> MessageView {
-    let mut headers: Vec<(String, String)> = Vec::new();
-    let mut pos = 0;
-    let mut body_start = raw.len();
-    while pos < raw.len() {
-        let end = raw[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(raw.len(), |i| pos + i);
-        let next = (end + 1).min(raw.len());
-        let mut line = &raw[pos..end];
-        if let [rest @ .., b'\r'] = line {
-            line = rest;
-        }
-        if line.is_empty() {
-            body_start = next;
-            break;
-        }
-        let text = String::from_utf8_lossy(line);
-        if line[0] == b' ' || line[0] == b'\t' {
-            if let Some((_, v)) = headers.last_mut() {
-                v.push_str(&text);
-            }
-        } else if let Some((n, v)) = text.split_once(':') {
-            headers.push((n.trim().to_owned(), v.trim_start().to_owned()));
-        }
-        pos = next;
-    }
-    for (_, v) in &mut headers {
-        let t = v.trim_end().len();
-        v.truncate(t);
-    }
-    let body = &raw[body_start.min(raw.len())..];
-    let bare_lf = raw
-        .iter()
-        .enumerate()
-        .filter(|&(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
-        .count();
-    MessageView {
-        headers,
-        body_prefix: body[..body.len().min(body_limit)].to_vec(),
-        size: (raw.len() + bare_lf) as u64,
-    }
+    let crlf = crate::checks::dkim::to_crlf(raw);
+    HeaderIndex::build(&crlf).message_view(&crlf, body_limit)
 }
 
 /// One stage through the stepper with tracing on: its lines, and its outcome. Offline
@@ -344,6 +305,6 @@ mod tests {
             ]
         );
         assert_eq!(m.body_prefix, b"body");
-        assert_eq!(m.size, raw.len() as u64 + 5);
+        assert_eq!(m.size, raw.len() as u64 + 5, "the CRLF message's size");
     }
 }

@@ -22,6 +22,7 @@ use tracing::warn;
 
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::dotstream::Encoder;
+use crate::message::MessageOut;
 use crate::reply::Reply;
 use crate::spool::Spool;
 use crate::stream::{BoxIo, BufferedConn, ReadError, Stream};
@@ -567,26 +568,22 @@ impl Upstream {
         self.command("rcpt", rcpt_line.as_bytes()).await
     }
 
-    /// Sends the message and returns the upstream's final reply: `head` (the header
-    /// section as it is to be relayed, already edited) then the spooled message from
-    /// `body_from` on. As `BDAT <n> LAST` when the upstream offers CHUNKING (no
-    /// stuffing, no terminator to get wrong), else as DATA re-encoded canonically (dots
-    /// stuffed, exactly one terminator). A refusal of DATA itself is returned as the
-    /// final reply.
+    /// Sends the message and returns the upstream's final reply: as `BDAT <n> LAST` when
+    /// the upstream offers CHUNKING (no stuffing, no terminator to get wrong), else as
+    /// DATA re-encoded canonically (dots stuffed, exactly one terminator). The header
+    /// section comes from `out` (edited in memory), the body from the spool. A refusal of
+    /// DATA itself is returned as the final reply.
     pub async fn send_message(
         &mut self,
-        head: &[u8],
+        out: &MessageOut,
         spool: &mut Spool,
-        body_from: u64,
     ) -> Result<Reply, RelayError> {
         let started = Instant::now();
-        let body_len = spool.len().saturating_sub(body_from);
+        let len = out.wire_len(spool.len());
         let reply = if self.caps.chunking {
-            let len = head.len() as u64 + body_len;
-            let mut out = Vec::with_capacity(head.len().min(WRITE_BATCH) + 32);
-            out.extend_from_slice(format!("BDAT {len} LAST\r\n").as_bytes());
-            self.stream_message(head, spool, body_from, &mut out, None)
-                .await?;
+            let mut wire = Vec::with_capacity((len as usize).min(WRITE_BATCH) + 32);
+            wire.extend_from_slice(format!("BDAT {len} LAST\r\n").as_bytes());
+            self.stream_message(out, spool, &mut wire, None).await?;
             self.read_reply("end_of_data", self.data_timeout).await?
         } else {
             let reply = self.command("data", b"DATA\r\n").await?;
@@ -596,10 +593,10 @@ impl Upstream {
             }
             // Sized for the message (stuffing adds little), up to one write batch: a
             // 1 KiB message should not cost a 65 KiB allocation.
-            let wire = (head.len() as u64 + body_len).min(WRITE_BATCH as u64) as usize;
-            let mut out = Vec::with_capacity(wire + wire / 32 + 1024);
+            let batch = (len as usize).min(WRITE_BATCH);
+            let mut wire = Vec::with_capacity(batch + batch / 32 + 1024);
             let mut encoder = Encoder::new();
-            self.stream_message(head, spool, body_from, &mut out, Some(&mut encoder))
+            self.stream_message(out, spool, &mut wire, Some(&mut encoder))
                 .await?;
             self.read_reply("end_of_data", self.data_timeout).await?
         };
@@ -611,43 +608,34 @@ impl Upstream {
         Ok(reply)
     }
 
-    /// Writes `head` and the spool from `body_from`, through `encoder` (DATA) or raw
-    /// (BDAT), in batches; ends the DATA stream with its terminator.
+    /// Writes the message through `encoder` (DATA) or raw (BDAT), in batches; ends the
+    /// DATA stream with its terminator.
     async fn stream_message(
         &mut self,
-        head: &[u8],
+        out: &MessageOut,
         spool: &mut Spool,
-        body_from: u64,
-        out: &mut Vec<u8>,
+        wire: &mut Vec<u8>,
         mut encoder: Option<&mut Encoder>,
     ) -> Result<(), RelayError> {
-        let mut put = |bytes: &[u8], out: &mut Vec<u8>| match encoder.as_deref_mut() {
-            Some(e) => e.encode(bytes, out),
-            None => out.extend_from_slice(bytes),
-        };
-        put(head, out);
-        let mut pos = body_from;
-        let mut scratch = Vec::new();
+        let mut reader = out.reader();
         loop {
-            let chunk = spool
-                .next_chunk(&mut pos, &mut scratch)
-                .await
-                .map_err(RelayError::Local)?;
-            if chunk.is_empty() {
-                break;
-            }
-            for piece in chunk.chunks(WRITE_BATCH) {
-                put(piece, out);
-                if out.len() >= WRITE_BATCH {
-                    self.write("data", out).await?;
-                    out.clear();
+            let piece = reader.next(spool).await.map_err(RelayError::Local)?;
+            let Some(piece) = piece else { break };
+            for part in piece.chunks(WRITE_BATCH) {
+                match encoder.as_deref_mut() {
+                    Some(e) => e.encode(part, wire),
+                    None => wire.extend_from_slice(part),
+                }
+                if wire.len() >= WRITE_BATCH {
+                    self.write("data", wire).await?;
+                    wire.clear();
                 }
             }
         }
         if let Some(e) = encoder {
-            e.finish(out);
+            e.finish(wire);
         }
-        self.write("data", out).await
+        self.write("data", wire).await
     }
 
     /// Whether a connection kept open between transactions is still usable: nothing may

@@ -16,6 +16,7 @@ use super::{COMMAND_CHUNK, Flow, Session};
 use crate::checks::auth_results;
 use crate::dotstream::{Anomalies, Decoder, RawScanner};
 use crate::envelope::{Checks, Stage};
+use crate::message::{Edits, HeaderIndex, HeaderScan, MessageOut};
 use crate::relay::TraceMode;
 use crate::reply::{Reply, StatusCode, reply};
 use crate::spool::Spool;
@@ -274,9 +275,9 @@ impl<S: Transport> Session<S> {
         self.conn.consume(used);
         rx.wire_bytes += used as u64;
         rx.got.size += rx.decoded.len() as u64;
-        if !rx.headers.done {
-            rx.headers.scan(&rx.decoded);
-            rx.got.header_too_big |= rx.headers.bytes > max_header;
+        if !rx.headers.is_done() {
+            rx.headers.feed(&rx.decoded);
+            rx.got.header_too_big |= rx.headers.header_bytes() > max_header;
         }
         rx.got.oversize |= rx.got.size > max_size;
         if !rx.refused()
@@ -369,7 +370,6 @@ impl<S: Transport> Session<S> {
             mut spool,
             got,
             normalize,
-            headers,
             ..
         } = rx;
         if let Some(tx) = self.tx.as_mut() {
@@ -383,10 +383,10 @@ impl<S: Transport> Session<S> {
         if let Some(e) = &got.spool_error {
             return self.local_failure("spool write", e).await;
         }
-        let mut view = crate::policy::message_view(
-            spool.head(),
-            self.rt.config.limits.body_scan_limit as usize,
-        );
+        // The header index, built once: the rules' view, the forged fields, the edits.
+        let index = HeaderIndex::build(spool.head());
+        let mut view =
+            index.message_view(spool.head(), self.rt.config.limits.body_scan_limit as usize);
         view.size = got.size;
         let want = self.checks_wanted(Stage::Data);
         if want.intersects(Checks::DKIM | Checks::DMARC | Checks::ARC) {
@@ -401,12 +401,7 @@ impl<S: Transport> Session<S> {
         if let Some(refusal) = self.decide(Stage::Data, None, Some(&view)).await {
             return self.refuse_message(refusal).await;
         }
-        let header_len = if headers.done {
-            headers.bytes
-        } else {
-            got.size
-        };
-        let head = self.outgoing_head(&spool, header_len as usize);
+        let out = self.outgoing(&index);
         let Some(up) = self.upstream.as_mut() else {
             self.finish_transaction("upstream_failed", None);
             return reply(
@@ -415,7 +410,7 @@ impl<S: Transport> Session<S> {
                 "Error: upstream unavailable, try again later",
             );
         };
-        match up.send_message(&head, &mut spool, header_len).await {
+        match up.send_message(&out, &mut spool).await {
             Ok(r) if r.code == 250 => {
                 self.upstream_in_transaction = false;
                 self.finish_transaction("delivered", Some(&r));
@@ -478,12 +473,19 @@ impl<S: Transport> Session<S> {
         r
     }
 
-    /// The header section as it goes upstream: our trace line when the upstream cannot
-    /// be told the client any other way (or the client used TLS), our
-    /// Authentication-Results, the headers rules asked for, then the client's header
-    /// section without forged copies of our Authentication-Results.
-    fn outgoing_head(&self, spool: &Spool, header_len: usize) -> Vec<u8> {
-        let mut head = Vec::with_capacity(header_len + 512);
+    /// The message as it goes upstream: our trace line when the upstream cannot be told
+    /// the client any other way (or the client used TLS), our Authentication-Results and
+    /// the headers rules asked for above the client's header section, from which forged
+    /// copies of our Authentication-Results are removed.
+    fn outgoing(&self, index: &HeaderIndex) -> MessageOut {
+        let mut edits = Edits::new();
+        let mut prepend = |field: String| {
+            if let Err(e) = edits.prepend_field(&field) {
+                // Our own fields are well formed; a rule's header was checked when the
+                // rules loaded. Never relay a field that could restructure the header.
+                warn!(session = %self.id, error = %e, field = %field.trim_end(), "header field not added");
+            }
+        };
         let no_client_trace = self
             .upstream
             .as_ref()
@@ -493,43 +495,31 @@ impl<S: Transport> Session<S> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
-            head.extend_from_slice(
-                crate::relay::trace::received_header(
-                    &self.identity(),
-                    &self.rt.config.hostname,
-                    now,
-                )
-                .as_bytes(),
-            );
+            prepend(crate::relay::trace::received_header(
+                &self.identity(),
+                &self.rt.config.hostname,
+                now,
+            ));
         }
         if let Some(tx) = self.tx.as_ref() {
             if self.rt.config.adds_auth_results(&tx.auth) {
-                head.extend_from_slice(
-                    auth_results::header(
-                        self.rt.config.authserv_id(),
-                        &tx.auth,
-                        self.client.ip,
-                        self.helo.as_deref().unwrap_or(""),
-                        &tx.sender_text,
-                    )
-                    .as_bytes(),
-                );
+                prepend(auth_results::header(
+                    self.rt.config.authserv_id(),
+                    &tx.auth,
+                    self.client.ip,
+                    self.helo.as_deref().unwrap_or(""),
+                    &tx.sender_text,
+                ));
             }
             for h in &tx.add_headers {
-                head.extend_from_slice(h.as_bytes());
-                head.extend_from_slice(b"\r\n");
+                prepend(format!("{h}\r\n"));
             }
         }
-        let section = &spool.head()[..header_len.min(spool.head().len())];
         // An incoming Authentication-Results under our name is a forgery: drop it.
-        let forged = auth_results::forged_ranges(section, self.rt.config.authserv_id());
-        let mut at = 0;
-        for r in forged {
-            head.extend_from_slice(&section[at..r.start]);
-            at = r.end;
+        for i in auth_results::forged_fields(index, self.rt.config.authserv_id()) {
+            edits.remove_original(i);
         }
-        head.extend_from_slice(&section[at..]);
-        head
+        crate::message::rewrite(index, edits)
     }
 }
 
@@ -606,59 +596,9 @@ fn refusal_for_content(
     None
 }
 
-/// Finds the end of the header section in a stream of canonical message bytes.
-#[derive(Debug, Default)]
-struct HeaderScan {
-    done: bool,
-    bytes: u64,
-    /// How much of "\r\n\r\n" has matched; starts as if a CRLF preceded the message.
-    matched: u8,
-    started: bool,
-}
-
-impl HeaderScan {
-    fn scan(&mut self, chunk: &[u8]) {
-        if !self.started {
-            self.started = true;
-            self.matched = 2;
-        }
-        for &b in chunk {
-            self.bytes += 1;
-            self.matched = match (self.matched, b) {
-                (0 | 2, b'\r') => self.matched + 1,
-                (1 | 3, b'\n') => self.matched + 1,
-                (_, b'\r') => 1,
-                _ => 0,
-            };
-            if self.matched == 4 {
-                self.done = true;
-                return;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_scan_finds_end_across_chunks() {
-        let msg = b"Subject: a\r\nX: b\r\n\r\nbody\r\n";
-        for cut in 0..msg.len() {
-            let mut s = HeaderScan::default();
-            s.scan(&msg[..cut]);
-            if !s.done {
-                s.scan(&msg[cut..]);
-            }
-            assert!(s.done);
-            assert_eq!(s.bytes, 20, "cut {cut}");
-        }
-        let mut s = HeaderScan::default();
-        s.scan(b"\r\nbody only");
-        assert!(s.done);
-        assert_eq!(s.bytes, 2);
-    }
 
     #[test]
     fn bdat_commands() {

@@ -488,7 +488,10 @@ const AGREEMENT: &[Agreement] = &[
         name: "greylist then reject",
         rules: "rules:\n  - { name: grey, stage: rcpt, then: { greylist: { delay: 5m } } }\n  - { name: no-evil, stage: rcpt, if: { recipient: evil@d.test }, then: reject }\n",
         rcpts: &["b@d.test", "evil@d.test"],
-        allowed: &["192.0.2.0/24|a@x.test|b@d.test", "192.0.2.0/24|a@x.test|evil@d.test"],
+        allowed: &[
+            "192.0.2.0/24|a@x.test|b@d.test",
+            "192.0.2.0/24|a@x.test|evil@d.test",
+        ],
     },
     Agreement {
         name: "accept then reject",
@@ -516,7 +519,10 @@ async fn explain_and_the_session_decide_alike() {
         let h = harness(LIMITS, &[("r.yaml", case.rules)], UpScript::default()).await;
         for t in case.allowed {
             let target = crate::store::AllowTarget::Triplet((*t).into());
-            h.rt.store.allow(&target, Duration::from_secs(3600)).await.unwrap();
+            h.rt.store
+                .allow(&target, Duration::from_secs(3600))
+                .await
+                .unwrap();
         }
         let mut c = Client::greeted(&h).await;
         c.cmd("EHLO client.example").await;
