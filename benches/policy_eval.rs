@@ -178,6 +178,7 @@ fn main() {
             recipient: (stage == Stage::Rcpt).then_some(&current),
             message: (stage == Stage::Data).then_some(&msg),
             auth: &mxguard::envelope::AuthFacts::EMPTY,
+            filters: &[],
         };
         const BATCH: u32 = 50;
         let mut samples = Vec::new();
@@ -228,6 +229,7 @@ fn main() {
             recipient: Some(&current),
             message: None,
             auth: &mxguard::envelope::AuthFacts::EMPTY,
+            filters: &[],
         };
         std::hint::black_box(set.evaluate(&facts));
         lat.push(t.elapsed());

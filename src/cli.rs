@@ -61,6 +61,14 @@ pub struct ExplainArgs {
     /// Pretend the client authenticated as this user.
     #[arg(long)]
     pub auth_user: Option<String>,
+    /// Ask the configured content filters (milters, rspamd) about `--message` too, and
+    /// show each one's verdict and modifications; the `data` rules then see them.
+    #[arg(long, requires = "message")]
+    pub filters: bool,
+    /// The listener the session arrives on (for filters limited to listeners); default:
+    /// the first configured one.
+    #[arg(long)]
+    pub listener: Option<String>,
     /// DNS server `ADDR:PORT` for the checks (replaces `dns.servers`); with it, every
     /// check runs and is printed, not only those the rules test.
     #[arg(long)]

@@ -45,6 +45,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS and the Authentication-Results header.
     pub checks: ChecksConfig,
+    /// Content filters (milters, rspamd over HTTP), in the order they run.
+    pub filters: Vec<crate::filters::Filter>,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             store: crate::store::StoreConfig::default(),
             dns: DnsConfig::default(),
             checks: ChecksConfig::default(),
+            filters: Vec::new(),
         }
     }
 }
@@ -83,6 +86,11 @@ pub struct ListenerConfig {
     /// `mx` (default): port 25, no AUTH. `submission`: mail clients (587/465); AUTH
     /// is offered after TLS and relayed to the upstream, and MAIL requires it.
     pub mode: ListenerMode,
+    /// The milter macro `{daemon_name}` for sessions on this listener (Postfix's
+    /// `milter_macro_daemon_name`, by default the host name). Signing milters key on it:
+    /// OpenDKIM's `MacroList daemon_name|ORIGINATING` with `ORIGINATING` here on the
+    /// submission listener.
+    pub milter_daemon_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -128,6 +136,7 @@ impl Default for ListenerConfig {
             implicit_tls: false,
             proxy_protocol: None,
             mode: ListenerMode::Mx,
+            milter_daemon_name: None,
         }
     }
 }
@@ -948,6 +957,20 @@ impl Config {
 
     /// Checks relations between fields that serde cannot.
     pub fn validate(&self) -> Result<(), String> {
+        let kinds: Vec<crate::filters::FilterConfig> =
+            self.filters.iter().map(|f| f.kind.clone()).collect();
+        if let Some(e) = crate::filters::validate(&kinds).into_iter().next() {
+            return Err(e);
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            if let Some(l) = f
+                .listeners
+                .iter()
+                .find(|l| !self.listeners.iter().any(|c| &c.name == *l))
+            {
+                return Err(format!("filters[{i}].listeners: no listener named {l:?}"));
+            }
+        }
         if self.listeners.is_empty() {
             return Err("listeners: at least one listener is required".into());
         }
@@ -1044,6 +1067,38 @@ mod tests {
         assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:2525");
         assert_eq!(c.upstreams[0].address, "127.0.0.1:25");
         assert_eq!(c.limits.max_line_length, 2048);
+    }
+
+    #[test]
+    fn filters_are_checked_against_the_listeners() {
+        let ok = Config::parse(
+            "listeners:\n  - name: mx\n    address: 127.0.0.1:2525\n    milter_daemon_name: ORIGINATING\n\
+             filters:\n  - name: av\n    milter: 127.0.0.1:7357\n    listeners: [mx]\n",
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(ok.filters[0].listeners, ["mx"]);
+        assert_eq!(
+            ok.listeners[0].milter_daemon_name.as_deref(),
+            Some("ORIGINATING")
+        );
+        let e = Config::parse(
+            "filters:\n  - name: av\n    milter: 127.0.0.1:7357\n    listeners: [submision]\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "c.yaml: filters[0].listeners: no listener named \"submision\""
+        );
+        let e = Config::parse(
+            "filters:\n  - name: av\n    milter: 127.0.0.1:7357\n  - name: av\n    rspamd: http://127.0.0.1:11333\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"av\" is used twice"), "{e}");
     }
 
     #[test]

@@ -91,6 +91,72 @@ pub struct Facts<'a> {
     pub message: Option<&'a MessageView>,
     /// Results of the DNS-based checks run before this decision (see [`AuthFacts`]).
     pub auth: &'a AuthFacts,
+    /// At `data`: what each content filter said about the message.
+    pub filters: &'a [FilterFact],
+}
+
+/// A content filter's verdict, as a class rules can test whatever the filter's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FilterResult {
+    /// Accept, continue, rspamd's `no action` / `add header` / `rewrite subject`.
+    Pass,
+    /// A permanent refusal (milter reject or 5xx reply code, rspamd `reject`).
+    Reject,
+    /// A temporary refusal (milter tempfail or 4xx, rspamd `soft reject` / `greylist`).
+    Tempfail,
+    /// Accept and drop silently (milter `discard`).
+    Discard,
+    /// Hold for review (milter quarantine).
+    Quarantine,
+    /// Close the client connection (milter shutdown).
+    Shutdown,
+    /// The filter was down, too slow or broken (its `default_action` applies).
+    Error,
+}
+
+impl FilterResult {
+    pub const ALL: [FilterResult; 7] = [
+        FilterResult::Pass,
+        FilterResult::Reject,
+        FilterResult::Tempfail,
+        FilterResult::Discard,
+        FilterResult::Quarantine,
+        FilterResult::Shutdown,
+        FilterResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FilterResult::Pass => "pass",
+            FilterResult::Reject => "reject",
+            FilterResult::Tempfail => "tempfail",
+            FilterResult::Discard => "discard",
+            FilterResult::Quarantine => "quarantine",
+            FilterResult::Shutdown => "shutdown",
+            FilterResult::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FilterResult> {
+        FilterResult::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// What one content filter said about the message at end of data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterFact {
+    pub name: String,
+    pub result: FilterResult,
+    /// rspamd's action as it named it (`no action`, `add header`, `rewrite subject`,
+    /// `greylist`, `soft reject`, `reject`).
+    pub action: Option<String>,
+    /// rspamd's score and the symbols that fired.
+    pub score: Option<f64>,
+    pub symbols: Vec<String>,
+    /// The filter's own reply, for a refusal.
+    pub reply: Option<Reply>,
+    /// Why: the quarantine reason, or the failure.
+    pub reason: Option<String>,
 }
 
 /// The decisive part of a policy evaluation.

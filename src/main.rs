@@ -138,8 +138,54 @@ fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     input.auth_user = args.auth_user.as_deref();
     input.body_scan_limit = config.limits.body_scan_limit as usize;
     input.auth = explain_checks(&config, &rules, &args, message.as_deref())?;
+    if args.filters
+        && let Some(m) = message.as_deref()
+    {
+        let report = explain_filters(&config, &rules, &args, m)?;
+        print!("{}", report.text);
+        input.filters = report.facts;
+    }
     print!("{}", rules.explain_session(&input));
     Ok(())
+}
+
+/// `explain --filters`: the configured filters asked about the message, as a session on
+/// `--listener` would ask them.
+fn explain_filters(
+    config: &mxguard::config::Config,
+    rules: &RuleSet,
+    args: &mxguard::cli::ExplainArgs,
+    message: &[u8],
+) -> anyhow::Result<mxguard::filters::offline::OfflineReport> {
+    use mxguard::filters::{FilterConfig, offline};
+    let listener = match &args.listener {
+        Some(l) => l.clone(),
+        None => config
+            .listeners
+            .first()
+            .map(|l| l.name.clone())
+            .unwrap_or_else(|| "mx".into()),
+    };
+    let from = mxguard::policy::strip_angle_brackets(&args.from).to_owned();
+    let to: Vec<String> = args
+        .to
+        .iter()
+        .map(|t| mxguard::policy::strip_angle_brackets(t).to_owned())
+        .collect();
+    let crlf = mxguard::checks::dkim::to_crlf(message);
+    let session = offline::OfflineSession {
+        listener: &listener,
+        client_ip: args.client_ip,
+        helo: &args.helo,
+        hostname: &config.hostname,
+        from: &from,
+        to: &to,
+        auth_user: args.auth_user.as_deref(),
+    };
+    let report = runtime(false)?.block_on(offline::run(&config.filters, &session, &crlf, |f| {
+        rules.tests_filter(f.name(), matches!(f.kind, FilterConfig::Rspamd(_)))
+    }));
+    Ok(report)
 }
 
 /// The DNS checks for `explain`: every check with `--dns`, otherwise those the rules
@@ -168,11 +214,7 @@ fn explain_checks(
         let checker = mxguard::checks::Checker::new(config.clone(), dns, metrics);
         // Files on disk often have LF line ends; DKIM hashes the CRLF form.
         let crlf = message.map(mxguard::checks::dkim::to_crlf);
-        let from = args.from.trim();
-        let from = from
-            .strip_prefix('<')
-            .and_then(|f| f.strip_suffix('>'))
-            .unwrap_or(from);
+        let from = mxguard::policy::strip_angle_brackets(&args.from);
         let input = mxguard::checks::CheckInput {
             ip: args.client_ip,
             helo: Some(&args.helo),

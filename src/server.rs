@@ -173,6 +173,7 @@ impl Server {
                     name: l.name.clone(),
                     tls,
                     submission: l.mode == crate::config::ListenerMode::Submission,
+                    milter_daemon_name: l.milter_daemon_name.clone(),
                 },
                 implicit_tls: l.implicit_tls,
                 proxy_protocol: l.proxy_protocol.clone().map(Arc::new),

@@ -162,6 +162,11 @@ pub struct Metrics {
     pub dns_lookups_total: IntCounterVec,
     pub dns_lookup_seconds: HistogramVec,
     pub dnsbl_zone_results_total: IntCounterVec,
+    pub filter_calls_total: IntCounterVec,
+    pub filter_verdicts_total: IntCounterVec,
+    pub filter_errors_total: IntCounterVec,
+    pub filter_default_actions_total: IntCounterVec,
+    pub filter_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -326,6 +331,38 @@ impl Metrics {
                 "DNS list answers per zone (its display name) and result (listed, clean, unusable)",
                 &["zone", "result"],
             ),
+            filter_calls_total: counter_vec(
+                "mxguard_filter_calls_total",
+                "Calls to a content filter, by filter and stage (connect, mail, rcpt, data, message)",
+                &["filter", "stage"],
+            ),
+            filter_verdicts_total: counter_vec(
+                "mxguard_filter_verdicts_total",
+                "Content filter verdicts (pass, reject, tempfail, discard, quarantine, shutdown, error)",
+                &["filter", "verdict"],
+            ),
+            filter_errors_total: counter_vec(
+                "mxguard_filter_errors_total",
+                "Content filter failures by kind (connect, timeout, not_a_milter, protocol, closed, http, ...)",
+                &["filter", "kind"],
+            ),
+            filter_default_actions_total: counter_vec(
+                "mxguard_filter_default_actions_total",
+                "Times a filter's default_action answered for it after a failure",
+                &["filter", "action"],
+            ),
+            filter_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "mxguard_filter_seconds",
+                    "Time one call to a content filter took, by filter and stage",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ]),
+                &["filter", "stage"],
+            )
+            .expect("valid histogram"),
             registry,
         };
         m.register_all();
@@ -366,6 +403,11 @@ impl Metrics {
             Box::new(self.dns_lookups_total.clone()),
             Box::new(self.dns_lookup_seconds.clone()),
             Box::new(self.dnsbl_zone_results_total.clone()),
+            Box::new(self.filter_calls_total.clone()),
+            Box::new(self.filter_verdicts_total.clone()),
+            Box::new(self.filter_errors_total.clone()),
+            Box::new(self.filter_default_actions_total.clone()),
+            Box::new(self.filter_seconds.clone()),
         ];
         for c in collectors {
             r.register(c).expect("metric names are unique");
@@ -455,6 +497,38 @@ impl Metrics {
         self.protocol_errors_total
             .with_label_values(&[kind.as_str()])
             .inc();
+    }
+
+    /// One call to a content filter: its stage, verdict (`error` on a failure, with
+    /// its kind), and the default action that answered for it, if any.
+    pub fn filter_call(
+        &self,
+        filter: &str,
+        stage: &str,
+        seconds: f64,
+        verdict: &str,
+        error: Option<&str>,
+        default_action: Option<&str>,
+    ) {
+        self.filter_calls_total
+            .with_label_values(&[filter, stage])
+            .inc();
+        self.filter_seconds
+            .with_label_values(&[filter, stage])
+            .observe(seconds);
+        self.filter_verdicts_total
+            .with_label_values(&[filter, verdict])
+            .inc();
+        if let Some(kind) = error {
+            self.filter_errors_total
+                .with_label_values(&[filter, kind])
+                .inc();
+        }
+        if let Some(action) = default_action {
+            self.filter_default_actions_total
+                .with_label_values(&[filter, action])
+                .inc();
+        }
     }
 
     pub fn transaction(&self, outcome: &str) {

@@ -81,6 +81,8 @@ pub struct Transaction {
     /// Octets of the message received (for the transaction log line).
     pub size: u64,
     pub started: Instant,
+    /// What the content filters said about the message (at end of data).
+    pub filters: Vec<crate::envelope::FilterFact>,
 }
 
 impl Transaction {
@@ -99,7 +101,21 @@ impl Transaction {
             upstream_failed: false,
             size: 0,
             started: Instant::now(),
+            filters: Vec::new(),
         }
+    }
+
+    /// `clamav=pass rspamd=reject(score=15.2)` for the transaction's log line.
+    pub fn filter_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .filters
+            .iter()
+            .map(|f| match f.score {
+                Some(s) => format!("{}={}(score={s:.2})", f.name, f.result.as_str()),
+                None => format!("{}={}", f.name, f.result.as_str()),
+            })
+            .collect();
+        parts.join(" ")
     }
 
     /// Whether any DSN parameter (RFC 3461) is in use, on MAIL or a recipient.

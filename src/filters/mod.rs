@@ -15,6 +15,8 @@
 //! `content_timeout`, `tolerate_unoffered_actions`) or an rspamd instance (`rspamd:` plus
 //! `timeout`); a key of the other kind is an error that says so.
 
+pub mod chain;
+pub mod offline;
 pub mod rspamd;
 
 use std::time::Duration;
@@ -45,6 +47,85 @@ impl FilterConfig {
             FilterConfig::Milter(m) => m.default_action,
             FilterConfig::Rspamd(r) => r.default_action,
         }
+    }
+}
+
+/// Whether a filter's verdicts act or are only reported (for trying a filter on live
+/// traffic before trusting it: what it would have done is logged and counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterMode {
+    #[default]
+    Enforce,
+    Monitor,
+}
+
+/// What a milter's `discard` (accept the message and drop it silently) does: mxguard
+/// answers `250` only for what the upstream accepted, so by default a discard is a
+/// refusal; `drop` is the explicit opt-in to Sendmail's and Postfix's silent discard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDiscard {
+    #[default]
+    Reject,
+    Drop,
+}
+
+/// One entry of `filters:`: the filter, and where and how it applies (Postfix's
+/// `smtpd_milters` per listener and `smtpd_milter_maps` per client network).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub kind: FilterConfig,
+    /// Listener names it runs on; empty: all (e.g. a signing milter on submission only).
+    pub listeners: Vec<String>,
+    /// Clients it never sees (e.g. your own relays).
+    pub skip_networks: Vec<crate::config::IpNet>,
+    /// Authenticated clients are not filtered (submission users).
+    pub skip_authenticated: bool,
+    pub mode: FilterMode,
+    pub on_discard: OnDiscard,
+}
+
+impl Filter {
+    pub fn name(&self) -> &str {
+        self.kind.name()
+    }
+
+    /// Whether this session's client is filtered.
+    pub fn applies(&self, listener: &str, ip: std::net::IpAddr, authenticated: bool) -> bool {
+        (self.listeners.is_empty() || self.listeners.iter().any(|l| l == listener))
+            && !self.skip_networks.iter().any(|n| n.contains(ip))
+            && !(self.skip_authenticated && authenticated)
+    }
+}
+
+impl<'de> Deserialize<'de> for Filter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_yaml_ng::Mapping::deserialize(d)?;
+        fn field<T: serde::de::DeserializeOwned, E: Error>(
+            map: &mut serde_yaml_ng::Mapping,
+            key: &str,
+        ) -> Result<Option<T>, E> {
+            map.remove(serde_yaml_ng::Value::String(key.into()))
+                .map(|v| serde_yaml_ng::from_value(v).map_err(|e| E::custom(format!("{key}: {e}"))))
+                .transpose()
+        }
+        let listeners = field::<Vec<String>, D::Error>(&mut map, "listeners")?.unwrap_or_default();
+        let skip_networks = field(&mut map, "skip_networks")?.unwrap_or_default();
+        let skip_authenticated = field(&mut map, "skip_authenticated")?.unwrap_or(false);
+        let mode = field(&mut map, "mode")?.unwrap_or_default();
+        let on_discard = field(&mut map, "on_discard")?.unwrap_or_default();
+        let kind: FilterConfig = serde_yaml_ng::from_value(serde_yaml_ng::Value::Mapping(map))
+            .map_err(D::Error::custom)?;
+        Ok(Filter {
+            kind,
+            listeners,
+            skip_networks,
+            skip_authenticated,
+            mode,
+            on_discard,
+        })
     }
 }
 
@@ -232,5 +313,54 @@ mod tests {
     fn duplicate_names() {
         let f = parse("- name: a\n  milter: h:1\n- name: a\n  rspamd: http://h:2\n").unwrap();
         assert_eq!(validate(&f), ["filters[1].name: \"a\" is used twice"]);
+    }
+
+    #[test]
+    fn where_a_filter_applies() {
+        let f: Vec<Filter> = serde_yaml_ng::from_str(
+            "- name: sign\n  milter: unix:/run/dkim.sock\n  listeners: [submission]\n\
+             - name: spam\n  rspamd: http://127.0.0.1:11333\n  skip_networks: [10.0.0.0/8]\n  \
+             skip_authenticated: true\n  mode: monitor\n\
+             - name: av\n  milter: 127.0.0.1:7357\n  on_discard: drop\n",
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(f[0].applies("submission", ip("192.0.2.1"), true));
+        assert!(!f[0].applies("mx", ip("192.0.2.1"), true));
+        assert!(f[1].applies("mx", ip("192.0.2.1"), false));
+        assert!(!f[1].applies("mx", ip("10.1.2.3"), false));
+        assert!(!f[1].applies("mx", ip("192.0.2.1"), true));
+        assert_eq!(f[1].mode, FilterMode::Monitor);
+        assert_eq!(f[0].mode, FilterMode::Enforce);
+        assert_eq!(f[2].on_discard, OnDiscard::Drop);
+        assert_eq!(f[0].on_discard, OnDiscard::Reject);
+        assert!(f[2].applies("anything", ip("::1"), true));
+    }
+
+    #[test]
+    fn placement_keys_are_checked() {
+        for (yaml, want) in [
+            (
+                "- name: a\n  milter: h:1\n  mode: shadow\n",
+                "mode: unknown variant `shadow`",
+            ),
+            (
+                "- name: a\n  milter: h:1\n  listeners: mx\n",
+                "listeners: invalid type",
+            ),
+            (
+                "- name: a\n  milter: h:1\n  on_discard: accept\n",
+                "on_discard: unknown variant",
+            ),
+            (
+                "- name: a\n  milter: h:1\n  skip_networks: [bogus]\n",
+                "skip_networks",
+            ),
+        ] {
+            let e = serde_yaml_ng::from_str::<Vec<Filter>>(yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{yaml:?}: {e}");
+        }
     }
 }

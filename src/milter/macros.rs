@@ -93,7 +93,8 @@ impl MacroLists {
 pub struct MacroValues {
     /// `j`: this host's name.
     pub hostname: Option<String>,
-    /// `{daemon_name}`: the listener's name (Postfix: `milter_macro_daemon_name`).
+    /// `{daemon_name}`: the listener's `milter_daemon_name`, else the host name (Postfix:
+    /// `milter_macro_daemon_name`, default `$myhostname`).
     pub daemon_name: Option<String>,
     /// `{daemon_addr}`: the local address the client connected to.
     pub daemon_addr: Option<String>,

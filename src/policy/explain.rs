@@ -29,6 +29,8 @@ pub struct ExplainInput<'a> {
     /// Results of the DNS checks, computed by the caller (with `--dns`) before the
     /// offline run; every stage sees them.
     pub auth: crate::envelope::AuthFacts,
+    /// What the content filters said about the message (`explain --filters`).
+    pub filters: Vec<crate::envelope::FilterFact>,
 }
 
 impl<'a> ExplainInput<'a> {
@@ -44,6 +46,7 @@ impl<'a> ExplainInput<'a> {
             auth_user: None,
             body_scan_limit: DEFAULT_BODY_SCAN,
             auth: crate::envelope::AuthFacts::default(),
+            filters: Vec::new(),
         }
     }
 }
@@ -113,6 +116,11 @@ impl Walk<'_> {
                 None
             },
             auth: &self.input.auth,
+            filters: if stage == Stage::Data {
+                &self.input.filters
+            } else {
+                &[]
+            },
         };
         let (lines, outcome) = explain_stage(self.rules, &facts);
         let _ = writeln!(self.out, "\n== {stage}: {note}");

@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 pub use actions::ActionKind;
 pub use error::{LoadError, LoadErrors};
-pub use explain::{ExplainInput, message_view};
+pub use explain::{ExplainInput, message_view, strip_angle_brackets};
 pub use reload::{Policy, ReloadOutcome, ReloadRequest};
 pub use stepper::{StageOutcome, Step, Stepper};
 
@@ -106,6 +106,9 @@ pub struct RuleSet {
     /// The checks each stage's rules test (`Stage as usize`), so the session runs only
     /// the DNS checks some rule needs.
     needs: [Checks; 5],
+    /// The content filters some rule tests: their verdicts no longer apply by themselves
+    /// (`""`: a rule tests whichever rspamd filter ran).
+    filters_tested: Vec<String>,
 }
 
 impl RuleSet {
@@ -126,16 +129,24 @@ impl RuleSet {
     pub(crate) fn from_parts(rules: Vec<Rule>, hash: String, watched: Vec<PathBuf>) -> Self {
         let mut by_stage: [Vec<usize>; 5] = Default::default();
         let mut needs = [Checks::NONE; 5];
+        let mut filters_tested = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             by_stage[r.stage as usize].push(i);
             needs[r.stage as usize] |= r.cond.needs() | r.action.needs();
+            // A monitor-mode rule only watches: the filter keeps deciding.
+            if r.mode == Mode::Enforce {
+                filters_tested.extend(r.cond.filters());
+            }
         }
+        filters_tested.sort();
+        filters_tested.dedup();
         RuleSet {
             rules,
             by_stage,
             hash,
             watched,
             needs,
+            filters_tested,
         }
     }
 
@@ -147,6 +158,14 @@ impl RuleSet {
         } else {
             n
         }
+    }
+
+    /// Whether an enforcing rule tests this filter's verdict (`rspamd` for an rspamd
+    /// filter: a rule testing "the first rspamd filter" counts for each).
+    pub fn tests_filter(&self, name: &str, is_rspamd: bool) -> bool {
+        self.filters_tested
+            .iter()
+            .any(|f| f == name || (is_rspamd && f.is_empty()))
     }
 
     pub fn rule_count(&self) -> usize {

@@ -349,6 +349,7 @@ mod tests {
             recipient: None,
             message: None,
             auth: &crate::envelope::AuthFacts::EMPTY,
+            filters: &[],
         };
         matches!(set.evaluate(&facts).decision, Decision::Reject(_))
     }

@@ -52,6 +52,7 @@ struct S {
     rcpt: Option<String>,
     rcpts: Vec<String>,
     msg: Option<MessageView>,
+    filters: Vec<crate::envelope::FilterFact>,
 }
 
 /// A recipient whose rule text is `text` (the path is not what rules look at).
@@ -102,6 +103,7 @@ fn s() -> S {
             body_prefix: b"Hello,\r\nclick here to unsubscribe\r\n".to_vec(),
             size: 5000,
         }),
+        filters: vec![],
     }
 }
 
@@ -139,6 +141,10 @@ impl S {
         self.rcpt = None;
         self
     }
+    fn filter(mut self, f: crate::envelope::FilterFact) -> S {
+        self.filters.push(f);
+        self
+    }
     fn msize(mut self, n: u64) -> S {
         self.msg.as_mut().unwrap().size = n;
         self
@@ -165,6 +171,7 @@ impl S {
                 None
             },
             auth: &crate::envelope::AuthFacts::EMPTY,
+            filters: &self.filters,
         };
         set.evaluate(&facts)
     }
@@ -784,4 +791,141 @@ fn explain_reports_each_rule_and_verdict() {
         "{report}"
     );
     assert!(!report.contains("== helo"));
+}
+
+fn fact(name: &str, result: crate::envelope::FilterResult) -> crate::envelope::FilterFact {
+    crate::envelope::FilterFact {
+        name: name.into(),
+        result,
+        action: None,
+        score: None,
+        symbols: vec![],
+        reply: None,
+        reason: None,
+    }
+}
+
+fn rspamd_fact(score: f64, action: &str, symbols: &[&str]) -> crate::envelope::FilterFact {
+    crate::envelope::FilterFact {
+        action: Some(action.into()),
+        score: Some(score),
+        symbols: symbols.iter().map(|s| s.to_string()).collect(),
+        ..fact("spam", crate::envelope::FilterResult::Pass)
+    }
+}
+
+#[test]
+fn filter_conditions_test_the_verdicts_of_the_message() {
+    use crate::envelope::FilterResult::*;
+    let cases: Vec<(&str, S, bool)> = vec![
+        (
+            "{ filter: { name: clamav, result: reject } }",
+            s().filter(fact("clamav", Reject)),
+            true,
+        ),
+        (
+            "{ filter: { name: clamav, result: reject } }",
+            s().filter(fact("clamav", Pass)),
+            false,
+        ),
+        (
+            "{ filter: { name: clamav, result: [reject, tempfail] } }",
+            s().filter(fact("clamav", Tempfail)),
+            true,
+        ),
+        // A filter that did not run matches nothing.
+        ("{ filter: { name: clamav } }", s(), false),
+        (
+            "{ filter: { name: clamav } }",
+            s().filter(fact("clamav", Error)),
+            true,
+        ),
+        (
+            "{ filter: { name: spam, action: reject } }",
+            s().filter(rspamd_fact(20.0, "reject", &[])),
+            true,
+        ),
+        (
+            "{ filter: { name: spam, action: reject } }",
+            s().filter(rspamd_fact(2.0, "no action", &[])),
+            false,
+        ),
+        (
+            "{ rspamd: { score: { over: 15 } } }",
+            s().filter(rspamd_fact(15.5, "reject", &[])),
+            true,
+        ),
+        (
+            "{ rspamd: { score: { over: 15 } } }",
+            s().filter(rspamd_fact(15.0, "reject", &[])),
+            false,
+        ),
+        (
+            "{ rspamd: { score: { over: 5, under: 15 } } }",
+            s().filter(rspamd_fact(7.0, "add header", &[])),
+            true,
+        ),
+        (
+            "{ rspamd: { symbol: GTUBE } }",
+            s().filter(rspamd_fact(0.0, "reject", &["GTUBE", "MIME_GOOD"])),
+            true,
+        ),
+        (
+            "{ rspamd: { symbol: [BAYES_SPAM, GTUBE] } }",
+            s().filter(rspamd_fact(0.0, "no action", &["MIME_GOOD"])),
+            false,
+        ),
+        (
+            "{ rspamd: { name: spam, action: [\"soft reject\", greylist] } }",
+            s().filter(rspamd_fact(9.0, "soft reject", &[])),
+            true,
+        ),
+        // Without a name: the first filter with a score (an rspamd one), not a milter.
+        (
+            "{ rspamd: { score: { under: 1 } } }",
+            s().filter(fact("clamav", Pass)),
+            false,
+        ),
+    ];
+    for (cond, subject, want) in cases {
+        let set = one_rule(Stage::Data, cond);
+        let got = subject.eval(&set, Stage::Data).decision != Decision::Continue;
+        assert_eq!(got, want, "{cond}");
+    }
+}
+
+#[test]
+fn filter_conditions_are_data_stage_only_and_checked_when_loading() {
+    let e = errors(&[(
+        "r.yaml",
+        "rules:\n  - name: a\n    stage: rcpt\n    if: { filter: { name: clamav } }\n    then: reject\n\
+         \x20 - name: b\n    stage: data\n    if: { filter: { result: reject } }\n    then: reject\n\
+         \x20 - name: c\n    stage: data\n    if: { filter: { name: x, result: spam } }\n    then: reject\n\
+         \x20 - name: d\n    stage: data\n    if: { rspamd: { score: { over: high } } }\n    then: reject\n",
+    )]);
+    let all = e.join("\n");
+    assert_eq!(e.len(), 4, "{all}");
+    assert!(all.contains("filter"), "{all}");
+    assert!(all.contains("needs the filter's `name`"), "{all}");
+    assert!(all.contains("unknown result \"spam\""), "{all}");
+    assert!(all.contains("expected a number"), "{all}");
+}
+
+#[test]
+fn an_enforcing_rule_that_tests_a_filter_takes_its_verdict_over() {
+    let set = rules(
+        "rules:\n  - name: a\n    stage: data\n    if: { any: [ { filter: { name: clamav, result: reject } }, { header: { name: Subject, matches: x } } ] }\n    then: reject\n\
+         \x20 - name: b\n    stage: data\n    mode: monitor\n    if: { filter: { name: watched } }\n    then: reject\n\
+         \x20 - name: c\n    stage: data\n    if: { rspamd: { symbol: GTUBE } }\n    then: reject\n",
+    );
+    assert!(set.tests_filter("clamav", false), "inside any:");
+    assert!(
+        !set.tests_filter("watched", false),
+        "a monitor rule only watches"
+    );
+    assert!(!set.tests_filter("other-milter", false));
+    assert!(
+        set.tests_filter("any-rspamd", true),
+        "a nameless rspamd condition covers each rspamd filter"
+    );
 }

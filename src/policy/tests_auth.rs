@@ -65,6 +65,7 @@ fn decide(set: &RuleSet, stage: Stage, auth: &AuthFacts) -> Decision {
         recipient: None,
         message: (stage == Stage::Data).then_some(&msg),
         auth,
+        filters: &[],
     };
     set.evaluate(&facts).decision
 }

@@ -37,6 +37,7 @@ fn facts<'a>(
         recipient: (stage == Stage::Rcpt).then_some(&e.1),
         message: None,
         auth,
+        filters: &[],
     }
 }
 

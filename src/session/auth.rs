@@ -181,6 +181,8 @@ impl<S: Transport> Session<S> {
                 info!(session = %self.id, client = %self.client.ip, user = %user, mechanism, "authenticated");
                 self.rt.auth_guard.record_success(&network, &key);
                 self.client.auth_user = Some(user);
+                self.auth_mechanism = Some(mechanism.to_owned());
+                self.filters_client_changed().await;
                 self.push(&r);
             }
             334 => {

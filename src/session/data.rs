@@ -75,7 +75,7 @@ impl Receiving {
 
 impl<S: Transport> Session<S> {
     /// DATA preconditions; `354`, then the message is read in the `Data` input state.
-    pub(super) fn data(&mut self) -> Flow {
+    pub(super) async fn data(&mut self) -> Flow {
         let Some(tx) = self.tx.as_ref() else {
             self.error_reply(reply(503, (5, 5, 1), "Error: need MAIL command"));
             return Flow::Continue;
@@ -99,6 +99,14 @@ impl<S: Transport> Session<S> {
             self.note_bad_input(ProtocolErrorKind::PipeliningAfterData, &r);
             self.push(&r);
             return Flow::Close;
+        }
+        if let Some(chain) = self.filters.as_mut() {
+            let verdict = chain.data().await;
+            self.note_filter_calls();
+            if let Some(v) = verdict {
+                let stop = self.filter_stop(v, "data");
+                return self.answer_filter_stop(stop);
+            }
         }
         self.push(
             &Reply::new(354, StatusCode(2, 0, 0), "End data with <CR><LF>.<CR><LF>")
@@ -361,6 +369,9 @@ impl<S: Transport> Session<S> {
             self.failed_chunk = None;
         }
         self.push(&r);
+        if std::mem::take(&mut self.close_after_reply) {
+            return Flow::Close;
+        }
         Flow::Continue
     }
 
@@ -398,10 +409,23 @@ impl<S: Transport> Session<S> {
         } else {
             self.run_checks(want, None).await;
         }
+        // Forged copies of our Authentication-Results go first: no filter sees them.
+        let mut edits = Edits::new();
+        for i in auth_results::forged_fields(&index, self.rt.config.authserv_id()) {
+            edits.remove_original(i);
+        }
+        let filtered = match self.filter_message(&mut spool, &index, &mut edits).await {
+            Ok(f) => f,
+            Err(e) => return self.local_failure("spool read", &e).await,
+        };
         if let Some(refusal) = self.decide(Stage::Data, None, Some(&view)).await {
             return self.refuse_message(refusal).await;
         }
-        let out = self.outgoing(&index);
+        match self.apply_filter_verdict(filtered.verdict).await {
+            Ok(()) => {}
+            Err(r) => return r,
+        }
+        let out = self.outgoing(&index, edits, &filtered.quarantine);
         let Some(up) = self.upstream.as_mut() else {
             self.finish_transaction("upstream_failed", None);
             return reply(
@@ -466,7 +490,7 @@ impl<S: Transport> Session<S> {
 
     /// Refuses the received message (a content limit or a `data` rule): it never reaches
     /// the upstream, whose transaction is reset.
-    async fn refuse_message(&mut self, r: Reply) -> Reply {
+    pub(super) async fn refuse_message(&mut self, r: Reply) -> Reply {
         self.errors += 1;
         self.finish_transaction(refusal_outcome(&r), None);
         self.reset_upstream().await;
@@ -477,8 +501,7 @@ impl<S: Transport> Session<S> {
     /// the client any other way (or the client used TLS), our Authentication-Results and
     /// the headers rules asked for above the client's header section, from which forged
     /// copies of our Authentication-Results are removed.
-    fn outgoing(&self, index: &HeaderIndex) -> MessageOut {
-        let mut edits = Edits::new();
+    fn outgoing(&self, index: &HeaderIndex, mut edits: Edits, quarantine: &[String]) -> MessageOut {
         let mut prepend = |field: String| {
             if let Err(e) = edits.prepend_field(&field) {
                 // Our own fields are well formed; a rule's header was checked when the
@@ -515,9 +538,8 @@ impl<S: Transport> Session<S> {
                 prepend(format!("{h}\r\n"));
             }
         }
-        // An incoming Authentication-Results under our name is a forgery: drop it.
-        for i in auth_results::forged_fields(index, self.rt.config.authserv_id()) {
-            edits.remove_original(i);
+        for q in quarantine {
+            prepend(super::filters::quarantine_field(q));
         }
         crate::message::rewrite(index, edits)
     }

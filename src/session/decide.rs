@@ -84,6 +84,7 @@ impl<S: Transport> Session<S> {
                     recipient: rcpt,
                     message,
                     auth: self.tx.as_ref().map_or(&self.client_auth, |t| &t.auth),
+                    filters: self.tx.as_ref().map_or(&[], |t| &t.filters),
                 };
                 stepper.step(&facts)
             };

@@ -66,10 +66,12 @@ impl<S: Transport> Session<S> {
             self.error_reply(refusal);
             return Flow::Continue;
         }
-        // A changed HELO name changes the identity the upstream must see.
+        // A changed HELO name changes the identity the upstream must see, and the
+        // filters'.
         if let Some(up) = self.upstream.take() {
             up.quit().await;
         }
+        self.filters_client_changed().await;
         self.esmtp = esmtp;
         self.offered = Offer::from(
             self.rt.upstreams.offered().as_ref(),

@@ -57,6 +57,9 @@ impl<S: Transport> Session<S> {
             self.error_reply(refusal);
             return Flow::Continue;
         }
+        if let Some(stop) = self.filter_mail().await {
+            return self.answer_filter_stop(stop);
+        }
         match self.relay_mail().await {
             Ok(r) if r.is_positive() => {
                 self.upstream_in_transaction = true;
@@ -84,6 +87,23 @@ impl<S: Transport> Session<S> {
                 Flow::Continue
             }
         }
+    }
+
+    /// The milters' answer to MAIL (the rules passed it; the upstream has not seen it).
+    async fn filter_mail(&mut self) -> Option<super::filters::FilterStop> {
+        let tx = self.tx.as_ref()?;
+        let sender = tx.sender_text.clone();
+        let params = tx.params.to_strings();
+        let verdict = self.filter_chain()?.mail(&sender, &params).await;
+        self.note_filter_calls();
+        let stop = self.filter_stop(verdict?, "mail");
+        let outcome = match &stop {
+            super::filters::FilterStop::Refuse(r) | super::filters::FilterStop::Close(r) => {
+                refusal_outcome(r)
+            }
+        };
+        self.finish_transaction(outcome, None);
+        Some(stop)
     }
 
     /// Unreachable, broken, or closing its connection (a 421 is about the upstream's

@@ -14,6 +14,9 @@ impl<S: Transport> Session<S> {
         self.finish_transaction("aborted", None);
         self.failed_chunk = None;
         self.reset_upstream().await;
+        if let Some(chain) = self.filters.as_mut() {
+            chain.abort().await;
+        }
         self.push(&reply(250, (2, 0, 0), "Ok"));
         Flow::Continue
     }

@@ -26,6 +26,7 @@ mod auth;
 mod data;
 mod decide;
 mod ehlo;
+mod filters;
 mod input;
 mod mail;
 mod misc;
@@ -64,6 +65,8 @@ pub struct ListenerContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// A submission listener: AUTH after TLS, and MAIL only when authenticated.
     pub submission: bool,
+    /// The milter macro `{daemon_name}` (the host name unless the listener sets one).
+    pub milter_daemon_name: Option<String>,
 }
 
 /// What the loop does after a piece of input.
@@ -142,6 +145,13 @@ pub struct Session<S: Transport = tokio::net::TcpStream> {
     line_started: Option<Instant>,
     /// The server was under stress while this line was awaited: its short timeout holds.
     line_stressed: bool,
+    /// The content filters for this client, once made (at the first MAIL).
+    filters: Option<crate::filters::chain::FilterChain>,
+    filters_made: bool,
+    /// The SASL mechanism the client authenticated with.
+    auth_mechanism: Option<String>,
+    /// A reply queued at the end of a message closes the session (a filter's shutdown).
+    close_after_reply: bool,
     started: StdInstant,
 }
 
@@ -178,6 +188,10 @@ impl<S: Transport> Session<S> {
             discarding_long_line: false,
             line_started: None,
             line_stressed: false,
+            filters: None,
+            filters_made: false,
+            auth_mechanism: None,
+            close_after_reply: false,
             started: StdInstant::now(),
             rt,
         }
@@ -189,6 +203,7 @@ impl<S: Transport> Session<S> {
         if self.tx.is_some() {
             self.finish_transaction("aborted", None);
         }
+        self.filters_quit().await;
         if let Some(up) = self.upstream.take() {
             up.quit().await;
         }
@@ -437,7 +452,7 @@ impl<S: Transport> Session<S> {
         match request {
             Request::Ehlo { host } => Box::pin(self.ehlo(host, true)).await,
             Request::Helo { host } => Box::pin(self.ehlo(host, false)).await,
-            Request::Data => self.data(),
+            Request::Data => Box::pin(self.data()).await,
             Request::Rset => Box::pin(self.rset()).await,
             Request::Noop { .. } => self.noop(),
             Request::Quit => self.quit(),
@@ -635,6 +650,7 @@ impl<S: Transport> Session<S> {
             upstream_reply = %upstream_reply.map(|r| r.to_string()).unwrap_or_default(),
             duration_ms = tx.started.elapsed().as_millis() as u64,
             auth = %tx.auth.summary(),
+            filters = %tx.filter_summary(),
             outcome,
             "transaction"
         );

@@ -49,6 +49,15 @@ impl<S: Transport> Session<S> {
             self.error_reply(refusal);
             return Flow::Continue;
         }
+        if let Some(chain) = self.filters.as_mut() {
+            let params = rcpt.params.to_strings();
+            let verdict = chain.rcpt(&rcpt.text, &params).await;
+            self.note_filter_calls();
+            if let Some(v) = verdict {
+                let stop = self.filter_stop(v, "rcpt");
+                return self.answer_filter_stop(stop);
+            }
+        }
         let outcome = match self.upstream.as_mut() {
             Some(up) if rcpt.params.has_dsn() && !up.caps.dsn => {
                 // Failed over to an upstream without DSN: never drop NOTIFY/ORCPT.

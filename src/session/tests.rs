@@ -194,6 +194,7 @@ impl Client {
             auth_user: None,
         };
         let ctx = ListenerContext {
+            milter_daemon_name: None,
             name: "mx".into(),
             tls: None,
             submission: false,

@@ -92,6 +92,28 @@ impl MailParams {
     pub fn has_dsn(&self) -> bool {
         self.ret.is_some() || self.envid.is_some()
     }
+
+    /// The parameters as `KEYWORD[=value]` words, as a milter is told them (`AUTH=` is
+    /// left out: it is never passed on).
+    pub fn to_strings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(s) = self.size {
+            out.push(format!("SIZE={s}"));
+        }
+        if let Some(b) = self.body {
+            out.push(format!("BODY={}", b.as_str()));
+        }
+        if self.smtputf8 {
+            out.push("SMTPUTF8".into());
+        }
+        if let Some(r) = self.ret {
+            out.push(format!("RET={}", r.as_str()));
+        }
+        if let Some(e) = &self.envid {
+            out.push(format!("ENVID={e}"));
+        }
+        out
+    }
 }
 
 /// `NOTIFY=` (RFC 3461 §4.1): `NEVER`, or any of SUCCESS, FAILURE, DELAY.
@@ -137,6 +159,18 @@ pub struct RcptParams {
 impl RcptParams {
     pub fn has_dsn(&self) -> bool {
         self.notify.is_some() || self.orcpt.is_some()
+    }
+
+    /// The parameters as `KEYWORD=value` words.
+    pub fn to_strings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(n) = &self.notify {
+            out.push(format!("NOTIFY={n}"));
+        }
+        if let Some(o) = &self.orcpt {
+            out.push(format!("ORCPT={};{}", o.addr_type, o.xtext));
+        }
+        out
     }
 }
 

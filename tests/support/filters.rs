@@ -251,6 +251,18 @@ impl OpenDkim {
         OpenDkim::start(tempdir("mxg-opendkim."), socket, &conf, "opendkim-sign")
     }
 
+    /// Signing only for sessions whose `{daemon_name}` (mxguard's listener name) is
+    /// `daemon`: the loopback client is not an internal host, so the macro decides.
+    pub fn signer_for_daemon(key: &DkimKey, daemon: &str) -> OpenDkim {
+        let socket = MilterSocket::Tcp(loopback(free_port()));
+        let conf = format!(
+            "Mode sv\nDomain example.com\nSelector sel\nKeyFile {}\nInternalHosts 192.0.2.0/24\n\
+             MacroList daemon_name|{daemon}\nCanonicalization relaxed/relaxed\nRequireSafeKeys no\n",
+            key.private_key.display()
+        );
+        OpenDkim::start(tempdir("mxg-opendkim."), socket, &conf, "opendkim-sign")
+    }
+
     /// Verifying on a unix socket (so the unix transport is tested with a real milter).
     pub fn verifier(key: &DkimKey) -> OpenDkim {
         let dir = tempdir("mxg-opendkim.");
@@ -354,7 +366,9 @@ impl Rspamd {
         let (http, milter, dns) = (free_port(), free_port(), free_port());
         write(
             &d.join("local.d/milter_headers.conf"),
-            "use = [\"x-spamd-result\", \"authentication-results\", \"x-spam-status\"];\n",
+            // Also for loopback clients (mxguard's tests): rspamd skips local ones by default.
+            "use = [\"x-spamd-result\", \"authentication-results\", \"x-spam-status\"];\n\
+             skip_local = false;\nskip_authenticated = false;\n",
         );
         let conf = d.join("rspamd.conf");
         write(

@@ -316,6 +316,18 @@ pub fn crlf_to_lf(b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// LF line ends as CRLF (a delivered file as it crosses the wire again).
+pub fn lf_to_crlf(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + b.len() / 16);
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Asserts two byte strings are equal, showing them as text when they are not.
 #[track_caller]
 pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {

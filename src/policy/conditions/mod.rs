@@ -9,6 +9,7 @@
 mod dkim;
 mod dmarc;
 mod dnsbl;
+mod filter;
 mod message;
 mod network;
 mod numeric;
@@ -40,6 +41,11 @@ pub(crate) trait Condition: Send + Sync + fmt::Debug {
     /// The network checks whose results this condition tests (none for envelope tests).
     fn needs(&self) -> Checks {
         Checks::NONE
+    }
+
+    /// The content filters whose verdicts this condition tests (`""`: any rspamd filter).
+    fn filters(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// Appends one line per condition of this (sub)tree to `out`, indented by `depth`,
@@ -172,6 +178,16 @@ pub(crate) const KINDS: &[ConditionKind] = &[
         name: "rdns",
         stages: ALL,
         parse: rdns::parse,
+    },
+    ConditionKind {
+        name: "filter",
+        stages: DATA,
+        parse: filter::parse_filter,
+    },
+    ConditionKind {
+        name: "rspamd",
+        stages: DATA,
+        parse: filter::parse_rspamd,
     },
     ConditionKind {
         name: "header",
@@ -354,6 +370,9 @@ impl Condition for All {
     fn needs(&self) -> Checks {
         self.0.iter().fold(Checks::NONE, |n, c| n | c.needs())
     }
+    fn filters(&self) -> Vec<String> {
+        self.0.iter().flat_map(|c| c.filters()).collect()
+    }
     fn describe(&self) -> String {
         "all of".into()
     }
@@ -382,6 +401,9 @@ impl Condition for Any {
     fn needs(&self) -> Checks {
         self.0.iter().fold(Checks::NONE, |n, c| n | c.needs())
     }
+    fn filters(&self) -> Vec<String> {
+        self.0.iter().flat_map(|c| c.filters()).collect()
+    }
     fn describe(&self) -> String {
         "any of".into()
     }
@@ -409,6 +431,9 @@ impl Condition for Not {
     }
     fn needs(&self) -> Checks {
         self.0.needs()
+    }
+    fn filters(&self) -> Vec<String> {
+        self.0.filters()
     }
     fn describe(&self) -> String {
         "not".into()
