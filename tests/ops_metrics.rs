@@ -49,6 +49,12 @@ fn start_with_metrics(pf: &Postfix) -> (MxGuard, String) {
     let mut opts = MxOpts::new(pf.addr);
     opts.rules = vec![("10-rules.yaml".into(), RULES.into())];
     opts.args = vec!["--metrics".into(), metrics.clone()];
+    // A content filter that is down (nothing listens there) and fails open: every
+    // transaction counts a filter call, a failure and its default action.
+    opts.config = Some(format!(
+        "filters:\n  - name: scanner\n    milter: 127.0.0.1:{}\n    default_action: accept\n",
+        free_port()
+    ));
     let mx = MxGuard::start(opts);
     wait_for(Duration::from_secs(10), "the metrics endpoint", || {
         let out = Command::new("curl")
