@@ -163,7 +163,7 @@ fn explain_checks(
     }
     runtime(false)?.block_on(async {
         let config = std::sync::Arc::new(config.clone());
-        let metrics = std::sync::Arc::new(mxguard::telemetry::Metrics::new());
+        let metrics = std::sync::Arc::new(mxguard::telemetry::Metrics::standalone());
         let dns = mxguard::dns::Dns::new(&config.dns, metrics.clone())?;
         let checker = mxguard::checks::Checker::new(config.clone(), dns, metrics);
         // Files on disk often have LF line ends; DKIM hashes the CRLF form.

@@ -135,16 +135,6 @@ impl GreyOutcome {
             GreyOutcome::Passed | GreyOutcome::Known | GreyOutcome::AutoAllowed
         )
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GreyOutcome::New { .. } => "new",
-            GreyOutcome::TooEarly { .. } => "too_early",
-            GreyOutcome::Passed => "passed",
-            GreyOutcome::Known => "known",
-            GreyOutcome::AutoAllowed => "auto_allowed",
-        }
-    }
 }
 
 /// One greylist decision: the outcome and what to write back (`None`: leave as is).
@@ -234,6 +224,34 @@ impl RateParams {
         RateParams {
             interval,
             burst: burst.max(1),
+        }
+    }
+}
+
+/// What one rate-limit event spends: the unit a rule's budget is counted in (its
+/// `count:` key, the `count` label of `mxguard_rate_limit_decisions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateCount {
+    Connections,
+    Messages,
+    Recipients,
+    Bytes,
+}
+
+impl RateCount {
+    pub const ALL: [RateCount; 4] = [
+        RateCount::Connections,
+        RateCount::Messages,
+        RateCount::Recipients,
+        RateCount::Bytes,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateCount::Connections => "connections",
+            RateCount::Messages => "messages",
+            RateCount::Recipients => "recipients",
+            RateCount::Bytes => "bytes",
         }
     }
 }
