@@ -168,11 +168,7 @@ fn explain_checks(
         let checker = mxguard::checks::Checker::new(config.clone(), dns, metrics);
         // Files on disk often have LF line ends; DKIM hashes the CRLF form.
         let crlf = message.map(mxguard::checks::dkim::to_crlf);
-        let from = args.from.trim();
-        let from = from
-            .strip_prefix('<')
-            .and_then(|f| f.strip_suffix('>'))
-            .unwrap_or(from);
+        let from = mxguard::smtp::strip_angle_brackets(&args.from);
         let input = mxguard::checks::CheckInput {
             ip: args.client_ip,
             helo: Some(&args.helo),

@@ -8,11 +8,10 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `mailauth` | the one wrapper over mail-auth 0.13 for DKIM, DMARC, ARC (the 0.15 upgrade touches only it) |
+//! | `mailauth` | the one wrapper over mail-auth 0.13 for DKIM, DMARC, ARC (the 0.15 upgrade touches only it); ARC (RFC 8617) is reported in the header only: no rule condition uses it until there is a list of trusted sealers |
 //! | `spf` | our RFC 7208 evaluator: record parser, macros, `check_host()`, identities |
 //! | `dkim` | signatures RFC 6376/8301 refuse (rsa-sha1, no `v=`, short keys, …), the relaxed-body workaround for mail-auth bug #62 |
 //! | `dmarc` | author domains of every From field, several records, RFC 7489 `pct`, DNS trouble behind a failure |
-//! | `arc` | ARC chain validation (reported in the header) |
 //! | `dnsbl` | DNS block/allow lists: display names, codes, masks, weights, unusable zones |
 //! | `rdns` | PTR, FCrDNS, generic names |
 //! | `auth_results` | the RFC 8601 header and removal of forged ones |
@@ -20,7 +19,6 @@
 //! | `ratelimit` | rate-limit keys and their store call |
 //! | `pending` | a store-backed check left by a rule, resolved by the session |
 
-pub mod arc;
 pub mod auth_results;
 pub mod dkim;
 pub mod dmarc;

@@ -153,11 +153,6 @@ impl RuleSet {
         self.rules.len()
     }
 
-    /// The rule names, in file order (e.g. to pre-register metric labels).
-    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| &*r.name)
-    }
-
     /// A short hex digest (SHA-256, 16 hex digits) of every rule file and included list
     /// file, names and contents: equal hashes mean identical rules, across reloads and
     /// across instances.

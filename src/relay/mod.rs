@@ -38,7 +38,6 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub starttls: bool,
-    pub enhanced_status_codes: bool,
     pub dsn: bool,
     /// CHUNKING (RFC 3030): BDAT.
     pub chunking: bool,
@@ -66,7 +65,6 @@ impl Capabilities {
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "STARTTLS" => caps.starttls = true,
-                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "DSN" => caps.dsn = true,
                 "CHUNKING" => caps.chunking = true,
                 "XCLIENT" => caps.xclient = Some(args),
@@ -95,7 +93,6 @@ impl Capabilities {
             eight_bit_mime: self.eight_bit_mime && o.eight_bit_mime,
             smtputf8: self.smtputf8 && o.smtputf8,
             starttls: self.starttls && o.starttls,
-            enhanced_status_codes: self.enhanced_status_codes && o.enhanced_status_codes,
             dsn: self.dsn && o.dsn,
             chunking: self.chunking && o.chunking,
             xclient: None,
