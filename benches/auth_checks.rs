@@ -214,7 +214,7 @@ _spf      TXT "v=spf1 ip4:203.0.113.0/24 ip6:2001:db8::/32 -all"
         .unwrap();
     let n = if full { 50_000 } else { 200 };
     let rate = rt.block_on(async {
-        let metrics = std::sync::Arc::new(mxguard::telemetry::Metrics::new());
+        let metrics = std::sync::Arc::new(mxguard::telemetry::Metrics::standalone());
         let d = mxguard::dns::Dns::new(&cfg.dns, metrics).unwrap();
         let p = mxguard::checks::spf::Params {
             ip: "203.0.113.5".parse().unwrap(),

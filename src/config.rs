@@ -692,7 +692,9 @@ pub struct DataConfig {
     pub normalize_networks: Vec<IpNet>,
 }
 
-/// An IP network in CIDR notation (`192.0.2.0/24`, `2001:db8::/32`, or a bare address).
+/// An IP network in CIDR notation (`192.0.2.0/24`, `2001:db8::/32`, or a bare address),
+/// for the configuration and the rules alike. Host bits below the prefix are ignored
+/// (masked), as most firewall syntaxes do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IpNet {
     pub addr: IpAddr,
@@ -725,6 +727,7 @@ impl fmt::Display for IpNet {
 impl FromStr for IpNet {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
@@ -732,9 +735,9 @@ impl FromStr for IpNet {
         let addr: IpAddr = addr.parse().map_err(|_| format!("invalid network {s:?}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
+            Some(p) => Some(p)
+                .filter(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u8>().ok())
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
             None => max,

@@ -20,7 +20,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use crate::config::DnsConfig;
-use crate::telemetry::Metrics;
+use crate::telemetry::{DnsRecordType, DnsResult, Metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsSetupError {
@@ -62,14 +62,14 @@ pub enum Answer<T> {
 }
 
 impl<T> Answer<T> {
-    /// The metric label of this answer.
-    fn label(&self) -> &'static str {
+    /// How the lookup went, for the metric.
+    fn result(&self) -> DnsResult {
         match self {
-            Answer::Records(_) => "ok",
-            Answer::NoData => "nodata",
-            Answer::NxDomain => "nxdomain",
-            Answer::ServFail => "error",
-            Answer::Timeout => "timeout",
+            Answer::Records(_) => DnsResult::Ok,
+            Answer::NoData => DnsResult::NoData,
+            Answer::NxDomain => DnsResult::NxDomain,
+            Answer::ServFail => DnsResult::Error,
+            Answer::Timeout => DnsResult::Timeout,
         }
     }
 }
@@ -139,7 +139,7 @@ impl Dns {
             ),
             Err(e) => classify(&e),
         };
-        self.observe("A", started, &out);
+        self.observe(DnsRecordType::A, started, &out);
         out
     }
 
@@ -165,7 +165,7 @@ impl Dns {
             ),
             Err(e) => classify(&e),
         };
-        self.observe("TXT", started, &out);
+        self.observe(DnsRecordType::Txt, started, &out);
         out
     }
 
@@ -185,7 +185,7 @@ impl Dns {
             ),
             Err(e) => classify(&e),
         };
-        self.observe("PTR", started, &out);
+        self.observe(DnsRecordType::Ptr, started, &out);
         out
     }
 
@@ -198,14 +198,14 @@ impl Dns {
             Ok(l) => Lookup::Found(l.iter().collect()),
             Err(e) => classify(&e),
         };
-        self.observe("A_AAAA", started, &out);
+        self.observe(DnsRecordType::Addresses, started, &out);
         out
     }
 
     /// TXT records of `name`, each one's strings joined as raw bytes (SPF must see a
     /// non-ASCII byte to refuse it). `name` is sent as written: no IDNA conversion.
     pub async fn txt_records(&self, name: &str) -> Answer<Vec<Vec<u8>>> {
-        self.records(name, RecordType::TXT, |d| match d {
+        self.records(name, RecordType::TXT, DnsRecordType::Txt, |d| match d {
             RData::TXT(t) => Some(t.txt_data.iter().flat_map(|c| c.iter().copied()).collect()),
             _ => None,
         })
@@ -214,7 +214,7 @@ impl Dns {
 
     /// A records of `name` (sent as written).
     pub async fn a_records(&self, name: &str) -> Answer<Vec<Ipv4Addr>> {
-        self.records(name, RecordType::A, |d| match d {
+        self.records(name, RecordType::A, DnsRecordType::A, |d| match d {
             RData::A(a) => Some(a.0),
             _ => None,
         })
@@ -223,7 +223,7 @@ impl Dns {
 
     /// AAAA records of `name` (sent as written).
     pub async fn aaaa_records(&self, name: &str) -> Answer<Vec<Ipv6Addr>> {
-        self.records(name, RecordType::AAAA, |d| match d {
+        self.records(name, RecordType::AAAA, DnsRecordType::Aaaa, |d| match d {
             RData::AAAA(a) => Some(a.0),
             _ => None,
         })
@@ -233,7 +233,7 @@ impl Dns {
     /// MX records of `name` as `(preference, exchange)`, the exchange without its
     /// trailing dot (`""` for the root, a null MX).
     pub async fn mx_records(&self, name: &str) -> Answer<Vec<(u16, String)>> {
-        self.records(name, RecordType::MX, |d| match d {
+        self.records(name, RecordType::MX, DnsRecordType::Mx, |d| match d {
             RData::MX(mx) => Some((mx.preference, raw_text(&mx.exchange))),
             _ => None,
         })
@@ -243,7 +243,7 @@ impl Dns {
     /// PTR names of `ip`, without the trailing dot.
     pub async fn ptr_records(&self, ip: IpAddr) -> Answer<Vec<String>> {
         let name = raw_text(&Name::from(ip));
-        self.records(&name, RecordType::PTR, |d| match d {
+        self.records(&name, RecordType::PTR, DnsRecordType::Ptr, |d| match d {
             RData::PTR(p) => Some(raw_text(&p.0)),
             _ => None,
         })
@@ -251,11 +251,12 @@ impl Dns {
     }
 
     /// One query of `rtype`, the answer's records of that type (CNAMEs followed by the
-    /// resolver) through `pick`, timed and counted.
+    /// resolver) through `pick`, timed and counted under `label`.
     async fn records<T>(
         &self,
         name: &str,
         rtype: RecordType,
+        label: DnsRecordType,
         pick: impl Fn(&RData) -> Option<T>,
     ) -> Answer<Vec<T>> {
         let started = Instant::now();
@@ -273,29 +274,24 @@ impl Dns {
                 Err(e) => answer_of(&e),
             },
         };
-        self.count(rtype.to_string().as_str(), started, out.label());
+        self.count(label, started, out.result());
         out
     }
 
-    fn observe<T>(&self, rtype: &str, started: Instant, out: &Lookup<T>) {
+    fn observe<T>(&self, rtype: DnsRecordType, started: Instant, out: &Lookup<T>) {
         let result = match out {
-            Lookup::Found(_) => "ok",
-            Lookup::NotFound => "nxdomain",
-            Lookup::Error(LookupError::Timeout) => "timeout",
-            Lookup::Error(LookupError::Failed) => "error",
+            Lookup::Found(_) => DnsResult::Ok,
+            Lookup::NotFound => DnsResult::NxDomain,
+            Lookup::Error(LookupError::Timeout) => DnsResult::Timeout,
+            Lookup::Error(LookupError::Failed) => DnsResult::Error,
         };
         self.count(rtype, started, result);
     }
 
-    fn count(&self, rtype: &str, started: Instant, result: &str) {
+    fn count(&self, rtype: DnsRecordType, started: Instant, result: DnsResult) {
         self.metrics
-            .dns_lookups_total
-            .with_label_values(&[rtype, result])
-            .inc();
-        self.metrics
-            .dns_lookup_seconds
-            .with_label_values(&[rtype])
-            .observe(started.elapsed().as_secs_f64());
+            .checks
+            .dns_lookup(rtype, result, started.elapsed());
     }
 }
 

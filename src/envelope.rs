@@ -379,6 +379,13 @@ pub enum RdnsStatus {
 }
 
 impl RdnsStatus {
+    pub const ALL: [RdnsStatus; 4] = [
+        RdnsStatus::Pass,
+        RdnsStatus::Mismatch,
+        RdnsStatus::None,
+        RdnsStatus::TempError,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RdnsStatus::Pass => "pass",

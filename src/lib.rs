@@ -23,13 +23,12 @@
 //! | [`message`] | the header index built once per message, the one list of edits, the rewriter |
 //! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
-//! | [`checks`] | store-backed checks the session resolves: greylist, rate limit |
 //! | [`store`] | greylist and rate state: memory, embedded file (redb), Redis |
 //! | [`dns`] | the one resolver and cache every check shares |
-//! | [`checks`] | SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS, Authentication-Results |
+//! | [`checks`] | SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS, Authentication-Results; the store-backed greylist and rate-limit checks the session resolves |
 //! | [`milter`] | the milter protocol client (clamav-milter, opendkim, opendmarc, rspamd proxy) |
 //! | [`filters`] | content filter configuration; the rspamd HTTP client |
-//! | [`telemetry`] | Prometheus metrics, /metrics /healthz /readyz, logging |
+//! | [`telemetry`] | Prometheus metrics per area (registered into a registry passed in), /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
 //! | [`systemd`] | readiness/reload/watchdog notifications, socket activation |

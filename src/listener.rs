@@ -29,7 +29,7 @@ use crate::log_limit::LogLimiter;
 use crate::runtime::Runtime;
 use crate::session::{ListenerContext, Session};
 use crate::stream::Stream;
-use crate::telemetry::ProtocolErrorKind;
+use crate::telemetry::{AcceptErrorKind, ProtocolErrorKind, RefusalReason};
 
 /// Session limits shared by every listener of the process.
 pub struct ConnectionLimits {
@@ -170,7 +170,7 @@ impl Listener {
                     self.context.name.clone(),
                     tcp,
                     peer.ip(),
-                    "max_sessions",
+                    RefusalReason::MaxSessions,
                     "Error: too many connections",
                 ));
                 continue;
@@ -188,9 +188,7 @@ impl Listener {
             tracker.spawn(async move {
                 conn.serve().await;
                 drop(permit);
-                rt.metrics
-                    .stress_active
-                    .set(i64::from(rt.sessions.update_stress()));
+                rt.metrics.session.set_stress(rt.sessions.update_stress());
             });
         }
         info!(listener = %self.context.name, "listener stopped accepting");
@@ -206,19 +204,16 @@ impl Listener {
     ) -> Duration {
         let kind = accept_error_kind(e);
         let name = &self.context.name;
-        rt.metrics
-            .accept_errors_total
-            .with_label_values(&[name, kind])
-            .inc();
-        if kind == "aborted" {
+        rt.metrics.session.accept_error(name, kind);
+        if kind == AcceptErrorKind::Aborted {
             // The client gave up before we accepted: nothing wrong here.
             return Duration::ZERO;
         }
         trouble.failures += 1;
-        if ACCEPT_ERRORS.allow(kind) {
-            warn!(listener = %name, kind, error = %e, "accept failed; backing off");
+        if ACCEPT_ERRORS.allow(kind.as_str()) {
+            warn!(listener = %name, kind = kind.as_str(), error = %e, "accept failed; backing off");
         }
-        if kind == "descriptors" {
+        if kind == AcceptErrorKind::Descriptors {
             match self.refuse_with_reserve(rt, trouble).await {
                 // One waiting client was answered: look for the next at once.
                 Reserve::Answered => return Duration::ZERO,
@@ -254,12 +249,10 @@ impl Listener {
                 // the descriptor is back before the reserve is taken again.
                 let _ = tcp.try_write(line.as_bytes());
                 drop(tcp);
-                rt.metrics
-                    .sessions_refused_total
-                    .with_label_values(&[&self.context.name, "descriptors"])
-                    .inc();
-                if REFUSALS.allow("descriptors") {
-                    info!(listener = %self.context.name, client = %peer.ip(), reason = "descriptors", "connection refused");
+                let reason = RefusalReason::Descriptors;
+                rt.metrics.session.refused(&self.context.name, reason);
+                if REFUSALS.allow(reason.as_str()) {
+                    info!(listener = %self.context.name, client = %peer.ip(), reason = reason.as_str(), "connection refused");
                 }
                 Reserve::Answered
             }
@@ -343,12 +336,12 @@ fn open_reserve() -> Option<std::fs::File> {
 }
 
 /// The metric label for a failed accept.
-fn accept_error_kind(e: &std::io::Error) -> &'static str {
+fn accept_error_kind(e: &std::io::Error) -> AcceptErrorKind {
     match e.raw_os_error() {
-        Some(libc::EMFILE | libc::ENFILE) => "descriptors",
-        Some(libc::ENOBUFS | libc::ENOMEM) => "memory",
-        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => "aborted",
-        _ => "other",
+        Some(libc::EMFILE | libc::ENFILE) => AcceptErrorKind::Descriptors,
+        Some(libc::ENOBUFS | libc::ENOMEM) => AcceptErrorKind::Memory,
+        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => AcceptErrorKind::Aborted,
+        _ => AcceptErrorKind::Other,
     }
 }
 
@@ -358,15 +351,12 @@ async fn refuse(
     listener: String,
     mut tcp: TcpStream,
     ip: IpAddr,
-    reason: &'static str,
+    reason: RefusalReason,
     text: &'static str,
 ) {
-    rt.metrics
-        .sessions_refused_total
-        .with_label_values(&[&listener, reason])
-        .inc();
-    if REFUSALS.allow(reason) {
-        info!(listener = %listener, client = %ip, reason, "connection refused");
+    rt.metrics.session.refused(&listener, reason);
+    if REFUSALS.allow(reason.as_str()) {
+        info!(listener = %listener, client = %ip, reason = reason.as_str(), "connection refused");
     }
     let line = format!("421 4.7.0 {} {text}\r\n", rt.config.hostname);
     let _ = tokio::time::timeout(Duration::from_millis(200), async {
@@ -402,20 +392,15 @@ impl Accepted {
                 self.context.name.clone(),
                 self.tcp,
                 ip,
-                "max_sessions_per_network",
+                RefusalReason::MaxSessionsPerNetwork,
                 "Error: too many connections from your network",
             )
             .await;
             return;
         };
-        let gauge = rt
-            .metrics
-            .sessions_open
-            .with_label_values(&[&self.context.name]);
+        let gauge = rt.metrics.session.open_sessions(&self.context.name);
         gauge.inc();
-        rt.metrics
-            .stress_active
-            .set(i64::from(rt.sessions.update_stress()));
+        rt.metrics.session.set_stress(rt.sessions.update_stress());
         if let Some(stream) =
             handshake(&rt, &self.context, self.implicit_tls, self.tcp, self.peer).await
         {
@@ -449,6 +434,7 @@ impl Accepted {
             Err(e) => {
                 self.rt
                     .metrics
+                    .session
                     .protocol_error(ProtocolErrorKind::ProxyProtocol);
                 warn!(listener = %self.context.name, peer = %self.peer, error = %e, "PROXY header refused; closing");
                 None
@@ -475,12 +461,16 @@ async fn handshake(
     match tokio::time::timeout(rt.config.limits.command_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(Stream::ServerTls(Box::new(tls))),
         Ok(Err(e)) => {
-            rt.metrics.protocol_error(ProtocolErrorKind::TlsHandshake);
+            rt.metrics
+                .session
+                .protocol_error(ProtocolErrorKind::TlsHandshake);
             debug!(client = %peer.ip(), error = %e, "implicit TLS handshake failed");
             None
         }
         Err(_) => {
-            rt.metrics.protocol_error(ProtocolErrorKind::Timeout);
+            rt.metrics
+                .session
+                .protocol_error(ProtocolErrorKind::Timeout);
             None
         }
     }
@@ -493,11 +483,11 @@ mod tests {
     #[test]
     fn accept_errors_by_kind() {
         let kind = |errno| accept_error_kind(&std::io::Error::from_raw_os_error(errno));
-        assert_eq!(kind(libc::EMFILE), "descriptors");
-        assert_eq!(kind(libc::ENFILE), "descriptors");
-        assert_eq!(kind(libc::ENOBUFS), "memory");
-        assert_eq!(kind(libc::ECONNABORTED), "aborted");
-        assert_eq!(kind(libc::EINVAL), "other");
+        assert_eq!(kind(libc::EMFILE), AcceptErrorKind::Descriptors);
+        assert_eq!(kind(libc::ENFILE), AcceptErrorKind::Descriptors);
+        assert_eq!(kind(libc::ENOBUFS), AcceptErrorKind::Memory);
+        assert_eq!(kind(libc::ECONNABORTED), AcceptErrorKind::Aborted);
+        assert_eq!(kind(libc::EINVAL), AcceptErrorKind::Other);
     }
 
     #[test]

@@ -166,11 +166,11 @@ fn explain_filters(
             .map(|l| l.name.clone())
             .unwrap_or_else(|| "mx".into()),
     };
-    let from = mxguard::policy::strip_angle_brackets(&args.from).to_owned();
+    let from = mxguard::smtp::strip_angle_brackets(&args.from).to_owned();
     let to: Vec<String> = args
         .to
         .iter()
-        .map(|t| mxguard::policy::strip_angle_brackets(t).to_owned())
+        .map(|t| mxguard::smtp::strip_angle_brackets(t).to_owned())
         .collect();
     let crlf = mxguard::checks::dkim::to_crlf(message);
     let session = offline::OfflineSession {
@@ -209,12 +209,12 @@ fn explain_checks(
     }
     runtime(false)?.block_on(async {
         let config = std::sync::Arc::new(config.clone());
-        let metrics = std::sync::Arc::new(mxguard::telemetry::Metrics::new());
+        let metrics = std::sync::Arc::new(mxguard::telemetry::Metrics::standalone());
         let dns = mxguard::dns::Dns::new(&config.dns, metrics.clone())?;
         let checker = mxguard::checks::Checker::new(config.clone(), dns, metrics);
         // Files on disk often have LF line ends; DKIM hashes the CRLF form.
         let crlf = message.map(mxguard::checks::dkim::to_crlf);
-        let from = mxguard::policy::strip_angle_brackets(&args.from);
+        let from = mxguard::smtp::strip_angle_brackets(&args.from);
         let input = mxguard::checks::CheckInput {
             ip: args.client_ip,
             helo: Some(&args.helo),

@@ -63,10 +63,6 @@ impl Runtime {
             l.hard_error_limit
         }
     }
-
-    pub fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
 }
 
 /// Resolves when the shutdown flag is set (or its sender is gone).

@@ -19,7 +19,7 @@ use crate::policy::{Policy, ReloadOutcome, ReloadRequest, RuleSet};
 use crate::relay::Upstreams;
 use crate::runtime::Runtime;
 use crate::session::ListenerContext;
-use crate::telemetry::{Health, Metrics};
+use crate::telemetry::{Health, Metrics, ReloadResult, Scope, StoreOp};
 use crate::tls::ReloadableCert;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +67,11 @@ pub async fn build_runtime(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Runtime, StartError> {
     let config = Arc::new(config);
-    let metrics = Arc::new(Metrics::new());
-    let listener_names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
-    metrics.initialize_series(&listener_names, config.upstreams.len());
+    let registry = crate::telemetry::Registry::new();
+    let metrics = Arc::new(Metrics::register(
+        &registry,
+        &Scope::of(&config).with_filters(&config.filters),
+    ));
     let health = Arc::new(Health::default());
     let policy = Arc::new(load_policy(&config.rules_dir)?);
     record_success(&metrics, &health, &policy.current());
@@ -302,15 +304,8 @@ pub fn load_policy(dir: &Path) -> Result<Policy, StartError> {
 
 fn record_success(metrics: &Metrics, health: &Health, rules: &RuleSet) {
     metrics
-        .rules_reload_total
-        .with_label_values(&["success"])
-        .inc();
-    metrics.rules_loaded.set(rules.rule_count() as i64);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    metrics.rules_last_reload_success_timestamp_seconds.set(now);
+        .policy
+        .applied(rules.rule_count(), std::time::SystemTime::now());
     health
         .rules_loaded
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -334,10 +329,7 @@ fn spawn_reloader(rt: &Arc<Runtime>) -> tokio::sync::mpsc::UnboundedSender<Reloa
                 record_success(&rt2.metrics, &rt2.health, &rt2.policy.current());
             }
             ReloadOutcome::Rejected { .. } => {
-                rt2.metrics
-                    .rules_reload_total
-                    .with_label_values(&["error"])
-                    .inc();
+                rt2.metrics.policy.rejected();
             }
         }
         if matches!(req, ReloadRequest::Signal) {
@@ -355,17 +347,11 @@ fn reload_certs(rt: &Runtime, certs: &[(Arc<ReloadableCert>, crate::config::TlsF
     for (cert, files) in certs {
         match cert.reload(files) {
             Ok(()) => {
-                rt.metrics
-                    .tls_reload_total
-                    .with_label_values(&["success"])
-                    .inc();
+                rt.metrics.ops.tls_reload(ReloadResult::Success);
                 info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => {
-                rt.metrics
-                    .tls_reload_total
-                    .with_label_values(&["error"])
-                    .inc();
+                rt.metrics.ops.tls_reload(ReloadResult::Error);
                 error!(
                     "TLS certificate reload FAILED, keeping the old certificate (STARTTLS stays on with it): {e}"
                 );
@@ -385,10 +371,7 @@ async fn sweep_store(rt: Arc<Runtime>) {
             Ok(n) if n > 0 => tracing::debug!(removed = n, "state store swept"),
             Ok(_) => {}
             Err(e) => {
-                rt.metrics
-                    .store_errors_total
-                    .with_label_values(&["sweep"])
-                    .inc();
+                rt.metrics.store.store_error(StoreOp::Sweep);
                 warn!(error = %e, "state store sweep failed");
             }
         }

@@ -60,7 +60,7 @@ fn env_with(cfg: impl FnOnce(&mut Config)) -> Env {
         .enable_all()
         .build()
         .unwrap();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::standalone());
     let checker = rt.block_on(async {
         let d = Dns::new(&c.dns, metrics.clone()).unwrap();
         Checker::new(Arc::new(c), d, metrics.clone())
@@ -665,7 +665,7 @@ fn rfc8463_example_verifies() {
         .enable_all()
         .build()
         .unwrap();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::standalone());
     let msg = std::fs::read(dir.join("A3-signed-message.eml")).unwrap();
     let f = rt.block_on(async {
         let d = Dns::new(&c.dns, metrics.clone()).unwrap();

@@ -136,13 +136,13 @@ async fn redis_outage_applies_fail_mode_then_recovers() {
     let port = redis.port;
     let clock = FakeClock::new();
     let store = RedisStore::connect(&redis.url(), clock.clone()).unwrap();
-    let metrics = Metrics::new();
+    let metrics = Metrics::standalone();
     let check = |fail| Pending {
         check: Check::RateLimit(RateLimitCheck {
             key: "r|client_ip=192.0.2.1".into(),
             params: RateParams::new(1, Duration::from_secs(60), 1),
             cost: 1,
-            count: "messages",
+            count: mxguard::store::RateCount::Messages,
         }),
         fail,
         rule: "r".into(),
@@ -173,6 +173,7 @@ async fn redis_outage_applies_fail_mode_then_recovers() {
         .expect("tempfail mode refuses");
     assert!(r.to_string().starts_with("451 4.3.0 "), "{r}");
     let errors = metrics
+        .store
         .store_errors_total
         .with_label_values(&["rate_limit"])
         .get();

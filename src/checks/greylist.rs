@@ -76,10 +76,7 @@ impl GreylistCheck {
         let outcome = store
             .greylist(&self.triplet, &self.net, &self.params)
             .await?;
-        metrics
-            .greylist_decisions_total
-            .with_label_values(&[outcome.as_str()])
-            .inc();
+        metrics.store.greylist(outcome);
         Ok(match outcome {
             GreyOutcome::New { retry_in } | GreyOutcome::TooEarly { retry_in } => Some(Reply::new(
                 451,

@@ -8,11 +8,10 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `mailauth` | the one wrapper over mail-auth 0.13 for DKIM, DMARC, ARC (the 0.15 upgrade touches only it) |
+//! | `mailauth` | the one wrapper over mail-auth 0.13 for DKIM, DMARC, ARC (the 0.15 upgrade touches only it); ARC (RFC 8617) is reported in the header only: no rule condition uses it until there is a list of trusted sealers |
 //! | `spf` | our RFC 7208 evaluator: record parser, macros, `check_host()`, identities |
 //! | `dkim` | signatures RFC 6376/8301 refuse (rsa-sha1, no `v=`, short keys, …), the relaxed-body workaround for mail-auth bug #62 |
 //! | `dmarc` | author domains of every From field, several records, RFC 7489 `pct`, DNS trouble behind a failure |
-//! | `arc` | ARC chain validation (reported in the header) |
 //! | `dnsbl` | DNS block/allow lists: display names, codes, masks, weights, unusable zones |
 //! | `rdns` | PTR, FCrDNS, generic names |
 //! | `auth_results` | the RFC 8601 header and removal of forged ones |
@@ -20,7 +19,6 @@
 //! | `ratelimit` | rate-limit keys and their store call |
 //! | `pending` | a store-backed check left by a rule, resolved by the session |
 
-pub mod arc;
 pub mod auth_results;
 pub mod dkim;
 pub mod dmarc;
@@ -43,30 +41,13 @@ use crate::dns::Dns;
 use crate::envelope::{
     AuthFacts, AuthStatus, Checks, DmarcFact, DnsblFact, RdnsFact, RdnsStatus, SpfFact,
 };
-use crate::telemetry::Metrics;
+use crate::telemetry::{DnsblResult, Metrics};
 
 pub use greylist::GreylistCheck;
 pub use mailauth::Authenticator;
 pub(crate) use pending::secs_ceil;
 pub use pending::{Check, FailMode, Pending, resolve};
 pub use ratelimit::RateLimitCheck;
-
-/// Metric label values per check, created at zero on start.
-pub const SPF_RESULTS: &[&str] = &[
-    "pass",
-    "fail",
-    "softfail",
-    "neutral",
-    "none",
-    "temperror",
-    "permerror",
-];
-pub const DKIM_RESULTS: &[&str] = &["pass", "fail", "neutral", "none", "temperror", "permerror"];
-pub const DMARC_RESULTS: &[&str] = &["pass", "fail", "none", "temperror", "permerror"];
-/// `check="dmarc_reason"`: counted besides the DMARC result when one applies.
-pub const DMARC_REASONS: &[&str] = &["multiple_from", "no_from", "multiple_records"];
-pub const DNSBL_RESULTS: &[&str] = &["listed", "clean", "unusable"];
-pub const RDNS_RESULTS: &[&str] = &["pass", "mismatch", "none", "temperror"];
 
 /// What the checks look at: the client, the envelope, and at end of data the message.
 #[derive(Debug, Clone, Copy)]
@@ -99,13 +80,6 @@ impl Checker {
                 .map(|g| format!("(?i){g}")),
         )
         .unwrap_or_else(|_| RegexSet::empty());
-        for z in &config.checks.dnsbl.zones {
-            for r in DNSBL_RESULTS {
-                metrics
-                    .dnsbl_zone_results_total
-                    .with_label_values(&[z.display_name().as_str(), r]);
-            }
-        }
         Checker {
             auth: Authenticator::new(&dns),
             dns,
@@ -150,14 +124,14 @@ impl Checker {
                         true,
                     )
                 });
-            let label = if !fact.hits.is_empty() {
-                "listed"
+            let result = if !fact.hits.is_empty() {
+                DnsblResult::Listed
             } else if !fact.unusable.is_empty() {
-                "unusable"
+                DnsblResult::Unusable
             } else {
-                "clean"
+                DnsblResult::Clean
             };
-            self.record("dnsbl", label, started);
+            self.metrics.checks.dnsbl(result, started.elapsed());
             self.record_zones(&fact);
             if trouble && self.config.checks.dnsbl.on_dns_error == OnDnsError::Tempfail {
                 facts.degraded |= Checks::DNSBL;
@@ -173,7 +147,7 @@ impl Checker {
                     name: None,
                     generic: false,
                 });
-            self.record("rdns", fact.status.as_str(), started);
+            self.metrics.checks.rdns(fact.status, started.elapsed());
             if fact.status == RdnsStatus::TempError
                 && self.config.checks.rdns.on_dns_error == OnDnsError::Tempfail
             {
@@ -195,8 +169,9 @@ impl Checker {
             let (h, m) = deadline(limit, spf::check(&self.dns, input.ip, helo, host, sender))
                 .await
                 .unwrap_or_else(|| (temp(), temp()));
-            self.record("spf_helo", h.status.as_str(), started);
-            self.record("spf", m.status.as_str(), started);
+            self.metrics
+                .checks
+                .spf(h.status, m.status, started.elapsed());
             if self.config.checks.spf.on_dns_error == OnDnsError::Tempfail {
                 if m.status == AuthStatus::TempError {
                     facts.degraded |= Checks::SPF;
@@ -272,7 +247,7 @@ impl Checker {
         }
         facts.arc = results.arc;
         let dkim = facts.dkim_status().unwrap_or(AuthStatus::None);
-        self.record("dkim", dkim.as_str(), started);
+        self.metrics.checks.dkim(dkim, started.elapsed());
         if facts
             .dkim
             .as_ref()
@@ -282,19 +257,15 @@ impl Checker {
             facts.degraded |= Checks::DKIM;
         }
         if let Some(d) = &facts.dmarc {
-            self.record("dmarc", d.status.as_str(), started);
-            if let Some(r) = d.reason {
-                self.metrics
-                    .auth_results_total
-                    .with_label_values(&["dmarc_reason", r.as_str()])
-                    .inc();
-            }
+            self.metrics
+                .checks
+                .dmarc(d.status, d.reason, started.elapsed());
             if dmarc::maybe_dns_trouble(facts) && cfg.dmarc.on_dns_error == OnDnsError::Tempfail {
                 facts.degraded |= Checks::DMARC;
             }
         }
         if let Some(a) = facts.arc {
-            self.record("arc", a.as_str(), started);
+            self.metrics.checks.arc(a, started.elapsed());
             if a == AuthStatus::TempError && cfg.arc.on_dns_error == OnDnsError::Tempfail {
                 facts.degraded |= Checks::ARC;
             }
@@ -306,28 +277,14 @@ impl Checker {
         for z in &self.config.checks.dnsbl.zones {
             let name = z.display_name();
             let result = if fact.hits.iter().any(|h| h.zone == name) {
-                "listed"
+                DnsblResult::Listed
             } else if fact.unusable.contains(&name) {
-                "unusable"
+                DnsblResult::Unusable
             } else {
-                "clean"
+                DnsblResult::Clean
             };
-            self.metrics
-                .dnsbl_zone_results_total
-                .with_label_values(&[name.as_str(), result])
-                .inc();
+            self.metrics.checks.dnsbl_zone(&name, result);
         }
-    }
-
-    fn record(&self, check: &str, result: &str, started: Instant) {
-        self.metrics
-            .auth_results_total
-            .with_label_values(&[check, result])
-            .inc();
-        self.metrics
-            .auth_check_seconds
-            .with_label_values(&[check])
-            .observe(started.elapsed().as_secs_f64());
     }
 }
 

@@ -11,7 +11,7 @@ use tracing::warn;
 use crate::envelope::Stage;
 use crate::reply::{Reply, StatusCode};
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, StoreOp};
 
 use super::greylist::GreylistCheck;
 use super::ratelimit::RateLimitCheck;
@@ -59,14 +59,14 @@ pub async fn resolve(
 ) -> Option<Reply> {
     let rule = &*pending.rule;
     let (op, result) = match &pending.check {
-        Check::Greylist(g) => ("greylist", g.run(store, metrics).await),
-        Check::RateLimit(r) => ("rate_limit", r.run(store, metrics).await),
+        Check::Greylist(g) => (StoreOp::Greylist, g.run(store, metrics).await),
+        Check::RateLimit(r) => (StoreOp::RateLimit, r.run(store, metrics).await),
     };
     match result {
         Ok(refusal) => refusal,
         Err(e) => {
-            metrics.store_errors_total.with_label_values(&[op]).inc();
-            warn!(stage = %stage, rule, op, fail = pending.fail.as_str(), error = %e, "state store failed");
+            metrics.store.store_error(op);
+            warn!(stage = %stage, rule, op = op.as_str(), fail = pending.fail.as_str(), error = %e, "state store failed");
             match pending.fail {
                 FailMode::Open => None,
                 FailMode::Tempfail => Some(Reply::new(

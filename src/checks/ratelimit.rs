@@ -3,7 +3,7 @@
 //! session turns it into `421 4.7.0` and closes at connect) with the wait.
 
 use crate::reply::{Reply, StatusCode};
-use crate::store::{RateOutcome, RateParams, Store, StoreError};
+use crate::store::{RateCount, RateOutcome, RateParams, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// A rate-limit decision prepared from the facts.
@@ -15,8 +15,8 @@ pub struct RateLimitCheck {
     pub params: RateParams,
     /// Units this event spends (1 message, N recipients, N bytes); clamped to the burst.
     pub cost: u64,
-    /// The `count:` label for metrics.
-    pub count: &'static str,
+    /// What the rule counts (the `count` label of the decision metric).
+    pub count: RateCount,
 }
 
 impl RateLimitCheck {
@@ -26,14 +26,7 @@ impl RateLimitCheck {
         metrics: &Metrics,
     ) -> Result<Option<Reply>, StoreError> {
         let outcome = store.rate(&self.key, &self.params, self.cost).await?;
-        let label = match outcome {
-            RateOutcome::Allowed => "allowed",
-            RateOutcome::Limited { .. } => "limited",
-        };
-        metrics
-            .rate_limit_decisions_total
-            .with_label_values(&[self.count, label])
-            .inc();
+        metrics.store.rate_limit(self.count, outcome);
         Ok(match outcome {
             RateOutcome::Allowed => None,
             RateOutcome::Limited { retry_in } => Some(Reply::new(

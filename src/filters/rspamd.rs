@@ -306,13 +306,51 @@ pub struct RspamdError {
 impl RspamdError {
     /// `connect`, `timeout`, `http`, `status`, `reply`, `input`.
     pub fn label(&self) -> &'static str {
+        self.class().as_str()
+    }
+
+    pub fn class(&self) -> ErrorClass {
         match self.kind {
-            RspamdErrorKind::Connect { .. } => "connect",
-            RspamdErrorKind::Timeout(_) => "timeout",
-            RspamdErrorKind::Http(_) => "http",
-            RspamdErrorKind::Status { .. } => "status",
-            RspamdErrorKind::Reply(_) => "reply",
-            RspamdErrorKind::Input(_) => "input",
+            RspamdErrorKind::Connect { .. } => ErrorClass::Connect,
+            RspamdErrorKind::Timeout(_) => ErrorClass::Timeout,
+            RspamdErrorKind::Http(_) => ErrorClass::Http,
+            RspamdErrorKind::Status { .. } => ErrorClass::Status,
+            RspamdErrorKind::Reply(_) => ErrorClass::Reply,
+            RspamdErrorKind::Input(_) => ErrorClass::Input,
+        }
+    }
+}
+
+/// An [`RspamdErrorKind`] without its details: the `kind` of log lines and of
+/// `mxguard_filter_errors_total`, one list that counts and initialises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    Connect,
+    Timeout,
+    Http,
+    Status,
+    Reply,
+    Input,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 6] = [
+        ErrorClass::Connect,
+        ErrorClass::Timeout,
+        ErrorClass::Http,
+        ErrorClass::Status,
+        ErrorClass::Reply,
+        ErrorClass::Input,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Connect => "connect",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Http => "http",
+            ErrorClass::Status => "status",
+            ErrorClass::Reply => "reply",
+            ErrorClass::Input => "input",
         }
     }
 }

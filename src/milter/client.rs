@@ -98,17 +98,64 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn label(&self) -> &'static str {
+    pub fn class(&self) -> ErrorClass {
         match self {
-            ErrorKind::Connect { .. } => "connect",
-            ErrorKind::Timeout(_) => "timeout",
-            ErrorKind::NotAMilter { .. } => "not_a_milter",
-            ErrorKind::Negotiation(_) => "negotiation",
-            ErrorKind::Protocol(_) => "protocol",
-            ErrorKind::Closed => "closed",
-            ErrorKind::Io(_) => "io",
-            ErrorKind::Input(_) => "input",
-            ErrorKind::Failed(_) => "failed",
+            ErrorKind::Connect { .. } => ErrorClass::Connect,
+            ErrorKind::Timeout(_) => ErrorClass::Timeout,
+            ErrorKind::NotAMilter { .. } => ErrorClass::NotAMilter,
+            ErrorKind::Negotiation(_) => ErrorClass::Negotiation,
+            ErrorKind::Protocol(_) => ErrorClass::Protocol,
+            ErrorKind::Closed => ErrorClass::Closed,
+            ErrorKind::Io(_) => ErrorClass::Io,
+            ErrorKind::Input(_) => ErrorClass::Input,
+            ErrorKind::Failed(_) => ErrorClass::Failed,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        self.class().as_str()
+    }
+}
+
+/// An [`ErrorKind`] without its details: the `kind` of log lines and of
+/// `mxguard_filter_errors_total`, one list that counts and initialises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    Connect,
+    Timeout,
+    NotAMilter,
+    Negotiation,
+    Protocol,
+    Closed,
+    Io,
+    Input,
+    Failed,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 9] = [
+        ErrorClass::Connect,
+        ErrorClass::Timeout,
+        ErrorClass::NotAMilter,
+        ErrorClass::Negotiation,
+        ErrorClass::Protocol,
+        ErrorClass::Closed,
+        ErrorClass::Io,
+        ErrorClass::Input,
+        ErrorClass::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Connect => "connect",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::NotAMilter => "not_a_milter",
+            ErrorClass::Negotiation => "negotiation",
+            ErrorClass::Protocol => "protocol",
+            ErrorClass::Closed => "closed",
+            ErrorClass::Io => "io",
+            ErrorClass::Input => "input",
+            ErrorClass::Failed => "failed",
         }
     }
 }

@@ -40,6 +40,21 @@ pub enum Stage {
 }
 
 impl Stage {
+    pub const ALL: [Stage; 12] = [
+        Stage::Negotiate,
+        Stage::Connect,
+        Stage::Helo,
+        Stage::Mail,
+        Stage::Rcpt,
+        Stage::Data,
+        Stage::Header,
+        Stage::Eoh,
+        Stage::Body,
+        Stage::Eom,
+        Stage::Abort,
+        Stage::Quit,
+    ];
+
     /// Header, end of headers, body and end of message run under the content timeout;
     /// the others under the command timeout (negotiation under the connect timeout).
     pub fn is_content(self) -> bool {

@@ -46,7 +46,7 @@ pub mod macros;
 pub mod negotiate;
 pub mod protocol;
 
-pub use client::{ErrorKind, MilterClient, MilterError, MilterIo, split_message};
+pub use client::{ErrorClass, ErrorKind, MilterClient, MilterError, MilterIo, split_message};
 pub use config::{DefaultAction, MilterConfig, MilterEndpoint};
 pub use conversation::{EomOutcome, Stage};
 pub use macros::{MacroStage, MacroValues};

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::{RuleSet, StageOutcome, Step};
 use crate::envelope::{ClientInfo, Decision, Facts, MessageView, Stage};
 use crate::message::HeaderIndex;
-use crate::smtp::{ForwardPath, MailParams, RcptParams, ReversePath};
+use crate::smtp::{ForwardPath, MailParams, RcptParams, ReversePath, strip_angle_brackets};
 use crate::transaction::{Recipient, Transaction};
 
 /// What `mxguard explain` knows about the session to replay.
@@ -287,14 +287,6 @@ pub(super) fn explain_session(rules: &RuleSet, input: &ExplainInput<'_>) -> Stri
         }
     };
     w.out
-}
-
-/// `<a@b>` or `a@b` as the address inside the brackets.
-pub fn strip_angle_brackets(s: &str) -> &str {
-    let s = s.trim();
-    s.strip_prefix('<')
-        .and_then(|f| f.strip_suffix('>'))
-        .unwrap_or(s)
 }
 
 #[cfg(test)]

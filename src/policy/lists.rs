@@ -11,40 +11,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use regex::{RegexSet, RegexSetBuilder};
 
+use crate::config::IpNet;
+
 /// A set of IPv4 and IPv6 networks.
 #[derive(Debug, Default, Clone)]
 pub struct NetSet {
     v4: Vec<(u32, u32)>,
     v6: Vec<(u128, u128)>,
-}
-
-/// A parsed network: address plus prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Net {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-/// Parses `192.0.2.0/24`, `2001:db8::/32` or a single address. Host bits below the
-/// prefix are ignored (masked), as most firewall syntaxes do.
-pub(crate) fn parse_net(s: &str) -> Option<Net> {
-    let s = s.trim();
-    let (addr, prefix) = match s.split_once('/') {
-        Some((a, p)) => {
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.len() > 3 {
-                return None;
-            }
-            (a, Some(p.parse::<u8>().ok()?))
-        }
-        None => (s, None),
-    };
-    let addr: IpAddr = addr.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = prefix.unwrap_or(max);
-    if prefix > max {
-        return None;
-    }
-    Some(Net { addr, prefix })
 }
 
 /// Whether an invalid item was probably meant as an address (so "invalid network"
@@ -54,7 +27,7 @@ pub(crate) fn looks_like_net(s: &str) -> bool {
 }
 
 impl NetSet {
-    pub fn from_nets(nets: impl IntoIterator<Item = Net>) -> Self {
+    pub fn from_nets(nets: impl IntoIterator<Item = IpNet>) -> Self {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for n in nets {
@@ -313,7 +286,7 @@ mod tests {
     use super::*;
 
     fn set(items: &[&str]) -> NetSet {
-        NetSet::from_nets(items.iter().map(|s| parse_net(s).unwrap()))
+        NetSet::from_nets(items.iter().map(|s| s.parse::<IpNet>().unwrap()))
     }
 
     #[test]
@@ -338,8 +311,10 @@ mod tests {
             "10.0.0.0/",
             "x",
             "10.0.0.0/8/8",
+            "10.0.0.0/+8",
+            "10.0.0.0/0008",
         ] {
-            assert!(parse_net(bad).is_none(), "{bad}");
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
         }
     }
 

@@ -15,9 +15,10 @@ use serde_yaml_ng::Value;
 use super::actions;
 use super::conditions::{self, Always};
 use super::error::{LoadError, LoadErrors};
-use super::lists::{NetSet, Pattern, TextSet, check_regex, looks_like_net, parse_net};
+use super::lists::{NetSet, Pattern, TextSet, check_regex, looks_like_net};
 use super::yaml::{KeyPath, kind_of, locate, one_or_many};
 use super::{Mode, Rule, RuleSet};
+use crate::config::IpNet;
 use crate::envelope::Stage;
 
 pub(crate) struct SourceFile {
@@ -225,7 +226,7 @@ impl Decoder<'_> {
     pub fn nets_from(&mut self, v: &Value, path: &KeyPath) -> Option<(Arc<NetSet>, String)> {
         match v {
             Value::String(s) => {
-                if let Some(n) = parse_net(s) {
+                if let Ok(n) = s.parse::<IpNet>() {
                     return Some((Arc::new(NetSet::from_nets([n])), s.clone()));
                 }
                 if looks_like_net(s) {
@@ -241,9 +242,9 @@ impl Decoder<'_> {
                 for (i, item) in items.iter().enumerate() {
                     let p = path.index(i);
                     match item {
-                        Value::String(s) => match parse_net(s) {
-                            Some(n) => nets.push(n),
-                            None => {
+                        Value::String(s) => match s.parse::<IpNet>() {
+                            Ok(n) => nets.push(n),
+                            Err(_) => {
                                 self.error(&p, format!("invalid network {s:?}"));
                                 ok = false;
                             }
@@ -346,9 +347,9 @@ impl Decoder<'_> {
         let mut nets = Vec::with_capacity(items.len());
         let mut ok = true;
         for it in &items {
-            match parse_net(&it.text) {
-                Some(n) => nets.push(n),
-                None => {
+            match it.text.parse::<IpNet>() {
+                Ok(n) => nets.push(n),
+                Err(_) => {
                     self.item_error(name, &it.origin, format!("invalid network {:?}", it.text));
                     ok = false;
                 }

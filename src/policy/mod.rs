@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 pub use actions::ActionKind;
 pub use error::{LoadError, LoadErrors};
-pub use explain::{ExplainInput, message_view, strip_angle_brackets};
+pub use explain::{ExplainInput, message_view};
 pub use reload::{Policy, ReloadOutcome, ReloadRequest};
 pub use stepper::{StageOutcome, Step, Stepper};
 
@@ -170,11 +170,6 @@ impl RuleSet {
 
     pub fn rule_count(&self) -> usize {
         self.rules.len()
-    }
-
-    /// The rule names, in file order (e.g. to pre-register metric labels).
-    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| &*r.name)
     }
 
     /// A short hex digest (SHA-256, 16 hex digits) of every rule file and included list

@@ -45,14 +45,6 @@ pub enum ReloadOutcome {
 }
 
 impl ReloadOutcome {
-    /// The `result` label of `mxguard_rules_reload_total`: `ok` or `error`.
-    pub fn result_label(&self) -> &'static str {
-        match self {
-            ReloadOutcome::Applied { .. } => "ok",
-            ReloadOutcome::Rejected { .. } => "error",
-        }
-    }
-
     pub fn is_applied(&self) -> bool {
         matches!(self, ReloadOutcome::Applied { .. })
     }
@@ -374,7 +366,7 @@ mod tests {
             (*rules, hash.as_str()),
             (2, policy.current().content_hash().as_str())
         );
-        assert_eq!(out.result_label(), "ok");
+        assert!(out.is_applied());
         assert_eq!(before.rule_count(), 1, "a snapshot never changes");
 
         std::fs::write(
@@ -386,7 +378,7 @@ mod tests {
         let ReloadOutcome::Rejected { errors } = &out else {
             panic!("{out:?}")
         };
-        assert_eq!(out.result_label(), "error");
+        assert!(!out.is_applied());
         let shown = errors.to_string();
         assert!(
             shown.ends_with("b.yaml:3:47: rules[1].if.helo.is_ip: unknown field `is_ip`, expected one of `equals`, `glob`, `regex`, `in`, `is_ip_literal`, `is_fqdn`"),

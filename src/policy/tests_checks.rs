@@ -101,7 +101,10 @@ fn greylist_yields_a_pending_check_then_resumes() {
         panic!()
     };
     assert_eq!(r.key, "per-sender-recipients|sender_domain=sender.example");
-    assert_eq!((r.cost, r.count, r.params.burst), (1, "recipients", 500));
+    assert_eq!(
+        (r.cost, r.count, r.params.burst),
+        (1, crate::store::RateCount::Recipients, 500)
+    );
     assert_eq!(r.params.interval, 7_200_000);
     st.store_answered(None);
     let o = next(&mut st, &f).expect_err("done");

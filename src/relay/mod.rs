@@ -26,7 +26,7 @@ use crate::message::MessageOut;
 use crate::reply::Reply;
 use crate::spool::Spool;
 use crate::stream::{BoxIo, BufferedConn, ReadError, Stream};
-use crate::telemetry::Metrics;
+use crate::telemetry::{ConnectFailure, Metrics};
 pub use trace::ClientIdentity;
 
 /// What an upstream offered in its EHLO reply.
@@ -38,7 +38,6 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub starttls: bool,
-    pub enhanced_status_codes: bool,
     pub dsn: bool,
     /// CHUNKING (RFC 3030): BDAT.
     pub chunking: bool,
@@ -66,7 +65,6 @@ impl Capabilities {
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "STARTTLS" => caps.starttls = true,
-                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "DSN" => caps.dsn = true,
                 "CHUNKING" => caps.chunking = true,
                 "XCLIENT" => caps.xclient = Some(args),
@@ -95,7 +93,6 @@ impl Capabilities {
             eight_bit_mime: self.eight_bit_mime && o.eight_bit_mime,
             smtputf8: self.smtputf8 && o.smtputf8,
             starttls: self.starttls && o.starttls,
-            enhanced_status_codes: self.enhanced_status_codes && o.enhanced_status_codes,
             dsn: self.dsn && o.dsn,
             chunking: self.chunking && o.chunking,
             xclient: None,
@@ -237,14 +234,11 @@ impl Upstreams {
                 Ok(up) => return Ok(up),
                 Err(e) => {
                     let reason = match &e {
-                        RelayError::Timeout(_) => "timeout",
-                        RelayError::Refused { .. } => "refused",
-                        _ => "error",
+                        RelayError::Timeout(_) => ConnectFailure::Timeout,
+                        RelayError::Refused { .. } => ConnectFailure::Refused,
+                        _ => ConnectFailure::Error,
                     };
-                    self.metrics
-                        .upstream_connect_failures_total
-                        .with_label_values(&[&index.to_string(), reason])
-                        .inc();
+                    self.metrics.upstream.connect_failed(index, reason);
                     warn!(upstream = %self.configs[index].address, error = %e, "upstream connect failed");
                     reasons.push(format!("{}: {e}", self.configs[index].address));
                 }
@@ -424,10 +418,7 @@ impl Upstream {
     }
 
     fn protocol_error(&self, stage: &'static str, detail: String) -> RelayError {
-        self.metrics
-            .upstream_protocol_errors_total
-            .with_label_values(&[stage])
-            .inc();
+        self.metrics.upstream.protocol_error(stage);
         RelayError::Protocol { stage, detail }
     }
 
@@ -441,10 +432,8 @@ impl Upstream {
         self.write(stage, line).await?;
         let reply = self.read_reply(stage, self.command_timeout).await?;
         self.metrics
-            .upstream_reply_seconds
-            .with_label_values(&[stage])
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.upstream_reply(stage, reply.code);
+            .upstream
+            .reply(stage, reply.code, started.elapsed());
         Ok(reply)
     }
 
@@ -601,10 +590,8 @@ impl Upstream {
             self.read_reply("end_of_data", self.data_timeout).await?
         };
         self.metrics
-            .upstream_reply_seconds
-            .with_label_values(&["end_of_data"])
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.upstream_reply("end_of_data", reply.code);
+            .upstream
+            .reply("end_of_data", reply.code, started.elapsed());
         Ok(reply)
     }
 

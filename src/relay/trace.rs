@@ -129,7 +129,7 @@ pub fn received_header(id: &ClientIdentity, our_hostname: &str, unix_time: i64) 
         IpAddr::V4(v4) => format!("[{v4}]"),
         IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
     };
-    let date = mail_parser::DateTime::from_timestamp(unix_time).to_rfc822();
+    let date = rfc5322_date(unix_time);
     let tls = match &id.tls_description {
         Some(desc) => {
             let desc: String = desc
@@ -148,9 +148,116 @@ pub fn received_header(id: &ClientIdentity, our_hostname: &str, unix_time: i64) 
     )
 }
 
+/// An RFC 5322 §3.3 date-time in UTC, `Thu, 1 Jan 1970 00:00:00 +0000`, for the date
+/// of our trace line.
+pub fn rfc5322_date(unix_time: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix_time.div_euclid(86_400);
+    let secs = unix_time.rem_euclid(86_400);
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{}, {day} {} {year:04} {:02}:{:02}:{:02} +0000",
+        // Day 0, 1 January 1970, was a Thursday.
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[month as usize - 1],
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// The proleptic Gregorian (year, month 1–12, day 1–31) of a day counted from
+/// 1970-01-01. Counts in 400-year eras (146,097 days each) of years that start on
+/// 1 March, so the leap day is the last day of a year.
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // days from 0000-03-01
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_rfc5322_in_utc() {
+        // Expected values from Python's datetime (an independent calendar).
+        for (t, want) in [
+            (0, "Thu, 1 Jan 1970 00:00:00 +0000"),
+            (86_399, "Thu, 1 Jan 1970 23:59:59 +0000"),
+            (-1, "Wed, 31 Dec 1969 23:59:59 +0000"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 +0000"),
+            (951_868_799, "Tue, 29 Feb 2000 23:59:59 +0000"),
+            (1_000_000_000, "Sun, 9 Sep 2001 01:46:40 +0000"),
+            (1_709_209_696, "Thu, 29 Feb 2024 12:28:16 +0000"),
+            (1_735_689_599, "Tue, 31 Dec 2024 23:59:59 +0000"),
+            (2_147_483_648, "Tue, 19 Jan 2038 03:14:08 +0000"),
+            // 2100 is not a leap year: 28 February, then 1 March.
+            (4_107_456_000, "Sun, 28 Feb 2100 00:00:00 +0000"),
+            (4_107_542_400, "Mon, 1 Mar 2100 00:00:00 +0000"),
+            (4_107_628_800, "Tue, 2 Mar 2100 00:00:00 +0000"),
+            (253_402_300_799, "Fri, 31 Dec 9999 23:59:59 +0000"),
+        ] {
+            assert_eq!(rfc5322_date(t), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn every_day_of_four_centuries_follows_the_one_before() {
+        let mut prev = civil_date(-1);
+        assert_eq!(prev, (1969, 12, 31));
+        for days in 0..146_097 {
+            let (y, m, d) = civil_date(days);
+            let next_day = (prev.0, prev.1, prev.2 + 1);
+            let next_month = (prev.0, prev.1 + 1, 1);
+            let next_year = (prev.0 + 1, 1, 1);
+            assert!(
+                (y, m, d) == next_day || (y, m, d) == next_month || (y, m, d) == next_year,
+                "{prev:?} then {:?}",
+                (y, m, d)
+            );
+            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            let month_len = [
+                31,
+                if leap { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ];
+            assert!(d <= month_len[m as usize - 1], "{y}-{m}-{d}");
+            if (y, m, d) != next_day {
+                assert_eq!(
+                    prev.2,
+                    month_len[prev.1 as usize - 1],
+                    "{prev:?} ends its month"
+                );
+            }
+            prev = (y, m, d);
+        }
+        assert_eq!(prev, (2369, 12, 31));
+    }
 
     fn ident(ip: &str, helo: &str) -> ClientIdentity {
         ClientIdentity {

@@ -143,6 +143,7 @@ impl<S: Transport> Session<S> {
             AuthGate::Delay(d) => {
                 self.rt
                     .metrics
+                    .session
                     .protocol_error(ProtocolErrorKind::AuthDelayed);
                 info!(session = %self.id, client = %self.client.ip, user = %user, delay_ms = d.as_millis() as u64, "AUTH delayed: user under a spread guessing attack");
                 tokio::time::sleep(d).await;

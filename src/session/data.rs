@@ -21,7 +21,7 @@ use crate::relay::TraceMode;
 use crate::reply::{Reply, StatusCode, reply};
 use crate::spool::Spool;
 use crate::stream::Transport;
-use crate::telemetry::ProtocolErrorKind;
+use crate::telemetry::{ProtocolErrorKind, TransactionOutcome};
 use crate::transaction::Transfer;
 
 /// Read size while a message is being received.
@@ -361,10 +361,7 @@ impl<S: Transport> Session<S> {
         rx.got.anomalies = rx.anomalies();
         let eod = Instant::now();
         let r = Box::pin(self.end_of_message(*rx)).await;
-        self.rt
-            .metrics
-            .end_of_data_seconds
-            .observe(eod.elapsed().as_secs_f64());
+        self.rt.metrics.session.end_of_data(eod.elapsed());
         if r.is_positive() {
             self.failed_chunk = None;
         }
@@ -386,7 +383,7 @@ impl<S: Transport> Session<S> {
         if let Some(tx) = self.tx.as_mut() {
             tx.size = got.size;
         }
-        self.rt.metrics.message_size_bytes.observe(got.size as f64);
+        self.rt.metrics.session.message_size(got.size);
         if let Some((kind, r)) = refusal_for_content(&got, got.anomalies, normalize) {
             self.note_bad_input(kind, &r);
             return self.refuse_message(r).await;
@@ -427,7 +424,7 @@ impl<S: Transport> Session<S> {
         }
         let out = self.outgoing(&index, edits, &filtered.quarantine);
         let Some(up) = self.upstream.as_mut() else {
-            self.finish_transaction("upstream_failed", None);
+            self.finish_transaction(TransactionOutcome::UpstreamFailed, None);
             return reply(
                 451,
                 (4, 4, 1),
@@ -437,14 +434,14 @@ impl<S: Transport> Session<S> {
         match up.send_message(&out, &mut spool).await {
             Ok(r) if r.code == 250 => {
                 self.upstream_in_transaction = false;
-                self.finish_transaction("delivered", Some(&r));
+                self.finish_transaction(TransactionOutcome::Delivered, Some(&r));
                 r
             }
             Ok(r) if r.code == 421 || r.is_positive() => {
                 // A 421 is about the upstream's own connection (and names its host); a 2xx
                 // other than 250 after the dot is not an acceptance we can vouch for.
                 warn!(session = %self.id, client = %self.client.ip, reply = %r, "upstream gave no usable answer to the message");
-                self.finish_transaction("upstream_failed", Some(&r));
+                self.finish_transaction(TransactionOutcome::UpstreamFailed, Some(&r));
                 self.upstream = None;
                 self.upstream_in_transaction = false;
                 message_not_accepted()
@@ -464,7 +461,7 @@ impl<S: Transport> Session<S> {
                 warn!(session = %self.id, client = %self.client.ip, error = %e, "upstream failed at DATA");
                 self.upstream = None;
                 self.upstream_in_transaction = false;
-                self.finish_transaction("upstream_failed", None);
+                self.finish_transaction(TransactionOutcome::UpstreamFailed, None);
                 message_not_accepted()
             }
         }
@@ -475,7 +472,7 @@ impl<S: Transport> Session<S> {
     /// (`452 4.3.1`, RFC 3463).
     async fn local_failure(&mut self, what: &str, e: &std::io::Error) -> Reply {
         warn!(session = %self.id, error = %e, "{what} failed (local)");
-        self.finish_transaction("local_error", None);
+        self.finish_transaction(TransactionOutcome::LocalError, None);
         self.reset_upstream().await;
         use std::io::ErrorKind::{QuotaExceeded, StorageFull};
         if matches!(e.kind(), StorageFull | QuotaExceeded) {

@@ -104,16 +104,12 @@ impl<S: Transport> Session<S> {
     /// Metrics and log lines for a stage's outcome; the refusal to send, if any.
     fn act_on(&mut self, stage: Stage, outcome: StageOutcome) -> Option<Reply> {
         for hit in &outcome.hits {
-            self.rt
-                .metrics
-                .verdicts_total
-                .with_label_values(&[
-                    stage.as_str(),
-                    &hit.rule,
-                    hit.action.as_str(),
-                    hit.mode.as_str(),
-                ])
-                .inc();
+            self.rt.metrics.policy.verdict(
+                stage,
+                &hit.rule,
+                hit.action.as_str(),
+                hit.mode.as_str(),
+            );
             if hit.mode == Mode::Monitor {
                 info!(
                     session = %self.id,

@@ -7,6 +7,7 @@ use crate::envelope::Stage;
 use crate::relay::Capabilities;
 use crate::reply::{Reply, StatusCode};
 use crate::stream::Transport;
+use crate::telemetry::TransactionOutcome;
 
 /// The extensions a client was offered that depend on the upstreams: every configured
 /// upstream seen so far supports them (see [`crate::relay::Upstreams::offered`]). What a
@@ -56,7 +57,7 @@ impl<S: Transport> Session<S> {
     /// answers with the extensions both we and the upstreams support.
     pub(super) async fn ehlo(&mut self, host: String, esmtp: bool) -> Flow {
         if self.tx.is_some() {
-            self.finish_transaction("aborted", None);
+            self.finish_transaction(TransactionOutcome::Aborted, None);
             self.reset_upstream().await;
         }
         self.failed_chunk = None;

@@ -93,14 +93,17 @@ impl<S: Transport> Session<S> {
             return;
         };
         for call in chain.take_calls() {
-            self.rt.metrics.filter_call(
-                &call.filter,
-                call.stage,
-                call.elapsed.as_secs_f64(),
-                call.result.as_str(),
-                call.error,
-                call.default_action.map(|a| a.as_str()),
-            );
+            self.rt
+                .metrics
+                .filters
+                .call(&crate::telemetry::FilterCallMetric {
+                    filter: &call.filter,
+                    stage: call.stage,
+                    took: call.elapsed,
+                    verdict: call.result,
+                    error: call.error,
+                    default_action: call.default_action,
+                });
             log_call(&self.id, &call);
         }
     }
@@ -182,7 +185,7 @@ impl<S: Transport> Session<S> {
             }
             FilterAction::Drop => {
                 // The explicit opt-in to a silent discard: accepted, never relayed.
-                self.finish_transaction("discarded", None);
+                self.finish_transaction(crate::telemetry::TransactionOutcome::Discarded, None);
                 self.reset_upstream().await;
                 Err(Reply::new(250, crate::reply::StatusCode(2, 0, 0), "Ok"))
             }

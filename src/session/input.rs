@@ -211,3 +211,47 @@ pub(super) fn data_deadline(
     let overall = started + timeout + Duration::from_secs_f64(bytes as f64 / min_rate as f64);
     per_read.min(overall)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(300);
+
+    /// The deadline `data_deadline` gives at `elapsed` into a transfer that has brought
+    /// `bytes` so far, as an offset from the transfer's start.
+    async fn deadline_after(elapsed: u64, bytes: u64, min_rate: u64) -> Duration {
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_secs(elapsed)).await;
+        data_deadline(started, bytes, TIMEOUT, min_rate) - started
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn data_deadline_is_the_nearer_of_the_read_and_the_rate_bound() {
+        let s = Duration::from_secs;
+        // (seconds since the transfer started, bytes received, min rate) → deadline
+        for (elapsed, bytes, rate, want) in [
+            // At the start both bounds are one timeout away.
+            (0, 0, 500, s(300)),
+            // Nothing received for 200 s: the rate bound is still 300 s from the start,
+            // nearer than a fresh timeout from now (500 s).
+            (200, 0, 500, s(300)),
+            // 50,000 bytes at 500 B/s bought 100 s: 400 s, nearer than 500 s.
+            (200, 50_000, 500, s(400)),
+            // A fast client bought 1,000 s: the per-read timeout (200 + 300 s) wins.
+            (200, 500_000, 500, s(500)),
+            // Half a second of credit is kept exactly.
+            (10, 250, 500, Duration::from_millis(300_500)),
+            (0, 250, 500, s(300)),
+            // No minimum rate: only the per-read timeout applies.
+            (200, 0, 0, s(500)),
+            (0, 0, 0, s(300)),
+        ] {
+            assert_eq!(
+                deadline_after(elapsed, bytes, rate).await,
+                want,
+                "{elapsed} s in, {bytes} bytes, {rate} B/s"
+            );
+        }
+    }
+}

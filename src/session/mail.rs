@@ -8,7 +8,7 @@ use crate::relay::{Capabilities, RelayError};
 use crate::reply::{Reply, reply};
 use crate::smtp::{Body, MailCommand};
 use crate::stream::Transport;
-use crate::telemetry::ProtocolErrorKind;
+use crate::telemetry::{ProtocolErrorKind, TransactionOutcome};
 use crate::transaction::Transaction;
 
 impl<S: Transport> Session<S> {
@@ -78,7 +78,7 @@ impl<S: Transport> Session<S> {
                 // A failover to an upstream without an extension this transaction uses:
                 // never drop the parameter silently; the sender tries again later.
                 warn!(session = %self.id, extension = ext, "the upstream lacks an extension the transaction uses");
-                self.finish_transaction("upstream_tempfailed", None);
+                self.finish_transaction(TransactionOutcome::UpstreamTempfailed, None);
                 self.push(&reply(
                     451,
                     (4, 3, 3),
@@ -111,7 +111,7 @@ impl<S: Transport> Session<S> {
     fn upstream_unavailable_at_mail(&mut self, why: &str) -> Flow {
         warn!(session = %self.id, error = why, "upstream failed at MAIL");
         self.upstream = None;
-        self.finish_transaction("upstream_failed", None);
+        self.finish_transaction(TransactionOutcome::UpstreamFailed, None);
         self.push(&reply(
             451,
             (4, 4, 1),
@@ -239,19 +239,19 @@ fn upstream_mail_line(tx: &Transaction, caps: &Capabilities) -> Result<String, M
 }
 
 /// The transaction outcome label for a policy refusal.
-pub(super) fn refusal_outcome(r: &Reply) -> &'static str {
+pub(super) fn refusal_outcome(r: &Reply) -> TransactionOutcome {
     if r.is_transient() {
-        "tempfailed"
+        TransactionOutcome::Tempfailed
     } else {
-        "rejected"
+        TransactionOutcome::Rejected
     }
 }
 
 /// The transaction outcome label for an upstream refusal.
-pub(super) fn upstream_outcome(r: &Reply) -> &'static str {
+pub(super) fn upstream_outcome(r: &Reply) -> TransactionOutcome {
     if r.is_transient() {
-        "upstream_tempfailed"
+        TransactionOutcome::UpstreamTempfailed
     } else {
-        "upstream_rejected"
+        TransactionOutcome::UpstreamRejected
     }
 }

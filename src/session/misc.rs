@@ -6,12 +6,12 @@ use tracing::{info, warn};
 use super::{End, Flow, Session};
 use crate::reply::reply;
 use crate::stream::{Stream, Transport};
-use crate::telemetry::ProtocolErrorKind;
+use crate::telemetry::{ProtocolErrorKind, TransactionOutcome};
 
 impl<S: Transport> Session<S> {
     pub(super) async fn rset(&mut self) -> Flow {
         self.junk += 1;
-        self.finish_transaction("aborted", None);
+        self.finish_transaction(TransactionOutcome::Aborted, None);
         self.failed_chunk = None;
         self.reset_upstream().await;
         if let Some(chain) = self.filters.as_mut() {
@@ -84,9 +84,10 @@ impl<S: Transport> Session<S> {
         self.flush().await?;
         let injected = self.conn.discard_buffered();
         if injected > 0 {
-            self.rt.metrics.starttls_injection_total.inc();
+            self.rt.metrics.session.starttls_injection();
             self.rt
                 .metrics
+                .session
                 .protocol_error(ProtocolErrorKind::StarttlsInjection);
             warn!(session = %self.id, client = %self.client.ip, bytes = injected, "discarded plaintext pipelined after STARTTLS");
         }
@@ -102,12 +103,16 @@ impl<S: Transport> Session<S> {
             Ok(Err(e)) => {
                 self.rt
                     .metrics
+                    .session
                     .protocol_error(ProtocolErrorKind::TlsHandshake);
                 info!(session = %self.id, client = %self.client.ip, error = %e, "TLS handshake failed");
                 return Err(End::Io(format!("TLS handshake: {e}")));
             }
             Err(_) => {
-                self.rt.metrics.protocol_error(ProtocolErrorKind::Timeout);
+                self.rt
+                    .metrics
+                    .session
+                    .protocol_error(ProtocolErrorKind::Timeout);
                 return Err(End::Timeout);
             }
         };

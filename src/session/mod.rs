@@ -48,7 +48,7 @@ use crate::relay::{ClientIdentity, Upstream};
 use crate::reply::{Reply, StatusCode, reply};
 use crate::runtime::Runtime;
 use crate::stream::{BufferedConn, Stream, Transport};
-use crate::telemetry::ProtocolErrorKind;
+use crate::telemetry::{ProtocolErrorKind, TransactionOutcome};
 use crate::transaction::Transaction;
 
 use ehlo::Offer;
@@ -201,18 +201,16 @@ impl<S: Transport> Session<S> {
     pub async fn run(mut self) {
         let end = self.serve().await;
         if self.tx.is_some() {
-            self.finish_transaction("aborted", None);
+            self.finish_transaction(TransactionOutcome::Aborted, None);
         }
         self.filters_quit().await;
         if let Some(up) = self.upstream.take() {
             up.quit().await;
         }
-        let tls = if self.client.tls { "yes" } else { "no" };
         self.rt
             .metrics
-            .sessions_total
-            .with_label_values(&[&self.listener.name, tls])
-            .inc();
+            .session
+            .session_ended(&self.listener.name, self.client.tls);
         info!(
             session = %self.id,
             client = %self.client.ip,
@@ -355,7 +353,7 @@ impl<S: Transport> Session<S> {
     /// The metric and the log line for bad input whose reply is sent elsewhere; the line
     /// is rate-limited per kind (a flood of junk must not fill the disk), the metric not.
     fn note_bad_input(&self, kind: ProtocolErrorKind, r: &Reply) {
-        self.rt.metrics.protocol_error(kind);
+        self.rt.metrics.session.protocol_error(kind);
         if crate::log_limit::BAD_INPUT.allow(kind.as_str()) {
             info!(session = %self.id, client = %self.client.ip, kind = kind.as_str(), reply = %r, "refused client input");
         }
@@ -608,7 +606,7 @@ impl<S: Transport> Session<S> {
     }
 
     /// Ends the current transaction: log line, counters; the next one starts afresh.
-    fn finish_transaction(&mut self, outcome: &'static str, upstream_reply: Option<&Reply>) {
+    fn finish_transaction(&mut self, outcome: TransactionOutcome, upstream_reply: Option<&Reply>) {
         let Some(tx) = self.tx.take() else {
             return;
         };
@@ -618,7 +616,7 @@ impl<S: Transport> Session<S> {
         self.client_auth = tx.auth.client_part();
         // A transaction whose upstream failed was counted and logged when it failed.
         if !tx.upstream_failed {
-            self.rt.metrics.transaction(outcome);
+            self.rt.metrics.session.transaction(outcome);
             self.log_transaction(&tx, outcome, upstream_reply);
         }
     }
@@ -630,8 +628,9 @@ impl<S: Transport> Session<S> {
             return;
         };
         if !tx.upstream_failed {
-            self.rt.metrics.transaction("upstream_failed");
-            self.log_transaction(tx, "upstream_failed", None);
+            let outcome = TransactionOutcome::UpstreamFailed;
+            self.rt.metrics.session.transaction(outcome);
+            self.log_transaction(tx, outcome, None);
         }
         if let Some(tx) = self.tx.as_mut() {
             tx.upstream_failed = true;
@@ -639,7 +638,12 @@ impl<S: Transport> Session<S> {
     }
 
     /// One structured line per transaction outcome.
-    fn log_transaction(&self, tx: &Transaction, outcome: &str, upstream_reply: Option<&Reply>) {
+    fn log_transaction(
+        &self,
+        tx: &Transaction,
+        outcome: TransactionOutcome,
+        upstream_reply: Option<&Reply>,
+    ) {
         info!(
             session = %self.id,
             client = %self.client.ip,
@@ -651,7 +655,7 @@ impl<S: Transport> Session<S> {
             duration_ms = tx.started.elapsed().as_millis() as u64,
             auth = %tx.auth.summary(),
             filters = %tx.filter_summary(),
-            outcome,
+            outcome = outcome.as_str(),
             "transaction"
         );
     }

@@ -274,6 +274,7 @@ async fn bytes_dripped_into_a_line_do_not_extend_its_deadline() {
     let m = crate::telemetry::ProtocolErrorKind::SlowCommand;
     let count =
         h.rt.metrics
+            .session
             .protocol_errors_total
             .with_label_values(&[m.as_str()])
             .get();

@@ -240,6 +240,15 @@ fn write_local_part(f: &mut fmt::Formatter<'_>, local: &str) -> fmt::Result {
     f.write_str("\"")
 }
 
+/// An address as a person types it on a command line, `<a@b>` or `a@b`: the part inside
+/// the brackets (surrounding white space removed).
+pub fn strip_angle_brackets(s: &str) -> &str {
+    let s = s.trim();
+    s.strip_prefix('<')
+        .and_then(|f| f.strip_suffix('>'))
+        .unwrap_or(s)
+}
+
 /// A domain name or an address literal. One trailing dot is removed (`example.net.` is
 /// `example.net`, as the upstream will treat it).
 pub fn parse_domain(text: &str) -> Result<Domain, AddressError> {
@@ -298,6 +307,19 @@ fn validate_literal(inner: &str) -> Result<(), AddressError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn angle_brackets_are_stripped_once_and_only_in_pairs() {
+        for (typed, want) in [
+            ("<a@b.example>", "a@b.example"),
+            (" a@b.example ", "a@b.example"),
+            ("<>", ""),
+            ("<a@b.example", "<a@b.example"),
+            ("<<a@b>>", "<a@b>"),
+        ] {
+            assert_eq!(strip_angle_brackets(typed), want, "{typed:?}");
+        }
+    }
 
     fn rt(s: &str) -> String {
         Address::parse(s).unwrap().to_string()

@@ -5,7 +5,7 @@
 pub mod address;
 pub mod command;
 
-pub use address::{Address, AddressError, Domain, ForwardPath, ReversePath};
+pub use address::{Address, AddressError, Domain, ForwardPath, ReversePath, strip_angle_brackets};
 pub use command::{
     Body, CommandError, MailCommand, MailParams, Notify, Orcpt, RcptCommand, RcptParams, Ret,
     parse_mail, parse_rcpt,

@@ -6,11 +6,13 @@
 //! | `file` (default) | [`file`] | redb under the state directory: passes survive restarts |
 //! | `redis`, `redis_sentinel`, `redis_cluster` | [`redis`] | shared by every instance behind MX records or a balancer; one Redis, a Sentinel-managed master, or a Cluster |
 //!
-//! The decision rules are pure functions here ([`greylist_step`], [`gcra`]) over stored
-//! records and a time passed in, so every back end decides the same way and tests need no
-//! sleeps: the stores read their [`Clock`] handle, which tests replace with a
-//! [`FakeClock`]. The Redis back end runs the same rules as Lua scripts with the proxy's
-//! clock as an argument (scripts must not read time themselves, for replication).
+//! The greylist rule is a pure function here ([`greylist_step`]) over stored records and
+//! a time passed in, so every back end decides the same way; rate limits are GCRA
+//! (governor's in process, the same arithmetic as a Lua script in Redis; one test runs
+//! every back end through the same expectations). Tests need no sleeps: the stores read
+//! their [`Clock`] handle, which tests replace with a [`FakeClock`]. The Redis scripts
+//! take the proxy's clock as an argument (scripts must not read time themselves, for
+//! replication).
 //!
 //! Times are microseconds since the Unix epoch: wall time, because records outlive the
 //! process and are shared between machines.
@@ -135,16 +137,6 @@ impl GreyOutcome {
             GreyOutcome::Passed | GreyOutcome::Known | GreyOutcome::AutoAllowed
         )
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GreyOutcome::New { .. } => "new",
-            GreyOutcome::TooEarly { .. } => "too_early",
-            GreyOutcome::Passed => "passed",
-            GreyOutcome::Known => "known",
-            GreyOutcome::AutoAllowed => "auto_allowed",
-        }
-    }
 }
 
 /// One greylist decision: the outcome and what to write back (`None`: leave as is).
@@ -238,6 +230,34 @@ impl RateParams {
     }
 }
 
+/// What one rate-limit event spends: the unit a rule's budget is counted in (its
+/// `count:` key, the `count` label of `mxguard_rate_limit_decisions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateCount {
+    Connections,
+    Messages,
+    Recipients,
+    Bytes,
+}
+
+impl RateCount {
+    pub const ALL: [RateCount; 4] = [
+        RateCount::Connections,
+        RateCount::Messages,
+        RateCount::Recipients,
+        RateCount::Bytes,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateCount::Connections => "connections",
+            RateCount::Messages => "messages",
+            RateCount::Recipients => "recipients",
+            RateCount::Bytes => "bytes",
+        }
+    }
+}
+
 /// What a rate limit decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateOutcome {
@@ -246,22 +266,6 @@ pub enum RateOutcome {
     Limited {
         retry_in: u64,
     },
-}
-
-/// GCRA (the generic cell rate algorithm), pure: from the stored theoretical arrival
-/// time (TAT), the time and the cost, either the new TAT to store or the wait.
-///
-/// A key is idle — and may be deleted — once its TAT is in the past, so the TTL of a
-/// stored TAT is `new_tat - now`. `cost` above `burst` can never pass; callers clamp it.
-pub fn gcra(tat: Option<u64>, now: u64, p: &RateParams, cost: u64) -> Result<u64, u64> {
-    let tat = tat.unwrap_or(now).max(now);
-    let new_tat = tat.saturating_add(p.interval.saturating_mul(cost));
-    let allow_at = new_tat.saturating_sub(p.interval.saturating_mul(u64::from(p.burst)));
-    if now < allow_at {
-        Err(allow_at - now)
-    } else {
-        Ok(new_tat)
-    }
 }
 
 /// One greylist entry for `mxguard greylist list`.
@@ -530,24 +534,6 @@ mod tests {
             greylist_step(None, Some(net), MIN, &off).outcome,
             GreyOutcome::New { .. }
         ));
-    }
-
-    #[test]
-    fn gcra_allow_deny_retry() {
-        // 3 per second, burst 3.
-        let p = RateParams::new(3, Duration::from_secs(1), 3);
-        let now = 1_000_000_000;
-        let mut tat = None;
-        for _ in 0..3 {
-            tat = Some(gcra(tat, now, &p, 1).unwrap());
-        }
-        assert_eq!(gcra(tat, now, &p, 1), Err(333_333));
-        assert!(gcra(tat, now + 333_333, &p, 1).is_ok());
-        // An idle key (TAT in the past) behaves like a new one.
-        assert_eq!(
-            gcra(tat, now + 10_000_000, &p, 3),
-            Ok(now + 10_000_000 + 999_999)
-        );
     }
 
     #[test]

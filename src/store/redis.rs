@@ -1,6 +1,6 @@
 //! The shared store: Redis, for several mxguard instances behind MX records or an L4
 //! balancer. Each decision is one atomic Lua script (EVALSHA, EVAL on NOSCRIPT) that
-//! mirrors [`super::greylist_step`] and [`super::gcra`], with the proxy's clock passed in
+//! mirrors [`super::greylist_step`] or computes GCRA, with the proxy's clock passed in
 //! as ARGV and a TTL on every key it writes, so Redis never fills with idle keys.
 //!
 //! | module | gives |

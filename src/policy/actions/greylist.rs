@@ -18,9 +18,9 @@ use crate::store::GreyParams;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GreyKey {
     ClientNet,
-    /// The SPF-authorised domain when SPF passes, so senders retrying from other
-    /// networks are recognised. SPF checks do not exist yet: until they do, this is the
-    /// client network.
+    /// The domain SPF passed for (MAIL FROM's; the HELO name's for the null sender), so
+    /// senders retrying from other networks are recognised; the client network when
+    /// SPF does not pass.
     SpfDomain,
     Sender,
     Recipient,

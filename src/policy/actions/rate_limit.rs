@@ -15,7 +15,7 @@ use super::common;
 use crate::checks::greylist::net_key;
 use crate::checks::{FailMode, RateLimitCheck};
 use crate::envelope::Stage;
-use crate::store::RateParams;
+use crate::store::{RateCount as Count, RateParams};
 
 /// A field the rate is counted per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,40 +60,22 @@ impl RateKey {
     }
 }
 
-/// What one event spends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Count {
-    Connections,
-    Messages,
-    Recipients,
-    Bytes,
+/// The stages where a count can be spent.
+fn count_stages(c: Count) -> &'static [Stage] {
+    match c {
+        Count::Connections => &[Stage::Connect, Stage::Helo],
+        Count::Messages => &[Stage::Mail, Stage::Data],
+        Count::Recipients => &[Stage::Rcpt, Stage::Data],
+        Count::Bytes => &[Stage::Mail, Stage::Data],
+    }
 }
 
-impl Count {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Count::Connections => "connections",
-            Count::Messages => "messages",
-            Count::Recipients => "recipients",
-            Count::Bytes => "bytes",
-        }
-    }
-
-    fn stages(self) -> &'static [Stage] {
-        match self {
-            Count::Connections => &[Stage::Connect, Stage::Helo],
-            Count::Messages => &[Stage::Mail, Stage::Data],
-            Count::Recipients => &[Stage::Rcpt, Stage::Data],
-            Count::Bytes => &[Stage::Mail, Stage::Data],
-        }
-    }
-
-    fn default_for(stage: Stage) -> Count {
-        match stage {
-            Stage::Connect | Stage::Helo => Count::Connections,
-            Stage::Mail | Stage::Data => Count::Messages,
-            Stage::Rcpt => Count::Recipients,
-        }
+/// What a rule counts when it does not say.
+fn default_count(stage: Stage) -> Count {
+    match stage {
+        Stage::Connect | Stage::Helo => Count::Connections,
+        Stage::Mail | Stage::Data => Count::Messages,
+        Stage::Rcpt => Count::Recipients,
     }
 }
 
@@ -169,7 +151,7 @@ impl RateLimitAction {
             key,
             params: self.params,
             cost,
-            count: self.count.as_str(),
+            count: self.count,
         }
     }
 }
@@ -229,7 +211,7 @@ pub(crate) fn parse(
     let mut keys = None;
     let mut rate: Option<(&Value, KeyPath)> = None;
     let mut burst = None;
-    let mut count = Count::default_for(stage);
+    let mut count = default_count(stage);
     let (mut v4, mut v6, mut fail) = (24, 64, FailMode::Open);
     let mut ok = true;
     for (k, v) in fields {
@@ -368,8 +350,8 @@ fn parse_count(d: &mut Decoder<'_>, v: &Value, path: &KeyPath, stage: Stage) -> 
             return None;
         }
     };
-    if !c.stages().contains(&stage) {
-        let at: Vec<&str> = c.stages().iter().map(|s| s.as_str()).collect();
+    if !count_stages(c).contains(&stage) {
+        let at: Vec<&str> = count_stages(c).iter().map(|s| s.as_str()).collect();
         d.error(
             path,
             format!(
