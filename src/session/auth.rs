@@ -209,13 +209,8 @@ impl<S: Transport> Session<S> {
     }
 
     fn auth_upstream_failed(&mut self, e: &crate::relay::RelayError) -> Flow {
-        warn!(session = %self.id, error = %e, "upstream failed during AUTH");
-        self.upstream = None;
-        self.push(&reply(
-            454,
-            (4, 7, 0),
-            "Temporary authentication failure, try again later",
-        ));
+        self.upstream_fault("auth", e);
+        self.push(&super::fault::auth_unavailable());
         Flow::Continue
     }
 

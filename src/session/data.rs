@@ -9,9 +9,9 @@
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::fault::{message_not_accepted, upstream_aborted};
 use super::input::Input;
 use super::mail::{refusal_outcome, upstream_outcome};
-use super::rcpt::upstream_aborted;
 use super::{COMMAND_CHUNK, Flow, Session};
 use crate::checks::auth_results;
 use crate::dotstream::{Anomalies, Decoder, RawScanner};
@@ -440,10 +440,8 @@ impl<S: Transport> Session<S> {
             Ok(r) if r.code == 421 || r.is_positive() => {
                 // A 421 is about the upstream's own connection (and names its host); a 2xx
                 // other than 250 after the dot is not an acceptance we can vouch for.
-                warn!(session = %self.id, client = %self.client.ip, reply = %r, "upstream gave no usable answer to the message");
+                self.upstream_fault("data", &format!("no usable answer to the message: {r}"));
                 self.finish_transaction(TransactionOutcome::UpstreamFailed, Some(&r));
-                self.upstream = None;
-                self.upstream_in_transaction = false;
                 message_not_accepted()
             }
             Ok(r) => {
@@ -458,31 +456,20 @@ impl<S: Transport> Session<S> {
                     .await
             }
             Err(e) => {
-                warn!(session = %self.id, client = %self.client.ip, error = %e, "upstream failed at DATA");
-                self.upstream = None;
-                self.upstream_in_transaction = false;
+                self.upstream_fault("data", &e);
                 self.finish_transaction(TransactionOutcome::UpstreamFailed, None);
                 message_not_accepted()
             }
         }
     }
 
-    /// Our own failure (the spool): a 4xx so the sender retries; not the client's fault,
-    /// so not counted as bad input, and not the upstream's. A full disk says so
-    /// (`452 4.3.1`, RFC 3463).
+    /// Our own failure (the spool): the sender retries; not the client's fault, so not
+    /// counted as bad input, and not the upstream's, whose connection stays (after RSET).
     async fn local_failure(&mut self, what: &str, e: &std::io::Error) -> Reply {
-        warn!(session = %self.id, error = %e, "{what} failed (local)");
+        self.our_fault(what, e);
         self.finish_transaction(TransactionOutcome::LocalError, None);
         self.reset_upstream().await;
-        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
-        if matches!(e.kind(), StorageFull | QuotaExceeded) {
-            return reply(
-                452,
-                (4, 3, 1),
-                "Error: insufficient system storage, try again later",
-            );
-        }
-        reply(451, (4, 3, 0), "Error: local error, try again later")
+        super::fault::local_error(e)
     }
 
     /// Refuses the received message (a content limit or a `data` rule): it never reaches
@@ -540,14 +527,6 @@ impl<S: Transport> Session<S> {
         }
         crate::message::rewrite(index, edits)
     }
-}
-
-fn message_not_accepted() -> Reply {
-    reply(
-        451,
-        (4, 4, 1),
-        "Error: upstream failure, message not accepted, try again later",
-    )
 }
 
 /// DATA or BDAT without an accepted recipient.

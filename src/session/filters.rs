@@ -93,6 +93,12 @@ impl<S: Transport> Session<S> {
             return;
         };
         for call in chain.take_calls() {
+            if call.error.is_some() {
+                self.rt
+                    .metrics
+                    .session
+                    .fault(crate::telemetry::FaultSource::Ours);
+            }
             self.rt
                 .metrics
                 .filters

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::warn;
 
 use super::auth::SaslState;
 use super::{End, Session};
@@ -180,9 +179,7 @@ impl<S: Transport> Session<S> {
         if let Some(up) = self.upstream.as_mut()
             && let Err(e) = up.noop().await
         {
-            warn!(session = %self.id, error = %e, "upstream lost while the client was sending");
-            self.upstream = None;
-            self.upstream_in_transaction = false;
+            self.upstream_fault("data", &format!("lost while the client was sending: {e}"));
         }
     }
 }

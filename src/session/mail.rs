@@ -109,14 +109,9 @@ impl<S: Transport> Session<S> {
     /// Unreachable, broken, or closing its connection (a 421 is about the upstream's
     /// connection, not the client's mail: never passed through).
     fn upstream_unavailable_at_mail(&mut self, why: &str) -> Flow {
-        warn!(session = %self.id, error = why, "upstream failed at MAIL");
-        self.upstream = None;
+        self.upstream_fault("mail", &why);
         self.finish_transaction(TransactionOutcome::UpstreamFailed, None);
-        self.push(&reply(
-            451,
-            (4, 4, 1),
-            "Error: upstream unavailable, try again later",
-        ));
+        self.push(&super::fault::upstream_unavailable());
         Flow::Continue
     }
 

@@ -26,6 +26,7 @@ mod auth;
 mod data;
 mod decide;
 mod ehlo;
+mod fault;
 mod filters;
 mod input;
 mod mail;
@@ -355,7 +356,7 @@ impl<S: Transport> Session<S> {
     fn note_bad_input(&self, kind: ProtocolErrorKind, r: &Reply) {
         self.rt.metrics.session.protocol_error(kind);
         if crate::log_limit::BAD_INPUT.allow(kind.as_str()) {
-            info!(session = %self.id, client = %self.client.ip, kind = kind.as_str(), reply = %r, "refused client input");
+            info!(session = %self.id, client = %self.client.ip, source = "client", kind = kind.as_str(), reply = %r, "refused client input");
         }
     }
 

@@ -2,9 +2,10 @@
 
 use tracing::warn;
 
+use super::fault::upstream_aborted;
 use super::{Flow, Session};
 use crate::envelope::Stage;
-use crate::reply::{Reply, reply};
+use crate::reply::reply;
 use crate::smtp::RcptCommand;
 use crate::stream::Transport;
 use crate::telemetry::ProtocolErrorKind;
@@ -94,24 +95,13 @@ impl<S: Transport> Session<S> {
                 // RCPT and DATA gets the same 4xx until it starts over — never a 5xx for an
                 // upstream's fault.
                 match outcome {
-                    Err(e) => warn!(session = %self.id, error = %e, "upstream failed at RCPT"),
-                    Ok(r) => warn!(session = %self.id, reply = %r, "upstream closing at RCPT"),
+                    Err(e) => self.upstream_fault("rcpt", &e),
+                    Ok(r) => self.upstream_fault("rcpt", &format!("closing: {r}")),
                 }
-                self.upstream = None;
-                self.upstream_in_transaction = false;
                 self.fail_transaction_upstream();
                 self.push(&upstream_aborted());
                 Flow::Continue
             }
         }
     }
-}
-
-/// The reply to every RCPT, DATA and BDAT of a transaction whose upstream side was lost.
-pub(super) fn upstream_aborted() -> Reply {
-    reply(
-        451,
-        (4, 4, 1),
-        "Error: upstream unavailable, transaction aborted, try again later",
-    )
 }

@@ -337,6 +337,9 @@ async fn an_upstream_that_stalls_at_rcpt_costs_the_client_a_4xx_after_its_timeou
     assert!(r.starts_with("451 4.4.1"), "{r}");
     assert_eq!(t0.elapsed().as_secs(), 120);
     assert!(c.cmd("DATA").await.starts_with("451 4.4.1"));
+    // The upstream's fault, once; nothing counts against the client.
+    assert_eq!(faults(&h, "upstream"), 1);
+    assert_eq!(faults(&h, "client"), 0);
 }
 
 const MESSAGE: &[u8] = b"Subject: chunks\r\n\r\n.leading dot\r\nline two\r\n";
@@ -548,4 +551,57 @@ async fn explain_and_the_session_decide_alike() {
             .collect();
         assert_eq!(live, offline, "{}:\n{report}", case.name);
     }
+}
+
+fn faults(h: &Harness, source: &str) -> u64 {
+    h.rt.metrics
+        .session
+        .faults_total
+        .with_label_values(&[source])
+        .get()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_failure_is_told_logged_and_counted_as_its_source() {
+    let config = format!("{LIMITS}  memory_spool_threshold: 16\n");
+    let h = harness(&config, &[], UpScript::default()).await;
+    // Our spool cannot spill: where its directory should be is a file.
+    let spool = h.rt.spool_dir.clone();
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::write(&spool, b"not a directory").unwrap();
+
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+    // The client's mistake: a 5xx, counted as the client's.
+    assert!(
+        c.cmd("MAIL FROM:<a@x.test> BOGUS=1")
+            .await
+            .starts_with("555 5.5.4")
+    );
+    assert_eq!(faults(&h, "client"), 1);
+    // Ours: a 4xx, not the upstream's fault, and its connection is kept.
+    assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@d.test>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: spills\r\n\r\nmore than sixteen bytes of body\r\n.\r\n")
+        .await;
+    let r = c.reply().await.unwrap();
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    assert_eq!(faults(&h, "ours"), 1);
+    assert_eq!(faults(&h, "upstream"), 0);
+    assert_eq!(faults(&h, "client"), 1, "our failure is not the client's");
+    // The same upstream connection takes the next transaction.
+    std::fs::remove_file(&spool).unwrap();
+    assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<b@d.test>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: spills\r\n\r\nmore than sixteen bytes of body\r\n.\r\n")
+        .await;
+    let r = c.reply().await.unwrap();
+    assert!(r.starts_with("250"), "{r}");
+    let log = h.up.lock().unwrap().commands.clone();
+    // One upstream session (one XCLIENT), reset after our failure, never replaced.
+    let xclients = log.iter().filter(|c| c.starts_with("XCLIENT")).count();
+    assert_eq!(xclients, 1, "the upstream was not blamed: {log:?}");
+    assert!(log.iter().any(|c| c == "RSET"), "{log:?}");
 }

@@ -47,7 +47,8 @@ pub use logging::{LogFormat, init_logging};
 pub use ops::OpsMetrics;
 pub use policy::PolicyMetrics;
 pub use session::{
-    AcceptErrorKind, ProtocolErrorKind, RefusalReason, SessionMetrics, TransactionOutcome,
+    AcceptErrorKind, FaultSource, ProtocolErrorKind, RefusalReason, SessionMetrics,
+    TransactionOutcome,
 };
 pub use store::{GreylistOutcome, RateResult, StoreMetrics, StoreOp};
 pub use upstream::{ConnectFailure, ReplyClass, UpstreamMetrics};

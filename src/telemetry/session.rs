@@ -8,6 +8,18 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Re
 use super::labels::{counter, counter_vec, gauge, gauge_vec, histogram, label_values, yes_no};
 
 label_values! {
+    /// Who caused a failure (`mxguard_faults_total{source}`): the client's mistakes are
+    /// 5xx and count towards its error limit; the upstream's and ours are 4xx, so the
+    /// sender retries, and never count against the client.
+    pub enum FaultSource {
+        Client => "client",
+        Upstream => "upstream",
+        /// mxguard itself: its spool, a content filter.
+        Ours => "ours",
+    }
+}
+
+label_values! {
     /// The kinds of client protocol errors and limit hits
     /// (`mxguard_protocol_errors_total{kind}`).
     pub enum ProtocolErrorKind {
@@ -102,6 +114,7 @@ pub struct SessionMetrics {
     pub stress_active: IntGauge,
     pub transactions_total: IntCounterVec,
     pub protocol_errors_total: IntCounterVec,
+    pub faults_total: IntCounterVec,
     pub end_of_data_seconds: Histogram,
     pub message_size_bytes: Histogram,
     pub starttls_injection_total: IntCounter,
@@ -152,6 +165,12 @@ impl SessionMetrics {
                 "Client protocol errors and limit hits, by kind",
                 &["kind"],
             ),
+            faults_total: counter_vec(
+                registry,
+                "mxguard_faults_total",
+                "Failures by who caused them: client (bad input, limits), upstream (unreachable, out of step, gone), ours (spool, content filters)",
+                &["source"],
+            ),
             end_of_data_seconds: histogram(
                 registry,
                 "mxguard_end_of_data_seconds",
@@ -177,6 +196,9 @@ impl SessionMetrics {
         }
         for kind in ProtocolErrorKind::ALL {
             m.protocol_errors_total.with_label_values(&[kind.as_str()]);
+        }
+        for source in FaultSource::ALL {
+            m.faults_total.with_label_values(&[source.as_str()]);
         }
         m
     }
@@ -232,10 +254,18 @@ impl SessionMetrics {
             .inc();
     }
 
-    /// Counts a client protocol error or limit hit.
+    /// Counts a client protocol error or limit hit (a fault of the client's).
     pub fn protocol_error(&self, kind: ProtocolErrorKind) {
         self.protocol_errors_total
             .with_label_values(&[kind.as_str()])
+            .inc();
+        self.fault(FaultSource::Client);
+    }
+
+    /// Counts a failure by who caused it.
+    pub fn fault(&self, source: FaultSource) {
+        self.faults_total
+            .with_label_values(&[source.as_str()])
             .inc();
     }
 
