@@ -27,7 +27,7 @@
 //! | [`dns`] | the one resolver and cache every check shares |
 //! | [`checks`] | SPF, DKIM, DMARC, ARC, DNS lists, reverse DNS, Authentication-Results; the store-backed greylist and rate-limit checks the session resolves |
 //! | [`milter`] | the milter protocol client (clamav-milter, opendkim, opendmarc, rspamd proxy) |
-//! | [`filters`] | content filter configuration; the rspamd HTTP client |
+//! | [`filters`] | content filter configuration, the rspamd HTTP client, the per-session filter chain, `explain --filters` |
 //! | [`telemetry`] | Prometheus metrics per area (registered into a registry passed in), /metrics /healthz /readyz, logging |
 //! | [`runtime`] | the handles every session shares |
 //! | [`server`] | wiring: builds the runtime, runs listeners, signals, drain |
