@@ -65,6 +65,9 @@ pub struct Transaction {
     pub recipients: Vec<Recipient>,
     /// RCPT commands seen (accepted or not), for "no valid recipients".
     pub rcpts_tried: usize,
+    /// Recipients sent upstream in a pipelined group and not answered yet: they count
+    /// towards the limits and `recipient_count` as they would in lockstep.
+    pub pending_rcpts: usize,
     /// RCPTs refused because `max_recipients` was reached.
     pub rcpts_over_limit: usize,
     /// An `accept` rule ended rule evaluation for the rest of this transaction.
@@ -93,6 +96,7 @@ impl Transaction {
             params,
             recipients: Vec::new(),
             rcpts_tried: 0,
+            pending_rcpts: 0,
             rcpts_over_limit: 0,
             accepted_by_rule: false,
             auth: client_auth.client_part(),
@@ -116,6 +120,11 @@ impl Transaction {
             })
             .collect();
         parts.join(" ")
+    }
+
+    /// Recipients accepted, and those awaiting the upstream's answer.
+    pub fn recipient_count(&self) -> usize {
+        self.recipients.len() + self.pending_rcpts
     }
 
     /// Whether any DSN parameter (RFC 3461) is in use, on MAIL or a recipient.

@@ -83,7 +83,7 @@ impl<'a> Subject<'a> {
         let current = u64::from(self.stage == Stage::Rcpt && self.facts.recipient.is_some());
         self.facts
             .transaction
-            .map_or(0, |t| t.recipients.len() as u64)
+            .map_or(0, |t| t.recipient_count() as u64)
             + current
     }
 

@@ -650,6 +650,36 @@ impl Upstream {
         }
     }
 
+    /// Whether MAIL and RCPT can be pipelined here (RFC 2920): the upstream offers
+    /// PIPELINING, and no XFORWARD must be answered before each MAIL.
+    pub fn pipelines(&self) -> bool {
+        self.caps.pipelining && self.trace != TraceMode::Xforward
+    }
+
+    /// Sends a group of pipelined commands (MAIL and RCPT lines) in one write; their
+    /// replies are read in order with [`Upstream::pipelined_reply`]. Bytes waiting
+    /// before the group are a reply to nothing: a protocol error.
+    pub async fn send_group(&mut self, lines: &[u8]) -> Result<(), RelayError> {
+        if !self.conn.buffered().is_empty() {
+            return Err(self.protocol_error("mail", "unsolicited reply before the command".into()));
+        }
+        self.write("pipeline", lines).await
+    }
+
+    /// The next reply of a group sent with [`Upstream::send_group`], for its command at
+    /// `stage` (`mail` or `rcpt`); `since` is when the group was sent.
+    pub async fn pipelined_reply(
+        &mut self,
+        stage: &'static str,
+        since: Instant,
+    ) -> Result<Reply, RelayError> {
+        let reply = self.read_reply(stage, self.command_timeout).await?;
+        self.metrics
+            .upstream
+            .reply(stage, reply.code, since.elapsed());
+        Ok(reply)
+    }
+
     /// NOOP, to keep a waiting transaction alive: `Err` if the session is gone.
     pub async fn noop(&mut self) -> Result<(), RelayError> {
         let reply = self.command("noop", b"NOOP\r\n").await?;

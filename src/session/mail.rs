@@ -2,6 +2,7 @@
 
 use tracing::{debug, warn};
 
+use super::pipeline::MailSent;
 use super::{Flow, Session};
 use crate::envelope::Stage;
 use crate::relay::{Capabilities, RelayError};
@@ -61,6 +62,15 @@ impl<S: Transport> Session<S> {
             return self.answer_filter_stop(stop);
         }
         match self.relay_mail().await {
+            Ok(MailSent::Queued) => Flow::Continue,
+            Ok(MailSent::Answered(r)) => self.mail_answered(Ok(r)),
+            Err(e) => self.mail_answered(Err(e)),
+        }
+    }
+
+    /// The upstream's answer to MAIL (in lockstep, or from a pipelined group).
+    pub(super) fn mail_answered(&mut self, answer: Result<Reply, MailError>) -> Flow {
+        match answer {
             Ok(r) if r.is_positive() => {
                 self.upstream_in_transaction = true;
                 self.transactions += 1;
@@ -119,7 +129,7 @@ impl<S: Transport> Session<S> {
     /// session kept from an earlier transaction may have died while idle (Postfix's own
     /// timeout): it is checked first, and on a failure or a `421` the MAIL is retried
     /// once on a fresh connection, so the client never sees the upstream's stale state.
-    async fn relay_mail(&mut self) -> Result<Reply, MailError> {
+    async fn relay_mail(&mut self) -> Result<MailSent, MailError> {
         let identity = self.identity();
         let mut reused = false;
         if let Some(up) = self.upstream.as_mut() {
@@ -137,21 +147,33 @@ impl<S: Transport> Session<S> {
         let tx = self.tx.as_ref().expect("MAIL opened the transaction");
         let up = self.upstream.as_mut().expect("connected above");
         let line = upstream_mail_line(tx, &up.caps)?;
+        if up.pipelines() {
+            self.pipeline.queue_mail(line, reused);
+            return Ok(MailSent::Queued);
+        }
         let first = up.mail(&identity, &line).await;
         let stale = match &first {
             Ok(r) => r.code == 421,
             Err(_) => true,
         };
         if !(reused && stale) {
-            return Ok(first?);
+            return Ok(MailSent::Answered(first?));
         }
         debug!(session = %self.id, "reused upstream session failed at MAIL; retrying on a new one");
+        Ok(MailSent::Answered(self.mail_on_fresh_connection().await?))
+    }
+
+    /// MAIL on a new upstream connection, replacing the current one (which died while
+    /// idle).
+    pub(super) async fn mail_on_fresh_connection(&mut self) -> Result<Reply, MailError> {
         self.upstream = None;
+        let identity = self.identity();
         let mut up = self.rt.upstreams.connect(&identity).await?;
+        let tx = self.tx.as_ref().expect("MAIL opened the transaction");
         let line = upstream_mail_line(tx, &up.caps)?;
-        let retried = up.mail(&identity, &line).await;
+        let answer = up.mail(&identity, &line).await;
         self.upstream = Some(up);
-        Ok(retried?)
+        Ok(answer?)
     }
 
     /// MAIL parameters we did not offer this client are refused, as Postfix does.
@@ -182,7 +204,7 @@ impl<S: Transport> Session<S> {
 }
 
 /// Why MAIL could not be relayed.
-enum MailError {
+pub(super) enum MailError {
     Relay(RelayError),
     /// The upstream connection lacks an extension the transaction uses.
     Lacks(&'static str),

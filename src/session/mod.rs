@@ -31,6 +31,7 @@ mod filters;
 mod input;
 mod mail;
 mod misc;
+mod pipeline;
 mod rcpt;
 
 #[cfg(test)]
@@ -153,6 +154,8 @@ pub struct Session<S: Transport = tokio::net::TcpStream> {
     auth_mechanism: Option<String>,
     /// A reply queued at the end of a message closes the session (a filter's shutdown).
     close_after_reply: bool,
+    /// MAIL and RCPT sent upstream as one group, and the client replies held behind them.
+    pipeline: pipeline::Pipeline,
     started: StdInstant,
 }
 
@@ -193,6 +196,7 @@ impl<S: Transport> Session<S> {
             filters_made: false,
             auth_mechanism: None,
             close_after_reply: false,
+            pipeline: pipeline::Pipeline::default(),
             started: StdInstant::now(),
             rt,
         }
@@ -234,7 +238,10 @@ impl<S: Transport> Session<S> {
             return end;
         }
         loop {
-            match Box::pin(self.process_input()).await {
+            let flow = Box::pin(self.process_input()).await;
+            // The client's group ended: the upstream's answers complete the replies.
+            Box::pin(self.resolve_pipeline()).await;
+            match flow {
                 Flow::Continue => {}
                 Flow::Close => {
                     let _ = self.flush().await;
@@ -267,10 +274,15 @@ impl<S: Transport> Session<S> {
         loop {
             let flow = match self.input {
                 Input::Command => match self.next_line() {
-                    Some(line) => match self.handle_line(&line).await {
-                        Flow::Continue => self.check_limits(),
-                        other => other,
-                    },
+                    Some(line) => {
+                        if !pipeline::joins_group(&line) {
+                            Box::pin(self.resolve_pipeline()).await;
+                        }
+                        match self.handle_line(&line).await {
+                            Flow::Continue => self.check_limits(),
+                            other => other,
+                        }
+                    }
                     None => return Flow::Continue,
                 },
                 Input::Data | Input::Bdat { .. } => {
@@ -340,8 +352,14 @@ impl<S: Transport> Session<S> {
         res.map_err(|e| End::Io(e.to_string()))
     }
 
+    /// Queues a reply for the client, in order: behind pipelined commands still
+    /// awaiting the upstream when there are any.
     fn push(&mut self, r: &Reply) {
-        r.write_to(&mut self.out);
+        if self.pipeline.is_active() {
+            self.pipeline.hold(r);
+        } else {
+            r.write_to(&mut self.out);
+        }
     }
 
     /// Bad input: counted by kind, logged with the reply, answered (and counted towards

@@ -22,7 +22,7 @@ impl<S: Transport> Session<S> {
             return Flow::Continue;
         }
         let limits = &self.rt.config.limits;
-        if tx.recipients.len() >= limits.max_recipients {
+        if tx.recipient_count() >= limits.max_recipients {
             // Past the limit, 452 asks for the rest in another transaction; a client that
             // keeps going beyond the overshoot allowance earns an error per recipient
             // (Postfix smtpd_recipient_overshoot_limit), so the error limit closes it.
@@ -60,6 +60,13 @@ impl<S: Transport> Session<S> {
             }
         }
         let outcome = match self.upstream.as_mut() {
+            Some(up) if up.pipelines() && (up.caps.dsn || !rcpt.params.has_dsn()) => {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.pending_rcpts += 1;
+                }
+                self.pipeline.queue_rcpt(rcpt);
+                return Flow::Continue;
+            }
             Some(up) if rcpt.params.has_dsn() && !up.caps.dsn => {
                 // Failed over to an upstream without DSN: never drop NOTIFY/ORCPT.
                 warn!(session = %self.id, "the upstream lacks DSN, which the recipient uses");
@@ -76,6 +83,15 @@ impl<S: Transport> Session<S> {
                 "upstream session lost since MAIL".into(),
             )),
         };
+        self.rcpt_answered(rcpt, outcome)
+    }
+
+    /// The upstream's answer to RCPT (in lockstep, or from a pipelined group).
+    pub(super) fn rcpt_answered(
+        &mut self,
+        rcpt: Recipient,
+        outcome: Result<crate::reply::Reply, crate::relay::RelayError>,
+    ) -> Flow {
         match outcome {
             Ok(r) if r.is_positive() => {
                 if let Some(tx) = self.tx.as_mut() {

@@ -25,6 +25,18 @@ struct UpScript {
     dsn: bool,
     /// Never answer this verb (e.g. "RCPT").
     stall: Option<&'static str>,
+    /// Answer MAIL only once the next command (a RCPT) has arrived: a client that waits
+    /// for each reply would wait forever.
+    mail_waits_for_rcpt: bool,
+    /// The reply to a RCPT whose line contains the key (default `250 2.1.5 Ok`).
+    rcpt_replies: Vec<(&'static str, &'static str)>,
+    /// The reply to MAIL (default `250 2.1.0 Ok`).
+    mail_reply: Option<&'static str>,
+    /// After this many RCPTs answered, say `421` and close.
+    close_after_rcpts: Option<usize>,
+    /// On this connection (by index, 0 is the start-up probe), answer the second MAIL
+    /// with `421` and close: a session that died while idle.
+    stale_second_mail_on: Option<usize>,
 }
 
 /// What the scripted upstream received.
@@ -70,6 +82,8 @@ async fn say(io: &mut DuplexStream, s: String) {
 async fn fake_upstream(mut io: DuplexStream, script: UpScript, log: Arc<Mutex<UpLog>>, nth: usize) {
     let chunking = script.chunking && !(script.chunking_only_first && nth > 0);
     let mut buf = Vec::new();
+    let mut rcpts = 0;
+    let mut mails = 0;
     say(&mut io, "220 up.test ESMTP".into()).await;
     while let Some(line) = read_line(&mut io, &mut buf).await {
         log.lock().unwrap().commands.push(line.clone());
@@ -90,7 +104,35 @@ async fn fake_upstream(mut io: DuplexStream, script: UpScript, log: Arc<Mutex<Up
                 say(&mut io, r).await;
             }
             "XCLIENT" => say(&mut io, "220 up.test ESMTP".into()).await,
-            "MAIL" | "RCPT" | "RSET" | "NOOP" => say(&mut io, "250 2.0.0 Ok".into()).await,
+            "MAIL" => {
+                mails += 1;
+                if mails == 2 && script.stale_second_mail_on == Some(nth) {
+                    say(&mut io, "421 4.4.2 up.test Error: timeout exceeded".into()).await;
+                    return;
+                }
+                while script.mail_waits_for_rcpt && !buf.starts_with(b"RCPT") {
+                    let mut tmp = [0u8; 8192];
+                    match io.read(&mut tmp).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                    }
+                }
+                say(&mut io, script.mail_reply.unwrap_or("250 2.1.0 Ok").into()).await;
+            }
+            "RCPT" => {
+                if script.close_after_rcpts == Some(rcpts) {
+                    say(&mut io, "421 4.3.2 up.test Service shutting down".into()).await;
+                    return;
+                }
+                rcpts += 1;
+                let r = script
+                    .rcpt_replies
+                    .iter()
+                    .find(|(k, _)| line.contains(k))
+                    .map_or("250 2.1.5 Ok", |(_, r)| r);
+                say(&mut io, r.into()).await;
+            }
+            "RSET" | "NOOP" => say(&mut io, "250 2.0.0 Ok".into()).await,
             "DATA" => {
                 say(&mut io, "354 go".into()).await;
                 let mut msg = Vec::new();
@@ -604,4 +646,178 @@ async fn each_failure_is_told_logged_and_counted_as_its_source() {
     let xclients = log.iter().filter(|c| c.starts_with("XCLIENT")).count();
     assert_eq!(xclients, 1, "the upstream was not blamed: {log:?}");
     assert!(log.iter().any(|c| c == "RSET"), "{log:?}");
+}
+
+/// Every reply of a pipelined group, in order.
+async fn replies(c: &mut Client, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(c.reply().await.unwrap_or_default());
+    }
+    out
+}
+
+fn codes(rs: &[String]) -> Vec<&str> {
+    rs.iter().map(|r| &r[..r.len().min(9)]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipelined_group_goes_upstream_at_once_and_its_replies_keep_their_order() {
+    let rules = "rules:\n  - name: ours\n    stage: rcpt\n    if: { recipient: refused-by-rule@d.test }\n    then: { reject: \"550 5.7.1 refused by our rule\" }\n";
+    let h = harness(
+        LIMITS,
+        &[("r.yaml", rules)],
+        UpScript {
+            mail_waits_for_rcpt: true,
+            rcpt_replies: vec![
+                ("rejected", "550 5.1.1 <rejected@d.test>: unknown user"),
+                ("later", "450 4.2.0 <later@d.test>: try later"),
+            ],
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+    let t0 = Instant::now();
+    c.send(
+        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<one@d.test>\r\nRCPT TO:<rejected@d.test>\r\n\
+          RCPT TO:<refused-by-rule@d.test>\r\nRCPT TO:<later@d.test>\r\nRCPT TO:<two@d.test>\r\nDATA\r\n",
+    )
+    .await;
+    let rs = replies(&mut c, 7).await;
+    assert_eq!(
+        codes(&rs),
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "550 5.1.1",
+            "550 5.7.1",
+            "450 4.2.0",
+            "250 2.1.5",
+            "354 End d"
+        ],
+        "{rs:?}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "no command waited for the upstream's timeout: {:?}",
+        t0.elapsed()
+    );
+    c.send(b"Subject: group\r\n\r\nbody\r\n.\r\n").await;
+    assert!(c.reply().await.unwrap().starts_with("250"));
+    let log = h.up.lock().unwrap();
+    let rcpts: Vec<&String> = log
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("RCPT"))
+        .collect();
+    // Our own refusal never reached the upstream; the others went in order.
+    assert_eq!(
+        rcpts,
+        [
+            "RCPT TO:<one@d.test>",
+            "RCPT TO:<rejected@d.test>",
+            "RCPT TO:<later@d.test>",
+            "RCPT TO:<two@d.test>"
+        ]
+    );
+    assert_eq!(log.messages.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_refuses_mid_group_answers_the_rest_as_lockstep_would() {
+    // MAIL refused: the group's recipients get what they get without a transaction.
+    let h = harness(
+        LIMITS,
+        &[],
+        UpScript {
+            mail_reply: Some("550 5.7.1 sender refused upstream"),
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<one@d.test>\r\nRCPT TO:<two@d.test>\r\nDATA\r\n")
+        .await;
+    let rs = replies(&mut c, 4).await;
+    assert_eq!(
+        codes(&rs),
+        ["550 5.7.1", "503 5.5.1", "503 5.5.1", "503 5.5.1"],
+        "{rs:?}"
+    );
+
+    // The upstream closes after the first recipient: the rest get 451 4.4.1.
+    let h = harness(
+        LIMITS,
+        &[],
+        UpScript {
+            close_after_rcpts: Some(1),
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<one@d.test>\r\nRCPT TO:<two@d.test>\r\nRCPT TO:<three@d.test>\r\nDATA\r\n")
+        .await;
+    let rs = replies(&mut c, 5).await;
+    assert_eq!(
+        codes(&rs),
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "451 4.4.1",
+            "451 4.4.1",
+            "451 4.4.1"
+        ],
+        "{rs:?}"
+    );
+    assert_eq!(faults(&h, "upstream"), 1);
+    // RSET starts over; the next transaction opens a new upstream session.
+    assert!(c.cmd("RSET").await.starts_with("250"));
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<one@d.test>\r\n")
+        .await;
+    assert_eq!(codes(&replies(&mut c, 2).await), ["250 2.1.0", "250 2.1.5"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reused_upstream_that_died_idle_is_replaced_under_a_pipelined_mail() {
+    let h = harness(
+        LIMITS,
+        &[],
+        UpScript {
+            // Connection 1 is the session's first: its second MAIL finds it timed out.
+            stale_second_mail_on: Some(1),
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+    for subject in ["first", "second"] {
+        c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<one@d.test>\r\nRCPT TO:<two@d.test>\r\nDATA\r\n")
+            .await;
+        let rs = replies(&mut c, 4).await;
+        assert_eq!(
+            codes(&rs),
+            ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354 End d"],
+            "{subject}: {rs:?}"
+        );
+        c.send(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes())
+            .await;
+        assert!(c.reply().await.unwrap().starts_with("250"), "{subject}");
+    }
+    let log = h.up.lock().unwrap();
+    assert_eq!(log.messages.len(), 2, "each message relayed once");
+    assert_eq!(
+        log.commands
+            .iter()
+            .filter(|c| c.starts_with("XCLIENT"))
+            .count(),
+        2,
+        "a second upstream session replaced the stale one: {:?}",
+        log.commands
+    );
 }
