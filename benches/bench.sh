@@ -11,6 +11,7 @@
 #   BENCH=counts bash benches/bench.sh   # issue 14: system calls and instructions per message
 #   BENCH=tls bash benches/bench.sh      # issue 14: STARTTLS, mxguard vs Postfix's smtpd
 #   BENCH=flood bash benches/bench.sh    # issue 14: legitimate load under a flood, vs postscreen
+#   BENCH=filters bash benches/bench.sh  # issue 13: rspamd over HTTP and milter, vs Postfix + milter
 #                                    # (each mode is benches/bench-MODE.sh; see its header)
 #
 # Matrix: message size 1 KiB and 100 KiB x 1/10/100 parallel sessions x one message per
@@ -24,8 +25,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${BENCH:-matrix}" in
     matrix) ;;   # the matrix below, unchanged, so that figures compare across commits
-    counts|tls|flood) exec bash "benches/bench-$BENCH.sh" ;;
-    *) echo "bench: unknown BENCH=$BENCH (matrix, counts, tls, flood)" >&2; exit 2 ;;
+    counts|tls|flood|filters) exec bash "benches/bench-$BENCH.sh" ;;
+    *) echo "bench: unknown BENCH=$BENCH (matrix, counts, tls, flood, filters)" >&2; exit 2 ;;
 esac
 export PATH="$PATH:/usr/sbin:/sbin"
 

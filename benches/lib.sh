@@ -263,6 +263,8 @@ pfx_create() { # dir smtpd_port pscreen_port|"" certdir
         "postscreen_cache_map = btree:\${data_directory}/postscreen_cache"
     )
     printf '%s\n' "${main[@]}" > "$d/etc/main.cf"
+    # a mode's own main.cf lines (BENCH=filters: the milter)
+    [ -z "${PFX_MAIN_EXTRA:-}" ] || printf '%s\n' "$PFX_MAIN_EXTRA" >> "$d/etc/main.cf"
     local master=("127.0.0.1:$smtpd inet n - n - - smtpd")
     if [ -n "$pscreen" ]; then
         master+=(
