@@ -26,6 +26,8 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Upstream MTAs, tried in order (failover).
     pub upstreams: Vec<UpstreamConfig>,
+    /// Warm upstream connections, each for one client session (`size: 0` turns it off).
+    pub upstream_pool: UpstreamPoolConfig,
     pub limits: Limits,
     pub data: DataConfig,
     /// Address for the HTTP metrics and health endpoints (`/metrics`, `/healthz`, `/readyz`).
@@ -57,6 +59,7 @@ impl Default for Config {
             state_dir: PathBuf::from("state"),
             listeners: vec![ListenerConfig::default()],
             upstreams: vec![UpstreamConfig::default()],
+            upstream_pool: UpstreamPoolConfig::default(),
             limits: Limits::default(),
             data: DataConfig::default(),
             metrics: None,
@@ -191,6 +194,58 @@ impl Default for UpstreamConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             keepalive: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Warm upstream connections: connected and greeted (EHLO, STARTTLS) ahead of time, so a
+/// client's first MAIL does not wait for the upstream's handshake. Each serves exactly
+/// one client session and is then closed: after XCLIENT an upstream connection belongs to
+/// that client (Postfix refuses a second XCLIENT on it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamPoolConfig {
+    /// Idle connections kept ready for the first upstream that answers (0: no pool).
+    #[serde(deserialize_with = "de_pool_size")]
+    pub size: usize,
+    /// An idle connection is closed (QUIT) after this long and replaced; keep it below
+    /// the upstream's own idle timeout (Postfix `smtpd_timeout`, 300 s).
+    #[serde(deserialize_with = "de_pool_max_idle")]
+    pub max_idle: Duration,
+}
+
+/// The most warm connections one may ask for: each is an upstream smtpd process waiting.
+pub const MAX_POOL_SIZE: usize = 100;
+
+/// `upstream_pool.size`, refused at its place in the file when out of range.
+fn de_pool_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n > MAX_POOL_SIZE {
+        return Err(serde::de::Error::custom(format!(
+            "size: {n} is more than {MAX_POOL_SIZE}"
+        )));
+    }
+    Ok(n)
+}
+
+/// `upstream_pool.max_idle`, between a second and an hour (an upstream closes idle
+/// connections long before that: Postfix after 300 s).
+fn de_pool_max_idle<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let t = de_duration(d)?;
+    if t < Duration::from_secs(1) || t > Duration::from_secs(3600) {
+        return Err(serde::de::Error::custom(format!(
+            "max_idle: {}s is not between 1s and 1h",
+            t.as_secs_f64()
+        )));
+    }
+    Ok(t)
+}
+
+impl Default for UpstreamPoolConfig {
+    fn default() -> Self {
+        UpstreamPoolConfig {
+            size: 2,
+            max_idle: Duration::from_secs(30),
         }
     }
 }
@@ -1070,6 +1125,35 @@ mod tests {
         assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:2525");
         assert_eq!(c.upstreams[0].address, "127.0.0.1:25");
         assert_eq!(c.limits.max_line_length, 2048);
+        assert_eq!(c.upstream_pool.size, 2);
+        assert_eq!(c.upstream_pool.max_idle, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_upstream_pool_is_bounded() {
+        let c = Config::parse("upstream_pool: { size: 0 }\n", "x.yaml").unwrap();
+        assert_eq!(c.upstream_pool.size, 0);
+        let c = Config::parse("upstream_pool: { size: 8, max_idle: 2m }\n", "x.yaml").unwrap();
+        assert_eq!(c.upstream_pool.max_idle, Duration::from_secs(120));
+        let e = Config::parse("upstream_pool:\n  size: 2\n  max_idle: 0s\n", "x.yaml");
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.yaml:2:") && e.contains("max_idle: 0s"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "hostname: mx.test\nupstream_pool: { size: 5000 }\n",
+            "x.yaml",
+        );
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.yaml:2:") && e.contains("size: 5000"),
+            "{e}"
+        );
+        let e = Config::parse("upstream_pool: { size: -1 }\n", "x.yaml").unwrap_err();
+        assert!(e.to_string().starts_with("x.yaml:1:"), "{e}");
+        let e = Config::parse("upstream_pool: { sise: 2 }\n", "x.yaml").unwrap_err();
+        assert!(e.to_string().contains("x.yaml:1:"), "{e}");
     }
 
     #[test]

@@ -143,6 +143,10 @@ impl Listener {
     pub async fn run(self, rt: Arc<Runtime>, limits: Arc<ConnectionLimits>, tracker: TaskTracker) {
         let mut shutdown = rt.shutdown.clone();
         let mut trouble = AcceptTrouble::new();
+        // Linux gives accepted sockets the listening socket's TCP_NODELAY: one system call
+        // per connection saved when it is set there (always, unless systemd passed us a
+        // socket without it).
+        let inherits_nodelay = socket2::SockRef::from(&self.tcp).nodelay().unwrap_or(false);
         loop {
             let accepted = tokio::select! {
                 a = self.tcp.accept() => a,
@@ -162,7 +166,9 @@ impl Listener {
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
+            if !inherits_nodelay {
+                let _ = tcp.set_nodelay(true);
+            }
             let Some(permit) = limits.session_permit() else {
                 // Answered off the accept loop, so a client that does not read cannot stall it.
                 tokio::spawn(refuse(

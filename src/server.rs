@@ -84,7 +84,8 @@ pub async fn build_runtime(
         config.upstreams.clone(),
         config.hostname.clone(),
         metrics.clone(),
-    )?;
+    )?
+    .with_pool(&config.upstream_pool);
     let store = config
         .store
         .open(&config.state_dir, Arc::new(crate::store::SystemClock))
@@ -234,6 +235,7 @@ impl Server {
             .connect_timeout
             .min(Duration::from_secs(5));
         let _ = tokio::time::timeout(wait, probed_rx).await;
+        let pool = tokio::spawn(rt.upstreams.keep_warm(rt.shutdown.clone()));
         tokio::spawn(sweep_store(rt.clone()));
         let limits = rt.sessions.clone();
         let tracker = TaskTracker::new();
@@ -272,6 +274,9 @@ impl Server {
                 "shutdown grace period over; closing remaining sessions"
             );
         }
+        // The pool closed its idle connections when the drain began; this waits for the
+        // last QUIT replies (bounded inside).
+        let _ = pool.await;
         info!("stopped");
         Ok(())
     }

@@ -224,13 +224,7 @@ impl<S: Transport> BufferedConn<S> {
 
     /// Reads more input, waiting until `deadline`.
     pub async fn fill(&mut self, deadline: Instant) -> Result<usize, ReadError> {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > 0 && self.start > self.buf.len() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        self.compact();
         // Read into spare capacity: no zeroing of the read buffer on every call.
         self.buf.reserve(self.chunk);
         let res = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
@@ -243,6 +237,39 @@ impl<S: Transport> BufferedConn<S> {
             return Err(ReadError::Closed);
         }
         Ok(n)
+    }
+
+    /// Reads what has already arrived, without waiting: `Ok(None)` when nothing has.
+    /// The read is polled once; tokio answers from the socket's cached readiness, so when
+    /// nothing arrived since the last read this costs no system call (and, unlike a read
+    /// under a zero timeout, no timer).
+    pub async fn fill_ready(&mut self) -> Result<Option<usize>, ReadError> {
+        let mut read = std::pin::pin!(self.fill_unbounded());
+        std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map(Some)),
+            Poll::Pending => Poll::Ready(Ok(None)),
+        })
+        .await
+    }
+
+    async fn fill_unbounded(&mut self) -> Result<usize, ReadError> {
+        self.compact();
+        self.buf.reserve(self.chunk);
+        match self.stream.read_buf(&mut self.buf).await? {
+            0 => Err(ReadError::Closed),
+            n => Ok(n),
+        }
+    }
+
+    /// Moves unparsed input to the front when most of the buffer is parsed.
+    fn compact(&mut self) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 0 && self.start > self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
     }
 
     /// Writes and flushes `bytes`, failing after `timeout`.

@@ -119,7 +119,10 @@ fn control_a_healthy_upstream_gets_exactly_one_canonical_message() {
 #[test]
 fn upstream_refusing_connections_gives_4xx_and_no_message() {
     let mut up = FakeUpstream::start(Script::default());
-    let mx = MxGuard::start(MxOpts::new(up.addr).config(SHORT_UPSTREAM_TIMEOUTS));
+    // No warm pool: connections it opened before the listener closed would (rightly)
+    // still carry the mail.
+    let config = format!("{SHORT_UPSTREAM_TIMEOUTS}upstream_pool: {{ size: 0 }}\n");
+    let mx = MxGuard::start(MxOpts::new(up.addr).config(&config));
     up.stop_listening();
     let r = attempt(&mx, Duration::from_secs(20));
     assert_no_false_250(&r, "upstream refuses connections", &mx, &up);

@@ -87,9 +87,9 @@ fn failing_over_to_an_upstream_without_an_extension_in_use_is_a_4xx() {
         "{}",
         a.transcript()
     );
-    // Now the first goes away and the second (without SMTPUTF8) comes up.
-    let mut a = a;
-    a.stop_listening();
+    // Now the first goes away (with the connections it has open, e.g. warm pooled ones)
+    // and the second (without SMTPUTF8) comes up.
+    drop(a);
     let b = FakeUpstream::start_on(b_addr, script(&["PIPELINING", "8BITMIME", "SIZE 1000000"]));
     let mut c = RawClient::connect(mx.addr);
     assert!(

@@ -2,11 +2,14 @@
 //! XFORWARD, then replay the client's transaction in lockstep and hand back the
 //! upstream's own replies.
 //!
+//! Connections can be opened ahead of time ([`pool`]): each serves one client session.
+//!
 //! Nothing here decides policy; the session calls [`Upstream::mail`], [`Upstream::rcpt`]
 //! and [`Upstream::data`] only after the rules have passed the command, and every
 //! [`RelayError`] becomes a 4xx for the client: our trouble or the upstream's is never the
 //! sender's fault.
 
+pub mod pool;
 pub mod trace;
 
 use std::sync::Arc;
@@ -17,10 +20,11 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use smtp_proto::response::parser::ResponseReceiver;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::config::{UpstreamConfig, UpstreamTls};
+use crate::config::{UpstreamConfig, UpstreamPoolConfig, UpstreamTls};
 use crate::dotstream::Encoder;
 use crate::message::MessageOut;
 use crate::reply::Reply;
@@ -144,8 +148,15 @@ pub enum TraceMode {
     ReceivedHeader,
 }
 
-/// The configured upstreams, their TLS settings, and what each offered when last seen.
+/// The configured upstreams, their TLS settings, what each offered when last seen, and
+/// the pool of warm connections to them.
 pub struct Upstreams {
+    connector: Arc<Connector>,
+    pool: Arc<pool::Pool>,
+}
+
+/// Opens connections: what both a session and the pool's background refills need.
+pub struct Connector {
     configs: Vec<UpstreamConfig>,
     tls: Vec<Option<Arc<ClientConfig>>>,
     hostname: String,
@@ -160,6 +171,7 @@ pub struct Upstreams {
 pub type Dialer = Box<dyn Fn(usize) -> std::io::Result<BoxIo> + Send + Sync>;
 
 impl Upstreams {
+    /// The upstreams, without a pool until [`Upstreams::with_pool`].
     pub fn new(
         configs: Vec<UpstreamConfig>,
         hostname: String,
@@ -175,29 +187,53 @@ impl Upstreams {
                 }
             })
             .collect::<Result<_, _>>()?;
+        let pool = pool::Pool::disabled(n, &metrics.pool);
         Ok(Upstreams {
-            configs,
-            tls,
-            hostname,
-            seen: configs_seen(n),
-            metrics,
-            dialer: None,
+            connector: Arc::new(Connector {
+                configs,
+                tls,
+                hostname,
+                seen: configs_seen(n),
+                metrics,
+                dialer: None,
+            }),
+            pool: Arc::new(pool),
         })
+    }
+
+    /// Keeps `config.size` warm connections (none when 0); they are opened once
+    /// [`Upstreams::keep_warm`] runs.
+    pub fn with_pool(mut self, config: &UpstreamPoolConfig) -> Self {
+        let c = &self.connector;
+        self.pool = Arc::new(pool::Pool::new(config, c.configs.len(), &c.metrics.pool));
+        self
     }
 
     /// The upstreams reached through `dialer` rather than TCP: the session's in-process
     /// tests put scripted upstreams on in-memory pipes, so their timeouts run on paused
-    /// time.
+    /// time. Call before anything else uses the upstreams.
     pub fn with_dialer(mut self, dialer: Dialer) -> Self {
-        self.dialer = Some(dialer);
+        Arc::get_mut(&mut self.connector)
+            .expect("the dialer is set before the upstreams are shared")
+            .dialer = Some(dialer);
         self
+    }
+
+    /// Fills the pool in the background until `shutdown`, then closes its idle
+    /// connections (see [`pool::keep_warm`]). Ends at once when the pool is off.
+    pub fn keep_warm(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        pool::keep_warm(self.connector.clone(), self.pool.clone(), shutdown)
     }
 
     /// What a client may be offered: the extensions every upstream seen so far supports
     /// (any of them may carry the client's mail, after a failover). `None` until one has
     /// been seen: then only what needs no upstream is offered.
     pub fn offered(&self) -> Option<Capabilities> {
-        self.seen
+        self.connector
+            .seen
             .iter()
             .filter_map(|c| c.load_full())
             .map(|c| (*c).clone())
@@ -209,42 +245,64 @@ impl Upstreams {
     /// `Ok` with the capabilities offered once at least one answered.
     pub async fn probe(&self) -> Result<Capabilities, RelayError> {
         let mut reasons = Vec::new();
-        for index in 0..self.configs.len() {
-            match self.open(index).await {
+        for index in 0..self.connector.count() {
+            match self.connector.open(index).await {
                 Ok(up) => up.quit().await,
-                Err(e) => reasons.push(format!("{}: {e}", self.configs[index].address)),
+                Err(e) => reasons.push(format!("{}: {e}", self.connector.address(index))),
             }
         }
         self.offered()
             .ok_or_else(|| RelayError::Unavailable(reasons.join("; ")))
     }
 
-    /// Opens a session for one client: the first upstream that answers, with XCLIENT
-    /// (or XFORWARD) set up for `client`.
+    /// Opens a session for one client: with the first upstream that answers, in the
+    /// configured order, with XCLIENT (or XFORWARD) set up for `client`. A warm pooled
+    /// connection is used when there is one; a pooled one that fails at its first
+    /// command (it died after the check) is replaced by a fresh connection, unnoticed.
     pub async fn connect(&self, client: &ClientIdentity) -> Result<Upstream, RelayError> {
-        let mut up = self.open_any().await?;
-        up.identify(client).await?;
-        Ok(up)
-    }
-
-    async fn open_any(&self) -> Result<Upstream, RelayError> {
         let mut reasons = Vec::new();
-        for index in 0..self.configs.len() {
-            match self.open(index).await {
-                Ok(up) => return Ok(up),
+        for index in 0..self.connector.count() {
+            if let Some(mut up) = self.pool.take(index).await {
+                match up.identify(client).await {
+                    Ok(()) => return Ok(up),
+                    Err(e) => {
+                        self.pool.discarded_dead(index);
+                        debug!(upstream = %up.address, error = %e, "pooled upstream connection failed at its first command; connecting afresh");
+                    }
+                }
+            }
+            match self.connector.open(index).await {
+                Ok(mut up) => {
+                    up.identify(client).await?;
+                    return Ok(up);
+                }
                 Err(e) => {
-                    let reason = match &e {
-                        RelayError::Timeout(_) => ConnectFailure::Timeout,
-                        RelayError::Refused { .. } => ConnectFailure::Refused,
-                        _ => ConnectFailure::Error,
-                    };
-                    self.metrics.upstream.connect_failed(index, reason);
-                    warn!(upstream = %self.configs[index].address, error = %e, "upstream connect failed");
-                    reasons.push(format!("{}: {e}", self.configs[index].address));
+                    self.connector.count_connect_failure(index, &e);
+                    warn!(upstream = %self.connector.address(index), error = %e, "upstream connect failed");
+                    reasons.push(format!("{}: {e}", self.connector.address(index)));
                 }
             }
         }
         Err(RelayError::Unavailable(reasons.join("; ")))
+    }
+}
+
+impl Connector {
+    fn count(&self) -> usize {
+        self.configs.len()
+    }
+
+    fn address(&self, index: usize) -> &str {
+        &self.configs[index].address
+    }
+
+    fn count_connect_failure(&self, index: usize, e: &RelayError) {
+        let reason = match e {
+            RelayError::Timeout(_) => ConnectFailure::Timeout,
+            RelayError::Refused { .. } => ConnectFailure::Refused,
+            _ => ConnectFailure::Error,
+        };
+        self.metrics.upstream.connect_failed(index, reason);
     }
 
     /// A byte stream to upstream `index`: TCP, or the test dialer's pipe.
@@ -277,6 +335,7 @@ impl Upstreams {
             keepalive: cfg.keepalive,
             metrics: self.metrics.clone(),
             address: cfg.address.clone(),
+            from_pool: false,
         };
         let banner = up.read_reply("banner", cfg.command_timeout).await?;
         if banner.code != 220 {
@@ -355,6 +414,8 @@ pub struct Upstream {
     pub keepalive: Duration,
     metrics: Arc<Metrics>,
     pub address: String,
+    /// Taken warm from the pool and not yet used for a transaction.
+    from_pool: bool,
 }
 
 impl Upstream {
@@ -625,16 +686,17 @@ impl Upstream {
         self.write("data", wire).await
     }
 
-    /// Whether a connection kept open between transactions is still usable: nothing may
-    /// have arrived since the last reply (Postfix's idle `421 4.4.2 … timeout exceeded`
-    /// or a close). Costs one non-blocking read.
+    /// Whether a connection kept open between transactions (or waiting in the pool) is
+    /// still usable: nothing may have arrived since the last reply (Postfix's idle
+    /// `421 4.4.2 … timeout exceeded`, or a close). Never waits; costs no system call
+    /// unless something did arrive.
     pub async fn still_open(&mut self) -> Result<(), RelayError> {
         if !self.conn.buffered().is_empty() {
             return Err(self.protocol_error("idle", "unsolicited bytes while idle".into()));
         }
-        match self.conn.fill(Instant::now()).await {
-            Err(ReadError::Timeout) => Ok(()),
-            Ok(_) => Err(RelayError::Lost {
+        match self.conn.fill_ready().await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(RelayError::Lost {
                 stage: "idle",
                 reason: format!(
                     "upstream spoke while idle: {:?}",
@@ -678,6 +740,12 @@ impl Upstream {
             .upstream
             .reply(stage, reply.code, since.elapsed());
         Ok(reply)
+    }
+
+    /// Whether this connection was taken warm from the pool (its first transaction may
+    /// meet an upstream that closed it a moment ago: worth one retry on a fresh one).
+    pub fn came_from_pool(&self) -> bool {
+        self.from_pool
     }
 
     /// NOOP, to keep a waiting transaction alive: `Err` if the session is gone.

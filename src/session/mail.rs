@@ -142,7 +142,10 @@ impl<S: Transport> Session<S> {
             }
         }
         if self.upstream.is_none() {
-            self.upstream = Some(self.rt.upstreams.connect(&identity).await?);
+            let up = self.rt.upstreams.connect(&identity).await?;
+            // A warm pooled connection may have been closed a moment ago: retry as reused.
+            reused = up.came_from_pool();
+            self.upstream = Some(up);
         }
         let tx = self.tx.as_ref().expect("MAIL opened the transaction");
         let up = self.upstream.as_mut().expect("connected above");

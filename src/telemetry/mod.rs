@@ -13,6 +13,7 @@
 //! |---|---|
 //! | [`session`] | sessions, refusals, transactions, client protocol errors, message sizes |
 //! | [`upstream`] | upstream replies, their latency, failed connections |
+//! | [`pool`] | warm upstream connections: hits, misses, dead and expired ones, idle |
 //! | [`policy`] | rule verdicts, rule loads and reloads |
 //! | [`checks`] | SPF/DKIM/DMARC/ARC/DNS list/reverse DNS results, mxguard's DNS lookups |
 //! | [`store`] | greylist and rate-limit decisions, state store failures |
@@ -28,6 +29,7 @@ mod labels;
 mod logging;
 pub mod ops;
 pub mod policy;
+pub mod pool;
 pub mod session;
 pub mod store;
 pub mod upstream;
@@ -46,6 +48,7 @@ pub use labels::ReloadResult;
 pub use logging::{LogFormat, init_logging};
 pub use ops::OpsMetrics;
 pub use policy::PolicyMetrics;
+pub use pool::{PoolMetrics, PoolMiss, PoolSeries};
 pub use session::{
     AcceptErrorKind, FaultSource, ProtocolErrorKind, RefusalReason, SessionMetrics,
     TransactionOutcome,
@@ -60,6 +63,7 @@ pub struct Metrics {
     registry: Registry,
     pub session: SessionMetrics,
     pub upstream: UpstreamMetrics,
+    pub pool: PoolMetrics,
     pub policy: PolicyMetrics,
     pub checks: CheckMetrics,
     pub store: StoreMetrics,
@@ -113,6 +117,7 @@ impl Metrics {
             registry: registry.clone(),
             session: SessionMetrics::register(registry),
             upstream: UpstreamMetrics::register(registry),
+            pool: PoolMetrics::register(registry),
             policy: PolicyMetrics::register(registry),
             checks: CheckMetrics::register(registry),
             store: StoreMetrics::register(registry),
@@ -124,6 +129,7 @@ impl Metrics {
         }
         for index in 0..scope.upstreams {
             m.upstream.add_upstream(index);
+            m.pool.add_upstream(index);
         }
         for zone in &scope.dnsbl_zones {
             m.checks.add_zone(zone);

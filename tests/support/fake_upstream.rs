@@ -44,6 +44,11 @@ pub enum Fault {
     /// `421 4.4.2 fake.test Error: timeout exceeded`) and close: a reused upstream
     /// connection that died between two transactions.
     CloseAfterMessage(String),
+    /// A connection that says nothing for this long after its EHLO reply, before any
+    /// XCLIENT or MAIL (a warm pooled connection waiting for a session), gets Postfix's
+    /// idle `421 4.4.2 fake.test Error: timeout exceeded` and is closed. Connections that
+    /// go on at once (a session's own) never notice.
+    IdleAfterEhlo(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +141,8 @@ struct State {
     messages: Vec<Message>,
     /// Messages whose DATA started but never ended (reset or stall mid-DATA).
     partial: usize,
+    /// Connections closed by [`Fault::IdleAfterEhlo`].
+    idle_closed: usize,
 }
 
 pub struct FakeUpstream {
@@ -220,6 +227,11 @@ impl FakeUpstream {
     /// DATA transfers that started but did not end.
     pub fn partial(&self) -> usize {
         self.state.lock().unwrap().partial
+    }
+
+    /// Connections the fake closed because they idled after EHLO ([`Fault::IdleAfterEhlo`]).
+    pub fn idle_closed(&self) -> usize {
+        self.state.lock().unwrap().idle_closed
     }
 
     /// All bytes received, on all connections, for diagnostics.
@@ -336,7 +348,24 @@ async fn serve(
     }
     let mut mail_from = String::new();
     let mut rcpts: Vec<String> = Vec::new();
-    while let Some(line) = c.line().await? {
+    // Greeted with EHLO but not yet told who the client is (nor given a MAIL).
+    let mut waiting_after_ehlo = false;
+    let mut xclients = 0;
+    loop {
+        let line = match (&script.fault, waiting_after_ehlo) {
+            (Fault::IdleAfterEhlo(idle), true) => {
+                match tokio::time::timeout(*idle, c.line()).await {
+                    Ok(line) => line?,
+                    Err(_) => {
+                        st.lock().unwrap().idle_closed += 1;
+                        c.say("421 4.4.2 fake.test Error: timeout exceeded").await?;
+                        return Ok(());
+                    }
+                }
+            }
+            _ => c.line().await?,
+        };
+        let Some(line) = line else { break };
         let upper = line.to_ascii_uppercase();
         let verb = upper.split_whitespace().next().unwrap_or("").to_string();
         match verb.as_str() {
@@ -351,6 +380,7 @@ async fn serve(
                     c.say(&format!("250 {}", script.hostname)).await?;
                     continue;
                 }
+                waiting_after_ehlo = xclients == 0 && mail_from.is_empty();
                 let mut r = String::new();
                 let n = script.caps.len();
                 r += &format!("250{}{}", if n == 0 { " " } else { "-" }, script.hostname);
@@ -360,6 +390,14 @@ async fn serve(
                 c.say(&r).await?;
             }
             "XCLIENT" => {
+                waiting_after_ehlo = false;
+                xclients += 1;
+                if xclients > 1 {
+                    // Postfix re-checks smtpd_authorized_xclient_hosts against the
+                    // address the first XCLIENT impersonated: one client per connection.
+                    c.say("550 5.7.0 Error: insufficient authorization").await?;
+                    continue;
+                }
                 // Postfix: XCLIENT restarts the session with a new greeting
                 mail_from.clear();
                 rcpts.clear();
@@ -367,6 +405,7 @@ async fn serve(
             }
             "XFORWARD" => c.say("250 2.0.0 Ok").await?,
             "MAIL" => {
+                waiting_after_ehlo = false;
                 if let Some(close) = fault_at(&mut c, script, Stage::Mail).await? {
                     if close {
                         return Ok(());
