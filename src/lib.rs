@@ -21,7 +21,7 @@
 //! | [`spool`] | message bodies in memory, spilling to a file in the state directory |
 //! | [`transaction`] | one mail transaction, typed: sender and MAIL parameters, recipients, its checks, its edits |
 //! | [`message`] | the header index built once per message, the one list of edits, the rewriter |
-//! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay |
+//! | [`relay`] | the upstream client: connect, EHLO, XCLIENT/XFORWARD, lockstep replay, warm connections |
 //! | [`policy`] | compiled rules, stage evaluation, verdicts |
 //! | [`store`] | greylist and rate state: memory, embedded file (redb), Redis |
 //! | [`dns`] | the one resolver and cache every check shares |
