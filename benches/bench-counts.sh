@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # BENCH=counts (issue 14, item 3): figures that do not depend on machine noise, for
 # mxguard and HAProxy in TCP mode on the same fixed traffic (smtp-source → proxy →
-# smtp-sink, 1 KiB messages, 10 sessions, one message per connection and many):
+# smtp-sink, 1 KiB messages, 10 sessions, one message per connection and many); mxguard
+# with its default warm upstream pool (`mxguard`) and without it (`mxguard-nopool`,
+# `upstream_pool: {size: 0}`):
 #
 # - system calls per message: `strace -f -c` attached to the running proxy (all its
 #   threads) for exactly one smtp-source run of COUNT messages, after a warm-up run;
@@ -14,6 +16,7 @@
 #   BENCH=counts bash benches/bench.sh              # COUNT=2000, CG_SMALL=200, CG_LARGE=1000
 #   BENCH=counts QUICK=1 bash benches/bench.sh      # smoke: 200 / 20 / 60
 #   BENCH=counts COUNT_TARGETS=mxguard COUNT_PATTERNS=conn bash benches/bench.sh
+#   BENCH=counts CG_SMALL=100 CG_LARGE=400 bash benches/bench.sh   # shorter callgrind runs
 #
 # System call counts move a little with timing (an epoll_wait under load returns more
 # events per call), so they are repeatable to a few per cent, not exactly; instruction
@@ -30,7 +33,7 @@ CG_LARGE=${CG_LARGE:-1000}
 if [ -n "${QUICK:-}" ]; then COUNT=200; CG_SMALL=20; CG_LARGE=60; fi
 SESSIONS=${COUNT_SESSIONS:-10}
 SIZE=${COUNT_SIZE:-1024}
-read -r -a TARGETS <<< "${COUNT_TARGETS:-haproxy mxguard}"
+read -r -a TARGETS <<< "${COUNT_TARGETS:-haproxy mxguard mxguard-nopool}"
 read -r -a PATTERNS <<< "${COUNT_PATTERNS:-conn reuse}"
 require_tools smtp-sink smtp-source haproxy python3 cargo strace valgrind callgrind_annotate
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -40,15 +43,18 @@ build_mxguard
 start_sink
 echo "bench: counts (COUNT=$COUNT, callgrind $CG_SMALL/$CG_LARGE, $SESSIONS sessions, $SIZE bytes)" >&2
 
-# the default matrix's mxguard configuration
+# the default matrix's mxguard configuration (its default upstream pool), and the same
+# without the pool
 MX_YAML=$'limits:\n  max_sessions: 20000\n  max_sessions_per_network: 20000\n'
+MX_NOPOOL_YAML="${MX_YAML}"$'upstream_pool: { size: 0 }\n'
 
 start_target() { # target [wrapper…] -> T_PORT T_PID
     local t=$1; shift
     case "$t" in
         haproxy) start_haproxy "$@"; T_PORT=$HAP_PORT; T_PID=$HAP_PID ;;
         mxguard) start_mx mxguard "$@" <<< "$MX_YAML"; T_PORT=$MX_PORT; T_PID=$MX_PID ;;
-        *) echo "bench: unknown target $t (haproxy, mxguard)" >&2; exit 2 ;;
+        mxguard-nopool) start_mx mxguard-nopool "$@" <<< "$MX_NOPOOL_YAML"; T_PORT=$MX_PORT; T_PID=$MX_PID ;;
+        *) echo "bench: unknown target $t (haproxy, mxguard, mxguard-nopool)" >&2; exit 2 ;;
     esac
 }
 
@@ -69,11 +75,25 @@ wait_fds() { # pid baseline seconds
     echo "bench: pid $1 still has $(fd_count "$1") descriptors (had $2)" >&2
 }
 
+# the descriptor count once it stops moving (mxguard's warm pool fills after the start
+# and refills after a run): the baseline a run's end is measured against (bounded)
+settled_fds() { # pid -> count on stdout
+    local a b
+    a=$(fd_count "$1")
+    for _ in $(seq 1 40); do
+        sleep 0.25
+        b=$(fd_count "$1")
+        [ "$a" = "$b" ] && break
+        a=$b
+    done
+    echo "$a"
+}
+
 strace_run() { # target pattern -> $W/strace.TARGET.PATTERN
     local t=$1 p=$2 out="$W/strace.$1.$2" base sp
     start_target "$t"
     send "$T_PORT" 50 "$p"
-    base=$(fd_count "$T_PID")
+    base=$(settled_fds "$T_PID")
     wait_fds "$T_PID" "$base" 5
     strace -f -c -U name,calls -S calls -o "$out" -p "$T_PID" 2>"$out.err" &
     sp=$!
@@ -89,7 +109,7 @@ strace_run() { # target pattern -> $W/strace.TARGET.PATTERN
 callgrind_run() { # target pattern messages -> $W/cg.TARGET.PATTERN.N
     local t=$1 p=$2 n=$3 out="$W/cg.$1.$2.$3" base
     START_WAIT=180 start_target "$t" valgrind --tool=callgrind --callgrind-out-file="$out"
-    base=$(fd_count "$T_PID")
+    base=$(settled_fds "$T_PID")
     send "$T_PORT" "$n" "$p"
     wait_fds "$T_PID" "$base" 60
     stop_pid "$T_PID" 120
@@ -110,7 +130,7 @@ import collections, re, subprocess, sys
 w, count, small, large, sessions, size = sys.argv[1], *map(int, sys.argv[2:7])
 targets, patterns = sys.argv[7].split(), sys.argv[8].split()
 label = {"conn": "1 msg/conn", "reuse": "many/conn (-d)"}
-name = {"haproxy": "HAProxy", "mxguard": "mxguard"}
+name = {"haproxy": "HAProxy", "mxguard": "mxguard", "mxguard-nopool": "mxguard (no pool)"}
 
 def syscalls(t, p):
     calls = {}
