@@ -407,8 +407,17 @@ impl Accepted {
         let gauge = rt.metrics.session.open_sessions(&self.context.name);
         gauge.inc();
         rt.metrics.session.set_stress(rt.sessions.update_stress());
-        if let Some(stream) =
-            handshake(&rt, &self.context, self.implicit_tls, self.tcp, self.peer).await
+        // The handshake and the session are boxed: the task then holds a few pointers
+        // instead of the largest of their states (about 8 KB), which tokio would copy
+        // when spawning and again at each change of the task's stage.
+        if let Some(stream) = Box::pin(handshake(
+            &rt,
+            &self.context,
+            self.implicit_tls,
+            self.tcp,
+            self.peer,
+        ))
+        .await
         {
             let client = ClientInfo {
                 ip,
@@ -418,9 +427,7 @@ impl Accepted {
                 tls: stream.is_tls(),
                 auth_user: None,
             };
-            Session::new(rt.clone(), self.context, stream, client)
-                .run()
-                .await;
+            Box::pin(Session::new(rt.clone(), self.context, stream, client).run()).await;
         }
         gauge.dec();
     }

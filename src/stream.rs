@@ -31,9 +31,17 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 impl Transport for TcpStream {
     async fn first_byte_within(&self, wait: Duration) -> bool {
         if wait.is_zero() {
-            // A non-blocking peek ("nothing yet" is WouldBlock).
-            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-            return matches!(socket2::SockRef::from(self).peek(&mut probe), Ok(n) if n > 0);
+            // One non-blocking peek through tokio, never waiting: a fresh socket is
+            // assumed readable, so this is one `recvfrom`, and its "nothing yet" clears
+            // that readiness — the read after the banner then waits for the first
+            // event instead of costing a second `recvfrom` that finds nothing.
+            let mut probe = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut probe);
+            return std::future::poll_fn(|cx| match self.poll_peek(cx, &mut buf) {
+                Poll::Ready(Ok(n)) => Poll::Ready(n > 0),
+                Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(false),
+            })
+            .await;
         }
         // Wait the whole pause for a first byte (without consuming it); `readable()` is
         // not enough: it can report a fresh socket ready before anything arrived.
@@ -281,5 +289,44 @@ impl<S: Transport> BufferedConn<S> {
         tokio::time::timeout(timeout, write)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// The zero-wait pre-greeting check sees a first byte that arrived before the accept,
+    /// without consuming it, and says `false` for a client that waits for the banner.
+    #[tokio::test]
+    async fn the_zero_wait_check_sees_a_byte_already_there_and_leaves_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut talker = tokio::net::TcpStream::connect(addr).await.unwrap();
+        talker.write_all(b"EHLO early\r\n").await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // Until the kernel holds the byte (asked directly, leaving tokio's state alone).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        while !matches!(socket2::SockRef::from(&server).peek(&mut probe), Ok(1)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the byte never arrived"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(server.first_byte_within(Duration::ZERO).await);
+        let mut conn = BufferedConn::new(Stream::Plain(server), 1024);
+        conn.fill(Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(conn.buffered(), b"EHLO early\r\n", "nothing consumed");
+
+        let _waiter = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (quiet, _) = listener.accept().await.unwrap();
+        assert!(!quiet.first_byte_within(Duration::ZERO).await);
     }
 }
