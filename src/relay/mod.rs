@@ -414,7 +414,8 @@ pub struct Upstream {
     pub keepalive: Duration,
     metrics: Arc<Metrics>,
     pub address: String,
-    /// Taken warm from the pool and not yet used for a transaction.
+    /// Taken warm from the pool: its first MAIL may meet an upstream that closed it a
+    /// moment ago, so the session retries that MAIL once on a fresh connection.
     from_pool: bool,
 }
 

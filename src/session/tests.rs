@@ -37,6 +37,9 @@ struct UpScript {
     /// On this connection (by index, 0 is the start-up probe), answer the second MAIL
     /// with `421` and close: a session that died while idle.
     stale_second_mail_on: Option<usize>,
+    /// On this connection, answer the first MAIL with `421` and close: a warm pooled
+    /// connection that passed its check and XCLIENT, then died.
+    stale_first_mail_on: Option<usize>,
 }
 
 /// What the scripted upstream received.
@@ -106,7 +109,9 @@ async fn fake_upstream(mut io: DuplexStream, script: UpScript, log: Arc<Mutex<Up
             "XCLIENT" => say(&mut io, "220 up.test ESMTP".into()).await,
             "MAIL" => {
                 mails += 1;
-                if mails == 2 && script.stale_second_mail_on == Some(nth) {
+                if (mails == 2 && script.stale_second_mail_on == Some(nth))
+                    || (mails == 1 && script.stale_first_mail_on == Some(nth))
+                {
                     say(&mut io, "421 4.4.2 up.test Error: timeout exceeded".into()).await;
                     return;
                 }
@@ -204,6 +209,7 @@ async fn harness(config: &str, rules: &[(&str, &str)], script: UpScript) -> Harn
         rt.metrics.clone(),
     )
     .unwrap()
+    .with_pool(&rt.config.upstream_pool)
     .with_dialer(Box::new(move |_| {
         let (ours, theirs) = tokio::io::duplex(1 << 16);
         let nth = dials.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -818,6 +824,51 @@ async fn a_reused_upstream_that_died_idle_is_replaced_under_a_pipelined_mail() {
             .count(),
         2,
         "a second upstream session replaced the stale one: {:?}",
+        log.commands
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pooled_upstream_that_dies_at_its_first_mail_is_replaced_unnoticed() {
+    let h = harness(
+        "upstream_pool: { size: 1 }\n",
+        &[],
+        UpScript {
+            // Connection 0 is the start-up probe, 1 the pooled one.
+            stale_first_mail_on: Some(1),
+            ..UpScript::default()
+        },
+    )
+    .await;
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(h.rt.upstreams.keep_warm(shutdown));
+    let idle = h.rt.metrics.pool.idle.with_label_values(&["0"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idle.get() < 1 {
+        assert!(Instant::now() < deadline, "the pool never filled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = Client::greeted(&h).await;
+    assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+    c.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<one@d.test>\r\nDATA\r\n")
+        .await;
+    let rs = replies(&mut c, 3).await;
+    assert_eq!(
+        codes(&rs),
+        ["250 2.1.0", "250 2.1.5", "354 End d"],
+        "{rs:?}"
+    );
+    c.send(b"Subject: s\r\n\r\nbody\r\n.\r\n").await;
+    assert!(c.reply().await.unwrap().starts_with("250"));
+    let hits = h.rt.metrics.pool.hits_total.with_label_values(&["0"]).get();
+    assert!(hits >= 1, "the session took the pooled connection first");
+    let log = h.up.lock().unwrap();
+    assert_eq!(log.messages.len(), 1, "relayed once");
+    let xclients = log.commands.iter().filter(|c| c.starts_with("XCLIENT"));
+    assert_eq!(
+        xclients.count(),
+        2,
+        "the pooled and the fresh one: {:?}",
         log.commands
     );
 }
