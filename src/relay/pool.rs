@@ -260,7 +260,11 @@ impl Refiller {
                 && self.tasks.len() < MAX_REFILLS
             {
                 let c = connector.clone();
-                let task = self.tasks.spawn(async move { c.open(index).await });
+                // Boxed, like a session: the task holds a pointer, not the whole state
+                // of a connect with its TLS handshake, which tokio would copy around.
+                let task = self
+                    .tasks
+                    .spawn(async move { Box::pin(c.open(index)).await });
                 self.opening.insert(task.id(), index);
                 self.in_flight[index] += 1;
             }
