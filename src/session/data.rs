@@ -265,6 +265,10 @@ impl<S: Transport> Session<S> {
             return true;
         };
         rx.decoded.clear();
+        // Decoding never makes a run longer than its input but for bare line ends made
+        // CRLF: one allocation up front instead of the growth of a vector filled byte by
+        // byte at every line end.
+        rx.decoded.reserve(input.len());
         let (used, done) = match &mut self.input {
             Input::Data => {
                 let used = rx.decoder.decode(input, &mut rx.decoded);

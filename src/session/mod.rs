@@ -240,7 +240,10 @@ impl<S: Transport> Session<S> {
         loop {
             let flow = Box::pin(self.process_input()).await;
             // The client's group ended: the upstream's answers complete the replies.
-            Box::pin(self.resolve_pipeline()).await;
+            // (Asked first: boxing a future that has nothing to do still allocates.)
+            if self.pipeline.is_active() {
+                Box::pin(self.resolve_pipeline()).await;
+            }
             match flow {
                 Flow::Continue => {}
                 Flow::Close => {
@@ -275,7 +278,7 @@ impl<S: Transport> Session<S> {
             let flow = match self.input {
                 Input::Command => match self.next_line() {
                     Some(line) => {
-                        if !pipeline::joins_group(&line) {
+                        if self.pipeline.is_active() && !pipeline::joins_group(&line) {
                             Box::pin(self.resolve_pipeline()).await;
                         }
                         match self.handle_line(&line).await {

@@ -69,6 +69,20 @@ impl Pipeline {
         self.held.push(Held::Pending);
     }
 
+    /// Gives the emptied buffers of a resolved group back, so the session's next group
+    /// reuses their memory instead of growing new ones.
+    fn recycle(&mut self, queued: Vec<u8>, pending: VecDeque<Pending>, held: Vec<Held>) {
+        if self.queued.is_empty() && queued.is_empty() {
+            self.queued = queued;
+        }
+        if self.pending.is_empty() && pending.is_empty() {
+            self.pending = pending;
+        }
+        if self.held.is_empty() && held.is_empty() {
+            self.held = held;
+        }
+    }
+
     pub(super) fn queue_rcpt(&mut self, rcpt: Recipient) {
         self.queued
             .extend_from_slice(rcpt.upstream_line().as_bytes());
@@ -91,9 +105,9 @@ impl<S: Transport> Session<S> {
         if !self.pipeline.is_active() {
             return;
         }
-        let group = std::mem::take(&mut self.pipeline.queued);
+        let mut group = std::mem::take(&mut self.pipeline.queued);
         let mut pending = std::mem::take(&mut self.pipeline.pending);
-        let held = std::mem::take(&mut self.pipeline.held);
+        let mut held = std::mem::take(&mut self.pipeline.held);
         let since = Instant::now();
         let mut sent = match self.upstream.as_mut() {
             Some(up) => up.send_group(&group).await,
@@ -101,7 +115,7 @@ impl<S: Transport> Session<S> {
         };
         // After a replaced connection, the rest of the group goes command by command.
         let mut lockstep = false;
-        for h in held {
+        for h in held.drain(..) {
             match h {
                 Held::Reply(r) => r.write_to(&mut self.out),
                 Held::Pending => match pending.pop_front() {
@@ -136,6 +150,8 @@ impl<S: Transport> Session<S> {
                 },
             }
         }
+        group.clear();
+        self.pipeline.recycle(group, pending, held);
     }
 
     /// The next reply of the group sent (or the reason there is none).
