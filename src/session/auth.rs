@@ -152,7 +152,7 @@ impl<S: Transport> Session<S> {
         }
         if self.upstream.is_none() {
             match self.rt.upstreams.connect(&self.identity()).await {
-                Ok(up) => self.upstream = Some(up),
+                Ok(up) => self.upstream = Some(Box::new(up)),
                 Err(e) => return self.auth_upstream_failed(&e),
             }
         }

@@ -80,7 +80,7 @@ impl<S: Transport> Session<S> {
                     stage,
                     client: &self.client,
                     helo: self.helo.as_deref(),
-                    transaction: self.tx.as_ref(),
+                    transaction: self.tx.as_deref(),
                     recipient: rcpt,
                     message,
                     auth: self.tx.as_ref().map_or(&self.client_auth, |t| &t.auth),

@@ -33,9 +33,10 @@ impl<S: Transport> Session<S> {
                 self.client.ip,
                 self.client.auth_user.is_some(),
                 self.filter_client_facts(),
-            );
+            )
+            .map(Box::new);
         }
-        self.filters.as_mut()
+        self.filters.as_deref_mut()
     }
 
     /// The client changed (a new EHLO, or it authenticated): the next MAIL makes the

@@ -51,7 +51,11 @@ impl<S: Transport> Session<S> {
             );
             return Flow::Continue;
         }
-        self.tx = Some(Transaction::new(cmd.from, cmd.params, &self.client_auth));
+        self.tx = Some(Box::new(Transaction::new(
+            cmd.from,
+            cmd.params,
+            &self.client_auth,
+        )));
         self.failed_chunk = None;
         if let Some(refusal) = self.evaluate(Stage::Mail, None).await {
             self.finish_transaction(refusal_outcome(&refusal), None);
@@ -145,7 +149,7 @@ impl<S: Transport> Session<S> {
             let up = self.rt.upstreams.connect(&identity).await?;
             // A warm pooled connection may have been closed a moment ago: retry as reused.
             reused = up.came_from_pool();
-            self.upstream = Some(up);
+            self.upstream = Some(Box::new(up));
         }
         let tx = self.tx.as_ref().expect("MAIL opened the transaction");
         let up = self.upstream.as_mut().expect("connected above");
@@ -175,7 +179,7 @@ impl<S: Transport> Session<S> {
         let tx = self.tx.as_ref().expect("MAIL opened the transaction");
         let line = upstream_mail_line(tx, &up.caps)?;
         let answer = up.mail(&identity, &line).await;
-        self.upstream = Some(up);
+        self.upstream = Some(Box::new(up));
         Ok(answer?)
     }
 

@@ -872,3 +872,33 @@ async fn a_pooled_upstream_that_dies_at_its_first_mail_is_replaced_unnoticed() {
         log.commands
     );
 }
+
+/// An idle session's memory is mostly its task's future: it must hold the session once
+/// (an `async fn run(self)` held it twice) and no closing step's state inline.
+#[tokio::test]
+async fn a_session_task_holds_the_session_once() {
+    let h = harness(LIMITS, &[], UpScript::default()).await;
+    let (server, _client) = tokio::io::duplex(1024);
+    let info = ClientInfo {
+        ip: "192.0.2.7".parse().unwrap(),
+        port: 40000,
+        listener: "mx".into(),
+        submission: false,
+        tls: false,
+        auth_user: None,
+    };
+    let ctx = ListenerContext {
+        milter_daemon_name: None,
+        name: "mx".into(),
+        tls: None,
+        submission: false,
+    };
+    let session = Session::new(h.rt.clone(), ctx, Stream::Plain(server), info);
+    let held = std::mem::size_of_val(&session);
+    let task = session.run();
+    let size = std::mem::size_of_val(&task);
+    assert!(
+        size < held + 1024,
+        "the session is {held} bytes, its task's future {size}"
+    );
+}
