@@ -160,6 +160,11 @@ impl RuleSet {
         }
     }
 
+    /// Whether any rule runs at `stage` (without one, its facts need not be gathered).
+    pub fn has_rules(&self, stage: Stage) -> bool {
+        !self.by_stage[stage as usize].is_empty()
+    }
+
     /// Whether an enforcing rule tests this filter's verdict (`rspamd` for an rspamd
     /// filter: a rule testing "the first rspamd filter" counts for each).
     pub fn tests_filter(&self, name: &str, is_rspamd: bool) -> bool {
