@@ -74,7 +74,8 @@ impl Reply {
     }
 
     /// Builds a reply from an upstream answer as smtp-proto parsed it: lines joined by
-    /// `\n`, enhanced code `[0,0,0]` when the upstream sent none.
+    /// `\n`, enhanced code `[0,0,0]` when the upstream sent none. A line with no text
+    /// (`354 ` CRLF) comes with its CR, which is the line end, not text.
     pub fn from_upstream(code: u16, esc: [u8; 3], message: &str) -> Self {
         let status = if esc[0] == 0 {
             StatusCode::generic_for(code)
@@ -84,7 +85,10 @@ impl Reply {
         Reply::multiline(
             code,
             status,
-            message.split('\n').map(str::to_owned).collect(),
+            message
+                .split('\n')
+                .map(|l| l.strip_suffix('\r').unwrap_or(l).to_owned())
+                .collect(),
         )
     }
 

@@ -468,7 +468,16 @@ pub(crate) fn load_dir(dir: &Path) -> Result<RuleSet, LoadErrors> {
             Err(e) => diag.file_error(&path, format!("cannot read: {e}")),
         }
     }
+    load_sources(dir, files, diag)
+}
 
+/// Loads rule files already read (`dir` is where their `file:` lists are found), adding
+/// to the errors `diag` already holds.
+pub(crate) fn load_sources(
+    dir: &Path,
+    files: Vec<SourceFile>,
+    mut diag: Diag,
+) -> Result<RuleSet, LoadErrors> {
     // Pass 1: syntax.
     let docs: Vec<Option<Value>> = files
         .iter()

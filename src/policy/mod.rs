@@ -126,6 +126,18 @@ impl RuleSet {
         load::load_dir(dir)
     }
 
+    /// Loads one rules file given as text, as if `dir` held it under `name` (its
+    /// `file:` lists are read from `dir`). For the fuzzer, which must not touch the disk
+    /// for every input.
+    #[doc(hidden)]
+    pub fn load_text(dir: &Path, name: &str, text: &str) -> Result<RuleSet, LoadErrors> {
+        let file = load::SourceFile {
+            path: dir.join(name),
+            text: text.to_owned(),
+        };
+        load::load_sources(dir, vec![file], load::Diag::default())
+    }
+
     pub(crate) fn from_parts(rules: Vec<Rule>, hash: String, watched: Vec<PathBuf>) -> Self {
         let mut by_stage: [Vec<usize>; 5] = Default::default();
         let mut needs = [Checks::NONE; 5];

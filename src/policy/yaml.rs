@@ -173,9 +173,18 @@ impl<'de> Visitor<'de> for Locate<'_> {
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
         Ok(())
     }
-    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Ok(())
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        skip_tagged(data)
     }
+}
+
+/// Consumes a tagged node (`!tag value`, which serde_yaml_ng hands over as an enum)
+/// whole. Left unread, its value stays in the event stream, is taken for the next node,
+/// and serde_yaml_ng panics when the events no longer nest ("unexpected end of mapping").
+fn skip_tagged<'de, A: de::EnumAccess<'de>>(data: A) -> Result<(), A::Error> {
+    let (_, variant): (IgnoredAny, _) = data.variant()?;
+    de::VariantAccess::newtype_variant::<IgnoredAny>(variant)?;
+    Ok(())
 }
 
 /// Deserializes a mapping key and tells whether it is `want`; raises the marker error
@@ -233,7 +242,8 @@ impl<'de> Visitor<'de> for KeyProbe<'_> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(false)
     }
-    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<bool, A::Error> {
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<bool, A::Error> {
+        skip_tagged(data)?;
         Ok(false)
     }
 }
@@ -343,5 +353,17 @@ rules:
         // Missing: falls back to the nearest ancestor (the rule mapping).
         let p = path(&[k("rules"), Seg::Index(1), k("then")]);
         assert_eq!(locate(DOC, &p, false), (7, 5));
+    }
+
+    /// Found by the `rules_loader` fuzz target: a tagged key left its value in the event
+    /// stream and serde_yaml_ng panicked (`mxguard check` crashed on this file).
+    #[test]
+    fn tagged_nodes_are_skipped_whole() {
+        let doc = "rules:\n! u na-me: x\n    stage> [maih\n";
+        let k = |s: &str| Seg::Key(s.into());
+        assert_eq!(locate(doc, &path(&[k("rules")]), false), (1, 7));
+        let doc = "a: !t {x: 1}\nb: [!t 1, 2]\nc: 3\n";
+        assert_eq!(locate(doc, &path(&[k("c")]), false), (3, 4));
+        assert_eq!(locate(doc, &path(&[k("b"), Seg::Index(1)]), false), (2, 11));
     }
 }

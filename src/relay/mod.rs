@@ -10,6 +10,7 @@
 //! sender's fault.
 
 pub mod pool;
+pub mod reply_reader;
 pub mod trace;
 
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use smtp_proto::response::parser::ResponseReceiver;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -31,6 +31,7 @@ use crate::reply::Reply;
 use crate::spool::Spool;
 use crate::stream::{BoxIo, BufferedConn, ReadError, Stream};
 use crate::telemetry::{ConnectFailure, Metrics};
+use reply_reader::{ReplyReader, Step};
 pub use trace::ClientIdentity;
 
 /// What an upstream offered in its EHLO reply.
@@ -327,7 +328,7 @@ impl Connector {
             })?;
         let mut up = Upstream {
             conn: BufferedConn::new(Stream::Plain(io), 4096),
-            rx: ResponseReceiver::default(),
+            replies: ReplyReader::default(),
             caps: Capabilities::default(),
             trace: TraceMode::ReceivedHeader,
             command_timeout: cfg.command_timeout,
@@ -376,12 +377,13 @@ fn configs_seen(n: usize) -> Vec<ArcSwapOption<Capabilities>> {
 /// Message bytes per write to the upstream.
 const WRITE_BATCH: usize = 32 * 1024;
 
-/// The longest reply we read (Postfix's EHLO reply is under 1 KiB).
-const MAX_REPLY: usize = 64 * 1024;
-
 /// Whether a reply code can answer `stage`'s command: its positive code(s), or a
 /// refusal. Anything else means the upstream is out of step with us.
-fn reply_fits(stage: &str, code: u16) -> bool {
+///
+/// Public (hidden) only so that the `upstream_reply` fuzz target checks it on what
+/// the reply parser yields.
+#[doc(hidden)]
+pub fn reply_fits(stage: &str, code: u16) -> bool {
     if (400..600).contains(&code) {
         return true;
     }
@@ -405,7 +407,7 @@ fn host_part(address: &str) -> &str {
 /// One open upstream session, used for the transactions of one client session.
 pub struct Upstream {
     conn: BufferedConn<BoxIo>,
-    rx: ResponseReceiver,
+    replies: ReplyReader,
     pub caps: Capabilities,
     pub trace: TraceMode,
     command_timeout: Duration,
@@ -427,34 +429,21 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Reply, RelayError> {
         let deadline = Instant::now() + timeout;
-        let mut reply_bytes = 0;
         loop {
-            let input = self.conn.buffered();
-            let mut it = input.iter();
-            let parsed = self.rx.parse(&mut it);
-            let used = input.len() - it.as_slice().len();
+            let (used, step) = self.replies.read(self.conn.buffered());
             self.conn.consume(used);
-            reply_bytes += used;
-            match parsed {
-                Ok(resp) => {
-                    self.rx.reset();
-                    if !reply_fits(stage, resp.code) {
+            match step {
+                Step::Reply(reply) => {
+                    if !reply_fits(stage, reply.code) {
                         return Err(self.protocol_error(
                             stage,
-                            format!("reply {} does not fit the command", resp.code),
+                            format!("reply {} does not fit the command", reply.code),
                         ));
                     }
-                    return Ok(Reply::from_upstream(resp.code, resp.esc, &resp.message));
+                    return Ok(reply);
                 }
-                Err(smtp_proto::Error::NeedsMoreData { .. }) if reply_bytes <= MAX_REPLY => {}
-                Err(smtp_proto::Error::NeedsMoreData { .. }) => {
-                    self.rx.reset();
-                    return Err(self.protocol_error(stage, "reply too long".into()));
-                }
-                Err(e) => {
-                    self.rx.reset();
-                    return Err(self.protocol_error(stage, format!("unparsable reply: {e:?}")));
-                }
+                Step::Invalid(detail) => return Err(self.protocol_error(stage, detail)),
+                Step::NeedMore => {}
             }
             match self.conn.fill(deadline).await {
                 Ok(_) => {}
