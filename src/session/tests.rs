@@ -225,6 +225,25 @@ async fn harness(config: &str, rules: &[(&str, &str)], script: UpScript) -> Harn
 }
 
 /// The client end of one session.
+/// A plaintext session on the `mx` listener for a client at 192.0.2.7.
+fn session_on(h: &Harness, server: DuplexStream) -> Session<DuplexStream> {
+    let info = ClientInfo {
+        ip: "192.0.2.7".parse().unwrap(),
+        port: 40000,
+        listener: "mx".into(),
+        submission: false,
+        tls: false,
+        auth_user: None,
+    };
+    let ctx = ListenerContext {
+        milter_daemon_name: None,
+        name: "mx".into(),
+        tls: None,
+        submission: false,
+    };
+    Session::new(h.rt.clone(), ctx, Stream::Plain(server), info)
+}
+
 struct Client {
     io: DuplexStream,
     buf: Vec<u8>,
@@ -233,21 +252,7 @@ struct Client {
 impl Client {
     fn start(h: &Harness) -> Client {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let info = ClientInfo {
-            ip: "192.0.2.7".parse().unwrap(),
-            port: 40000,
-            listener: "mx".into(),
-            submission: false,
-            tls: false,
-            auth_user: None,
-        };
-        let ctx = ListenerContext {
-            milter_daemon_name: None,
-            name: "mx".into(),
-            tls: None,
-            submission: false,
-        };
-        tokio::spawn(Session::new(h.rt.clone(), ctx, Stream::Plain(server), info).run());
+        tokio::spawn(session_on(h, server).run());
         Client {
             io: client,
             buf: Vec::new(),
@@ -879,21 +884,7 @@ async fn a_pooled_upstream_that_dies_at_its_first_mail_is_replaced_unnoticed() {
 async fn a_session_task_holds_the_session_once() {
     let h = harness(LIMITS, &[], UpScript::default()).await;
     let (server, _client) = tokio::io::duplex(1024);
-    let info = ClientInfo {
-        ip: "192.0.2.7".parse().unwrap(),
-        port: 40000,
-        listener: "mx".into(),
-        submission: false,
-        tls: false,
-        auth_user: None,
-    };
-    let ctx = ListenerContext {
-        milter_daemon_name: None,
-        name: "mx".into(),
-        tls: None,
-        submission: false,
-    };
-    let session = Session::new(h.rt.clone(), ctx, Stream::Plain(server), info);
+    let session = session_on(&h, server);
     let held = std::mem::size_of_val(&session);
     let task = session.run();
     let size = std::mem::size_of_val(&task);
