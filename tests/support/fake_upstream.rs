@@ -252,8 +252,16 @@ impl FakeUpstream {
 
 impl Drop for FakeUpstream {
     fn drop(&mut self) {
+        // Dropped means gone: its port and every connection closed when drop returns
+        // (shutdown_background left them to close a moment later, and a test that
+        // kills an upstream raced its own sessions). Inside a runtime a blocking wait is
+        // not allowed; there the closing stays in the background.
         if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            } else {
+                rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            }
         }
     }
 }
