@@ -48,15 +48,7 @@ fn metrics_port() -> SocketAddr {
 }
 
 fn metrics(addr: SocketAddr) -> String {
-    support::wait_for(Duration::from_secs(10), "the metrics endpoint", || {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", "--max-time", "5", &format!("http://{addr}/metrics")])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    })
+    support::metrics(addr)
 }
 
 fn metric(text: &str, series: &str) -> f64 {

@@ -80,13 +80,7 @@ fn start(up: &FakeUpstream, store: &str, rate_rule: &str) -> Instance {
 }
 
 fn try_metrics(addr: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", &format!("http://{addr}/metrics")])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    support::try_metrics(addr)
 }
 
 impl Instance {

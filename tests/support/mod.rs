@@ -346,3 +346,22 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
         );
     }
 }
+
+/// mxguard's `/metrics` text at `addr` (host:port), fetched with curl; `None` while the
+/// endpoint does not answer.
+pub fn try_metrics(addr: impl std::fmt::Display) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5", &format!("http://{addr}/metrics")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// mxguard's `/metrics` text at `addr`, waiting (bounded) for the endpoint to answer.
+pub fn metrics(addr: impl std::fmt::Display + Copy) -> String {
+    wait_for(Duration::from_secs(10), "the metrics endpoint", || {
+        try_metrics(addr)
+    })
+}
