@@ -26,9 +26,21 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         let _ = wait;
         std::future::ready(false)
     }
+
+    /// Whether input can be read now; `Pending` wakes the task when it can. It lets an
+    /// idle connection wait without holding a read buffer. Transports that cannot tell
+    /// answer `Ready` (the read that follows then waits instead).
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let _ = cx;
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Transport for TcpStream {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+
     async fn first_byte_within(&self, wait: Duration) -> bool {
         if wait.is_zero() {
             // One non-blocking peek through tokio, never waiting: a fresh socket is
@@ -77,6 +89,15 @@ pub enum Stream<S = TcpStream> {
 impl<S: Transport> Stream<S> {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::ServerTls(_) | Stream::ClientTls(_))
+    }
+
+    /// See [`Transport::poll_readable`]. Under TLS, rustls may hold decrypted input the
+    /// socket no longer shows: always `Ready`, the read itself waits.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => s.poll_readable(cx),
+            _ => Poll::Ready(Ok(())),
+        }
     }
 
     /// Takes the plain socket out for a TLS handshake.
@@ -177,12 +198,25 @@ pub enum ReadError {
 }
 
 /// A stream with an input buffer: bytes are read in, parsed from the front, consumed.
+/// Read sizes up to this (command lines, replies) release the buffers while waiting; the
+/// large reads of message content keep theirs: a message comes in many reads, and
+/// allocating a large buffer for each would cost more than the memory it saves.
+const RELEASED_WHILE_WAITING: usize = 4096;
+
+/// The output buffer's first allocation.
+const OUT_CAPACITY: usize = 256;
+
 pub struct BufferedConn<S = TcpStream> {
     pub stream: Stream<S>,
     buf: Vec<u8>,
     start: usize,
     /// Read granularity; the buffer grows only as far as unparsed input requires.
     chunk: usize,
+    /// What we send next, written by [`Self::flush_out`] (the session's replies).
+    out: Vec<u8>,
+    /// Release the empty buffers while waiting for input (see `fill`): for a client,
+    /// which may sit idle for minutes, not for an upstream, which answers at once.
+    release_while_waiting: bool,
 }
 
 impl<S: Transport> BufferedConn<S> {
@@ -192,7 +226,45 @@ impl<S: Transport> BufferedConn<S> {
             buf: Vec::new(),
             start: 0,
             chunk,
+            out: Vec::new(),
+            release_while_waiting: false,
         }
+    }
+
+    /// A connection to a client: its empty buffers are released while it is silent.
+    pub fn releasing_buffers_while_waiting(mut self) -> Self {
+        self.release_while_waiting = true;
+        self
+    }
+
+    /// Bytes of buffer memory the connection holds (read and output buffers).
+    pub fn buffer_bytes(&self) -> usize {
+        self.buf.capacity() + self.out.capacity()
+    }
+
+    /// The output buffer, to queue bytes for [`Self::flush_out`].
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        if self.out.capacity() == 0 {
+            // Room for a group of short replies at once, not grown reply by reply.
+            self.out.reserve(OUT_CAPACITY);
+        }
+        &mut self.out
+    }
+
+    /// Writes and flushes the queued output (nothing to do when none is queued).
+    pub async fn flush_out(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.out);
+        let res = self.send(&out, timeout).await;
+        // Kept for the next replies, unless a long reply (EHLO, a multi-line refusal)
+        // made it large.
+        if out.capacity() <= 4096 {
+            self.out = out;
+            self.out.clear();
+        }
+        res
     }
 
     /// Changes the read size (large during DATA, small while waiting for commands).
@@ -233,10 +305,18 @@ impl<S: Transport> BufferedConn<S> {
     /// Reads more input, waiting until `deadline`.
     pub async fn fill(&mut self, deadline: Instant) -> Result<usize, ReadError> {
         self.compact();
-        // Read into spare capacity: no zeroing of the read buffer on every call.
-        self.buf.reserve(self.chunk);
-        let res = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
-        let n = match res {
+        let release = self.release_while_waiting
+            && self.buf.is_empty()
+            && self.chunk <= RELEASED_WHILE_WAITING;
+        let read = async {
+            if release {
+                self.readable_releasing_buffers().await?;
+            }
+            // Read into spare capacity: no zeroing of the read buffer on every call.
+            self.buf.reserve(self.chunk);
+            self.stream.read_buf(&mut self.buf).await
+        };
+        let n = match tokio::time::timeout_at(deadline, read).await {
             Err(_) => return Err(ReadError::Timeout),
             Ok(Err(e)) => return Err(ReadError::Io(e)),
             Ok(Ok(n)) => n,
@@ -245,6 +325,30 @@ impl<S: Transport> BufferedConn<S> {
             return Err(ReadError::Closed);
         }
         Ok(n)
+    }
+
+    /// Waits until the stream is readable. When it is not at once (the peer is silent,
+    /// or its bytes are not reported yet), the empty read and output buffers are
+    /// released first: an idle session then costs no buffer memory (3.3 instead of
+    /// 4.5 KiB after EHLO). The price is one allocation per read that had to wait, which
+    /// the allocator's thread cache serves.
+    async fn readable_releasing_buffers(&mut self) -> io::Result<()> {
+        // Moved in as `&mut`: a shared borrow of the stream held across the wait would
+        // need the stream to be `Sync` for the task to be `Send`.
+        let (stream, buf, out) = (&mut self.stream, &mut self.buf, &mut self.out);
+        let mut released = false;
+        std::future::poll_fn(move |cx| {
+            let ready = stream.poll_readable(cx);
+            if ready.is_pending() && !released {
+                released = true;
+                *buf = Vec::new();
+                if out.is_empty() {
+                    *out = Vec::new();
+                }
+            }
+            ready
+        })
+        .await
     }
 
     /// Reads what has already arrived, without waiting: `Ok(None)` when nothing has.
@@ -328,5 +432,51 @@ mod tests {
         let _waiter = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (quiet, _) = listener.accept().await.unwrap();
         assert!(!quiet.first_byte_within(Duration::ZERO).await);
+    }
+
+    async fn connected_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// An idle session must not hold buffers while its client is silent (issue 14: at
+    /// most 4 KiB per idle session).
+    #[tokio::test]
+    async fn a_connection_waiting_for_its_peer_holds_no_buffer() {
+        let (mut client, server) = connected_pair().await;
+        let mut conn =
+            BufferedConn::new(Stream::Plain(server), 1024).releasing_buffers_while_waiting();
+        client.write_all(b"EHLO a\r\n").await.unwrap();
+        conn.fill(Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+        conn.out().extend_from_slice(b"250 ok\r\n");
+        conn.flush_out(Duration::from_secs(5)).await.unwrap();
+        let n = conn.buffered().len();
+        conn.consume(n);
+        assert!(conn.buffer_bytes() >= 1024, "buffers kept after the reply");
+
+        // Nothing comes: the wait releases both buffers.
+        {
+            let mut wait = std::pin::pin!(conn.fill(Instant::now() + Duration::from_secs(60)));
+            let polled = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "the client sent nothing");
+        }
+        assert_eq!(
+            conn.buffer_bytes(),
+            0,
+            "a waiting connection holds no buffer"
+        );
+
+        // And the next command is read as usual.
+        client.write_all(b"QUIT\r\n").await.unwrap();
+        conn.fill(Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(conn.buffered(), b"QUIT\r\n");
     }
 }

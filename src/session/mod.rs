@@ -112,8 +112,8 @@ pub struct Session<S: Transport = tokio::net::TcpStream> {
     rt: Arc<Runtime>,
     listener: ListenerContext,
     rules: Arc<RuleSet>,
+    /// The client connection; it also queues our replies (`conn.out()`).
     conn: BufferedConn<S>,
-    out: Vec<u8>,
     id: String,
     client: ClientInfo,
     /// The HELO/EHLO argument, once given.
@@ -171,8 +171,7 @@ impl<S: Transport> Session<S> {
             id: new_session_id(),
             rules,
             listener,
-            conn: BufferedConn::new(stream, COMMAND_CHUNK),
-            out: Vec::with_capacity(256),
+            conn: BufferedConn::new(stream, COMMAND_CHUNK).releasing_buffers_while_waiting(),
             client,
             helo: None,
             esmtp: false,
@@ -353,16 +352,11 @@ impl<S: Transport> Session<S> {
 
     /// Writes the queued replies.
     async fn flush(&mut self) -> Result<(), End> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
         let timeout = self.rt.command_timeout();
-        let res = self.conn.send(&self.out, timeout).await;
-        self.out.clear();
-        if self.out.capacity() > 4096 {
-            self.out = Vec::with_capacity(256);
-        }
-        res.map_err(|e| End::Io(e.to_string()))
+        self.conn
+            .flush_out(timeout)
+            .await
+            .map_err(|e| End::Io(e.to_string()))
     }
 
     /// Queues a reply for the client, in order: behind pipelined commands still
@@ -371,7 +365,7 @@ impl<S: Transport> Session<S> {
         if self.pipeline.is_active() {
             self.pipeline.hold(r);
         } else {
-            r.write_to(&mut self.out);
+            r.write_to(self.conn.out());
         }
     }
 

@@ -117,7 +117,7 @@ impl<S: Transport> Session<S> {
         let mut lockstep = false;
         for h in held.drain(..) {
             match h {
-                Held::Reply(r) => r.write_to(&mut self.out),
+                Held::Reply(r) => r.write_to(self.conn.out()),
                 Held::Pending => match pending.pop_front() {
                     Some(Pending::Mail { reused }) => {
                         let answer = self.group_reply("mail", &sent, since).await;
