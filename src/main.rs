@@ -10,6 +10,14 @@ use mxguard::policy::{ExplainInput, RuleSet};
 use mxguard::server::Server;
 use mxguard::telemetry::{LogFormat, init_logging};
 
+/// mimalloc instead of glibc's malloc: a session allocates a few dozen small blocks per
+/// message, and glibc's bookkeeping for them (arena locks, consolidation) was a fifth of
+/// the proxy's instructions per message; mimalloc's thread-local pages take about half.
+/// Built without transparent huge pages (`no_thp`): with them its first arena became
+/// resident at once (31 instead of 18 MB at start).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Run(args) => run(args),

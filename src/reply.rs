@@ -24,6 +24,33 @@ impl StatusCode {
     }
 }
 
+impl StatusCode {
+    /// Appends `class.subject.detail`, as `Display` writes it.
+    fn write_to(&self, out: &mut Vec<u8>) {
+        push_number(out, u16::from(self.0));
+        out.push(b'.');
+        push_number(out, self.1);
+        out.push(b'.');
+        push_number(out, self.2);
+    }
+}
+
+/// Appends the decimal digits of `n`.
+fn push_number(out: &mut Vec<u8>, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 impl fmt::Display for StatusCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.0, self.1, self.2)
@@ -55,7 +82,12 @@ impl Reply {
 
     /// A multi-line reply (e.g. EHLO); each line is sanitized.
     pub fn multiline(code: u16, status: StatusCode, lines: Vec<String>) -> Self {
-        let mut lines: Vec<String> = lines.iter().map(|l| sanitize_line(l)).collect();
+        Reply::from_lines(code, status, lines.iter().map(String::as_str))
+    }
+
+    /// A reply of the given lines, each sanitized (one allocation per line, none more).
+    fn from_lines<'t>(code: u16, status: StatusCode, lines: impl Iterator<Item = &'t str>) -> Self {
+        let mut lines: Vec<String> = lines.map(sanitize_line).collect();
         if lines.is_empty() {
             lines.push(String::new());
         }
@@ -82,13 +114,12 @@ impl Reply {
         } else {
             StatusCode(esc[0], esc[1] as u16, esc[2] as u16)
         };
-        Reply::multiline(
+        Reply::from_lines(
             code,
             status,
             message
                 .split('\n')
-                .map(|l| l.strip_suffix('\r').unwrap_or(l).to_owned())
-                .collect(),
+                .map(|l| l.strip_suffix('\r').unwrap_or(l)),
         )
     }
 
@@ -114,14 +145,16 @@ impl Reply {
     }
 
     /// Appends the wire form (`250-2.0.0 a\r\n250 2.0.0 b\r\n`) to `out`.
+    ///
+    /// Written digit by digit, not through `write!`: every reply of every session goes
+    /// through here, and the formatting machinery cost more than the rest of it.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
         let last = self.lines.len() - 1;
         for (i, line) in self.lines.iter().enumerate() {
-            let sep = if i == last { ' ' } else { '-' };
-            let _ = write!(out, "{}{}", self.code, sep);
+            push_number(out, self.code);
+            out.push(if i == last { b' ' } else { b'-' });
             if self.with_status {
-                let _ = write!(out, "{}", self.status);
+                self.status.write_to(out);
                 if !line.is_empty() {
                     out.push(b' ');
                 }
@@ -152,6 +185,10 @@ fn sanitize_line(text: &str) -> String {
         end -= 1;
     }
     let text = &text[..end];
+    // Printable ASCII, the usual case, has no control character to look for.
+    if text.bytes().all(|b| (b' '..0x7f).contains(&b)) {
+        return text.to_owned();
+    }
     if text.chars().any(char::is_control) {
         text.chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -174,6 +211,33 @@ mod tests {
         let mut v = Vec::new();
         r.write_to(&mut v);
         String::from_utf8(v).unwrap()
+    }
+
+    /// The wire form is written digit by digit: it must say what `Display` says, for
+    /// every width of every part (Microsoft's 5.7.606, a detail of five digits).
+    #[test]
+    fn the_wire_form_carries_the_codes_display_gives() {
+        for code in [200, 250, 354, 421, 451, 550, 599] {
+            for class in [2, 4, 5, 255] {
+                for part in [0, 7, 10, 99, 100, 606, 999, 65535] {
+                    let status = StatusCode(class, part, 65535 - part);
+                    let r = Reply::new(code, status, "text");
+                    assert_eq!(wire(&r), format!("{code} {status} text\r\n"));
+                    let bare = Reply::new(code, status, "").without_status();
+                    assert_eq!(wire(&bare), format!("{code} \r\n"));
+                }
+            }
+        }
+    }
+
+    /// Printable text takes the fast path; anything else is cleaned as before.
+    #[test]
+    fn control_characters_are_replaced_on_either_path() {
+        assert_eq!(sanitize_line("plain text ~"), "plain text ~");
+        assert_eq!(sanitize_line("a\x7fb\tc"), "a b c");
+        assert_eq!(sanitize_line("caf\u{e9} \u{85}x"), "caf\u{e9}  x");
+        let long = "é".repeat(400);
+        assert!(sanitize_line(&long).len() <= MAX_LINE_TEXT);
     }
 
     #[test]

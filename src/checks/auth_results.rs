@@ -150,6 +150,10 @@ pub fn forged_fields(index: &HeaderIndex, ours: &str) -> Vec<usize> {
             let Some(colon) = memchr::memchr(b':', raw) else {
                 return false;
             };
+            // Shorter than the name, even before trimming: not it (most fields).
+            if colon < "Authentication-Results".len() {
+                return false;
+            }
             String::from_utf8_lossy(&raw[..colon])
                 .trim()
                 .eq_ignore_ascii_case("Authentication-Results")

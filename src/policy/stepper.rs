@@ -92,6 +92,10 @@ impl<'r> Stepper<'r> {
             self.waiting.is_none(),
             "store_answered must follow NeedStore"
         );
+        if self.next == self.rules().len() {
+            // Nothing (left) to evaluate: no subject to build for it.
+            return self.finish();
+        }
         let s = Subject::new(facts);
         while self.next < self.rules().len() {
             let rule = &self.set.rules[self.rules()[self.next]];

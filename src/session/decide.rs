@@ -57,7 +57,9 @@ impl<S: Transport> Session<S> {
             sender,
             message,
         };
-        self.rt.checker.run(want, &input, facts).await;
+        // Boxed, as the store answer below: DNS checks are kilobytes of state, which
+        // every MAIL and RCPT would otherwise allocate and copy, checks wanted or not.
+        Box::pin(self.rt.checker.run(want, &input, facts)).await;
     }
 
     /// Drives the stage's stepper to its outcome: each store check it yields is resolved
@@ -91,9 +93,13 @@ impl<S: Transport> Session<S> {
             match step {
                 Step::Done(outcome) => break outcome,
                 Step::NeedStore(pending) => {
-                    let refusal =
-                        crate::checks::resolve(&*self.rt.store, &self.rt.metrics, stage, &pending)
-                            .await;
+                    let refusal = Box::pin(crate::checks::resolve(
+                        &*self.rt.store,
+                        &self.rt.metrics,
+                        stage,
+                        &pending,
+                    ))
+                    .await;
                     stepper.store_answered(refusal);
                 }
             }

@@ -105,10 +105,11 @@ impl<S: Transport> Session<S> {
 
     /// The milters' answer to MAIL (the rules passed it; the upstream has not seen it).
     async fn filter_mail(&mut self) -> Option<super::filters::FilterStop> {
+        self.filter_chain()?;
         let tx = self.tx.as_ref()?;
         let sender = tx.sender_text.clone();
         let params = tx.params.to_strings();
-        let verdict = self.filter_chain()?.mail(&sender, &params).await;
+        let verdict = Box::pin(self.filter_chain()?.mail(&sender, &params)).await;
         self.note_filter_calls();
         let stop = self.filter_stop(verdict?, "mail");
         let outcome = match &stop {
@@ -146,7 +147,9 @@ impl<S: Transport> Session<S> {
             }
         }
         if self.upstream.is_none() {
-            let up = self.rt.upstreams.connect(&identity).await?;
+            // Boxed, as the other rare steps here: opening a connection (and the
+            // filters' calls) is kilobytes of state every MAIL would allocate and copy.
+            let up = Box::pin(self.rt.upstreams.connect(&identity)).await?;
             // A warm pooled connection may have been closed a moment ago: retry as reused.
             reused = up.came_from_pool();
             self.upstream = Some(Box::new(up));
@@ -167,7 +170,9 @@ impl<S: Transport> Session<S> {
             return Ok(MailSent::Answered(first?));
         }
         debug!(session = %self.id, "reused upstream session failed at MAIL; retrying on a new one");
-        Ok(MailSent::Answered(self.mail_on_fresh_connection().await?))
+        Ok(MailSent::Answered(
+            Box::pin(self.mail_on_fresh_connection()).await?,
+        ))
     }
 
     /// MAIL on a new upstream connection, replacing the current one (which died while

@@ -303,8 +303,10 @@ impl<S: Transport> Session<S> {
                     }
                     self.message_input_done().await
                 }
+                // Boxed: relaying a SASL step upstream is kilobytes of state, which every
+                // read of every session would otherwise allocate and copy.
                 Input::Sasl(_) => match self.next_line() {
-                    Some(line) => self.sasl_line(&line).await,
+                    Some(line) => Box::pin(self.sasl_line(&line)).await,
                     None => return Flow::Continue,
                 },
             };

@@ -129,7 +129,9 @@ impl<S: Transport> Session<S> {
                             debug!(session = %self.id, "reused upstream session failed at a pipelined MAIL; replaying on a new one");
                             lockstep = true;
                             sent = Ok(());
-                            self.mail_on_fresh_connection().await
+                            // Boxed (as the lockstep RCPT below): rare, and kilobytes of
+                            // state every group would otherwise allocate and copy.
+                            Box::pin(self.mail_on_fresh_connection()).await
                         } else {
                             answer.map_err(MailError::Relay)
                         };
@@ -138,7 +140,7 @@ impl<S: Transport> Session<S> {
                     Some(Pending::Rcpt { rcpt }) => {
                         let answer = if lockstep {
                             match self.upstream.as_mut() {
-                                Some(up) => up.rcpt(&rcpt.upstream_line()).await,
+                                Some(up) => Box::pin(up.rcpt(&rcpt.upstream_line())).await,
                                 None => Err(lost("the upstream session was lost")),
                             }
                         } else {

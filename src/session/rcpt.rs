@@ -52,7 +52,7 @@ impl<S: Transport> Session<S> {
         }
         if let Some(chain) = self.filters.as_mut() {
             let params = rcpt.params.to_strings();
-            let verdict = chain.rcpt(&rcpt.text, &params).await;
+            let verdict = Box::pin(chain.rcpt(&rcpt.text, &params)).await;
             self.note_filter_calls();
             if let Some(v) = verdict {
                 let stop = self.filter_stop(v, "rcpt");
