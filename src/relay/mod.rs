@@ -488,6 +488,31 @@ impl Upstream {
         Ok(reply)
     }
 
+    /// Two commands in one write, and their replies in order.
+    async fn command_pair(
+        &mut self,
+        first: (&'static str, &[u8]),
+        second: (&'static str, &[u8]),
+    ) -> Result<(Reply, Reply), RelayError> {
+        if !self.conn.buffered().is_empty() {
+            return Err(self.protocol_error(first.0, "unsolicited reply before the command".into()));
+        }
+        let started = Instant::now();
+        let mut lines = Vec::with_capacity(first.1.len() + second.1.len());
+        lines.extend_from_slice(first.1);
+        lines.extend_from_slice(second.1);
+        self.write(first.0, &lines).await?;
+        let a = self.read_reply(first.0, self.command_timeout).await?;
+        self.metrics
+            .upstream
+            .reply(first.0, a.code, started.elapsed());
+        let b = self.read_reply(second.0, self.command_timeout).await?;
+        self.metrics
+            .upstream
+            .reply(second.0, b.code, started.elapsed());
+        Ok((a, b))
+    }
+
     async fn ehlo(&mut self, name: &str) -> Result<(), RelayError> {
         let reply = self
             .command("ehlo", format!("EHLO {name}\r\n").as_bytes())
@@ -541,23 +566,36 @@ impl Upstream {
     async fn identify(&mut self, client: &ClientIdentity) -> Result<(), RelayError> {
         if let Some(attrs) = self.caps.xclient.clone() {
             let cmd = trace::xclient_command(client, &attrs);
-            let reply = self.command("xclient", cmd.as_bytes()).await?;
-            // Postfix restarts the session with a new 220; smtp-sink just says 250.
-            if reply.code != 220 && reply.code != 250 {
-                return Err(RelayError::Refused {
-                    stage: "xclient",
-                    reply,
-                });
-            }
             let helo = if client.helo.is_empty() {
                 "unknown"
             } else {
                 &client.helo
             };
             let verb = if client.esmtp { "EHLO" } else { "HELO" };
-            let reply = self
-                .command("ehlo", format!("{verb} {helo}\r\n").as_bytes())
-                .await?;
+            let hello = format!("{verb} {helo}\r\n");
+            let (xclient, reply) = if self.caps.pipelining {
+                // One round trip for both: XCLIENT may be followed by more commands
+                // (Postfix's smtpd does not count it as the last of a group, as it does
+                // EHLO), and the EHLO reply is read even when XCLIENT was refused, so
+                // nothing is left unread.
+                self.command_pair(("xclient", cmd.as_bytes()), ("ehlo", hello.as_bytes()))
+                    .await?
+            } else {
+                let xclient = self.command("xclient", cmd.as_bytes()).await?;
+                if !xclient_accepted(&xclient) {
+                    return Err(RelayError::Refused {
+                        stage: "xclient",
+                        reply: xclient,
+                    });
+                }
+                (xclient, self.command("ehlo", hello.as_bytes()).await?)
+            };
+            if !xclient_accepted(&xclient) {
+                return Err(RelayError::Refused {
+                    stage: "xclient",
+                    reply: xclient,
+                });
+            }
             if reply.code != 250 {
                 return Err(RelayError::Refused {
                     stage: "ehlo",
@@ -771,6 +809,11 @@ impl Upstream {
         }
         tracing::debug!(upstream = %self.address, "upstream session closed");
     }
+}
+
+/// Postfix restarts the session with a new 220 after XCLIENT; smtp-sink just says 250.
+fn xclient_accepted(reply: &Reply) -> bool {
+    reply.code == 220 || reply.code == 250
 }
 
 #[cfg(test)]

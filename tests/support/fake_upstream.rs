@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Stage {
     Greeting,
     Ehlo,
+    /// The first XCLIENT of a connection.
+    Xclient,
     Mail,
     Rcpt,
     Data,
@@ -133,6 +135,9 @@ pub struct ConnRecord {
     pub raw: Vec<u8>,
     /// Command lines (without CRLF), in order.
     pub commands: Vec<String>,
+    /// For each command line: whether bytes of the next one had already arrived when
+    /// it was read, i.e. the sender did not wait for its reply (it pipelined).
+    pub followed_at_once: Vec<bool>,
 }
 
 #[derive(Default)]
@@ -291,9 +296,9 @@ impl Conn<'_> {
             if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 let line: Vec<u8> = self.buf.drain(..p + 2).collect();
                 let l = String::from_utf8_lossy(&line[..p]).into_owned();
-                self.st.lock().unwrap().conns[self.idx]
-                    .commands
-                    .push(l.clone());
+                let conn = &mut self.st.lock().unwrap().conns[self.idx];
+                conn.commands.push(l.clone());
+                conn.followed_at_once.push(!self.buf.is_empty());
                 return Ok(Some(l));
             }
             if self.fill().await? == 0 {
@@ -404,6 +409,12 @@ async fn serve(
                     // Postfix re-checks smtpd_authorized_xclient_hosts against the
                     // address the first XCLIENT impersonated: one client per connection.
                     c.say("550 5.7.0 Error: insufficient authorization").await?;
+                    continue;
+                }
+                if let Some(close) = fault_at(&mut c, script, Stage::Xclient).await? {
+                    if close {
+                        return Ok(());
+                    }
                     continue;
                 }
                 // Postfix: XCLIENT restarts the session with a new greeting
