@@ -73,8 +73,13 @@ impl Decoder {
         let mut i = 0;
         while i < input.len() && self.state != State::Done {
             if self.state == State::Mid {
-                // Fast path: copy the run of plain bytes up to the next CR, LF or NUL.
-                let run = memchr::memchr3(b'\r', b'\n', 0, &input[i..]).unwrap_or(input.len() - i);
+                // Fast path: copy plain bytes, and the ordinary line ends among them, in
+                // one run up to the first byte the state machine has to look at.
+                let run = plain_run(
+                    &input[i..],
+                    |b| matches!(b, b'.' | b'\r' | b'\n' | 0),
+                    |s| memchr::memchr3(b'\r', b'\n', 0, s),
+                );
                 out.extend_from_slice(&input[i..i + run]);
                 i += run;
                 if i == input.len() {
@@ -218,7 +223,11 @@ impl Encoder {
                     if self.at_line_start && b == b'.' {
                         out.push(b'.');
                     }
-                    let run = memchr::memchr2(b'\r', b'\n', &chunk[i..]).unwrap_or(chunk.len() - i);
+                    let run = plain_run(
+                        &chunk[i..],
+                        |b| matches!(b, b'.' | b'\r' | b'\n'),
+                        |s| memchr::memchr2(b'\r', b'\n', s),
+                    );
                     out.extend_from_slice(&chunk[i..i + run]);
                     i += run;
                     self.at_line_start = false;
@@ -235,6 +244,31 @@ impl Encoder {
         }
         self.pending_cr = false;
         out.extend_from_slice(b".\r\n");
+    }
+}
+
+/// The length of the run at the start of `input` that both the decoder and the encoder
+/// copy unchanged while inside a line: bytes up to the next one `find` stops at, where a
+/// CRLF followed by a byte that needs no attention at a line start (`special`: a dot, a
+/// line-end byte, …) belongs to the run too. Without that, each line of a message would
+/// leave the fast path twice (for its CR and its LF); with it a message of ordinary
+/// lines is one run.
+#[inline]
+fn plain_run(
+    input: &[u8],
+    special: impl Fn(u8) -> bool,
+    find: impl Fn(&[u8]) -> Option<usize>,
+) -> usize {
+    let mut at = 0;
+    loop {
+        let Some(off) = find(&input[at..]) else {
+            return input.len();
+        };
+        let p = at + off;
+        match input.get(p..p + 3) {
+            Some([b'\r', b'\n', next]) if !special(*next) => at = p + 3,
+            _ => return p,
+        }
     }
 }
 
@@ -319,6 +353,68 @@ impl RawScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inputs over the bytes that matter to the state machines (xorshift, fixed seed).
+    fn tricky_inputs() -> Vec<Vec<u8>> {
+        let alphabet = b"ab.\r\n\0";
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        (0..3000)
+            .map(|i| {
+                (0..(i % 40))
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        // Mostly ordinary lines, so that runs of CRLF-separated text occur.
+                        match x % 10 {
+                            0..=3 => b'a',
+                            4 | 5 => b'\r',
+                            6 | 7 => b'\n',
+                            n => alphabet[(n as usize) % alphabet.len()],
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The fast paths (runs of ordinary lines copied at once) against the state machine
+    /// alone: fed one byte at a time, no run ever spans a line end.
+    #[test]
+    fn the_fast_paths_agree_with_the_byte_by_byte_state_machine() {
+        for input in tricky_inputs() {
+            for normalize in [false, true] {
+                let mut whole = Decoder::new(normalize);
+                let mut out = Vec::new();
+                let used = whole.decode(&input, &mut out);
+                let mut bytewise = Decoder::new(normalize);
+                let mut slow = Vec::new();
+                let mut slow_used = 0;
+                for b in &input {
+                    if bytewise.is_done() {
+                        break;
+                    }
+                    slow_used += bytewise.decode(std::slice::from_ref(b), &mut slow);
+                }
+                assert_eq!(
+                    (&out, used, whole.is_done(), whole.anomalies()),
+                    (&slow, slow_used, bytewise.is_done(), bytewise.anomalies()),
+                    "decoding {input:?}"
+                );
+            }
+            let mut e = Encoder::new();
+            let mut fast = Vec::new();
+            e.encode(&input, &mut fast);
+            e.finish(&mut fast);
+            let mut e = Encoder::new();
+            let mut slow = Vec::new();
+            for b in &input {
+                e.encode(std::slice::from_ref(b), &mut slow);
+            }
+            e.finish(&mut slow);
+            assert_eq!(fast, slow, "encoding {input:?}");
+        }
+    }
 
     /// Decodes `wire` fed in every possible split into two chunks, and checks all splits
     /// agree with the one-shot result.

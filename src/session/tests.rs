@@ -893,3 +893,31 @@ async fn a_session_task_holds_the_session_once() {
         "the session is {held} bytes, its task's future {size}"
     );
 }
+
+/// Session ids are written by hand: the same text as `{:X}` with a minimum width.
+#[test]
+fn hex_digits_match_the_formatter() {
+    for n in [
+        0u64,
+        1,
+        9,
+        10,
+        15,
+        16,
+        0xFFFF,
+        0x1_0000,
+        0xFF_FFFF_FFFF,
+        u64::MAX,
+    ] {
+        for width in [1, 4] {
+            let mut s = String::new();
+            super::push_hex(&mut s, n, width);
+            assert_eq!(s, format!("{n:0width$X}"));
+        }
+    }
+    let id = super::new_session_id();
+    assert!(
+        id.len() >= 5 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+}
