@@ -197,7 +197,6 @@ pub enum ReadError {
     Io(#[from] io::Error),
 }
 
-/// A stream with an input buffer: bytes are read in, parsed from the front, consumed.
 /// Read sizes up to this (command lines, replies) release the buffers while waiting; the
 /// large reads of message content keep theirs: a message comes in many reads, and
 /// allocating a large buffer for each would cost more than the memory it saves.
@@ -206,6 +205,8 @@ const RELEASED_WHILE_WAITING: usize = 4096;
 /// The output buffer's first allocation.
 const OUT_CAPACITY: usize = 256;
 
+/// A stream with an input buffer: bytes are read in, parsed from the front, consumed;
+/// and an output buffer for what is sent next.
 pub struct BufferedConn<S = TcpStream> {
     pub stream: Stream<S>,
     buf: Vec<u8>,
