@@ -295,17 +295,14 @@ impl<S: Transport> BufferedConn<S> {
         n
     }
 
-    /// Releases memory held by a large buffer once it is empty (after DATA), so an idle
-    /// session stays small.
-    pub fn shrink_if_idle(&mut self) {
-        if self.start == 0 && self.buf.is_empty() && self.buf.capacity() > 4 * self.chunk {
-            self.buf = Vec::new();
-        }
-    }
-
     /// Reads more input, waiting until `deadline`.
     pub async fn fill(&mut self, deadline: Instant) -> Result<usize, ReadError> {
         self.compact();
+        if self.buf.is_empty() && self.buf.capacity() > 4 * self.chunk {
+            // Emptied after a large read (a message): back to the read size, so an idle
+            // connection does not keep a message's worth of buffer.
+            self.buf = Vec::new();
+        }
         let release = self.release_while_waiting
             && self.buf.is_empty()
             && self.chunk <= RELEASED_WHILE_WAITING;

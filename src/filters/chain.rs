@@ -184,13 +184,14 @@ impl std::fmt::Debug for FilterChain {
 }
 
 impl FilterChain {
-    /// The chain of the filters that apply to this client; `None` when none does.
+    /// The chain of the filters that apply to this client; `None` when none does. The
+    /// client's facts are gathered only then (most sessions have no filter to tell).
     pub fn for_session(
         filters: &[Filter],
         listener: &str,
         ip: IpAddr,
         authenticated: bool,
-        client: ClientFacts,
+        client: impl FnOnce() -> ClientFacts,
     ) -> Option<FilterChain> {
         let slots: Vec<Slot> = filters
             .iter()
@@ -206,9 +207,9 @@ impl FilterChain {
                 discard: false,
             })
             .collect();
-        (!slots.is_empty()).then_some(FilterChain {
+        (!slots.is_empty()).then(|| FilterChain {
             slots,
-            client,
+            client: client(),
             sender: None,
             recipients: Vec::new(),
             transaction: 0,

@@ -53,7 +53,7 @@ pub async fn run(
         session.listener,
         session.client_ip,
         session.auth_user.is_some(),
-        client,
+        || client,
     ) else {
         let _ = writeln!(
             report.text,

@@ -473,19 +473,12 @@ impl Upstream {
         RelayError::Protocol { stage, detail }
     }
 
-    /// Sends one command line and returns the reply, timing it. Bytes already waiting
-    /// before the command are a reply to nothing: a protocol error, never the answer.
+    /// Sends one command line and returns the reply, timing it.
     async fn command(&mut self, stage: &'static str, line: &[u8]) -> Result<Reply, RelayError> {
-        if !self.conn.buffered().is_empty() {
-            return Err(self.protocol_error(stage, "unsolicited reply before the command".into()));
-        }
+        self.nothing_unanswered(stage)?;
         let started = Instant::now();
         self.write(stage, line).await?;
-        let reply = self.read_reply(stage, self.command_timeout).await?;
-        self.metrics
-            .upstream
-            .reply(stage, reply.code, started.elapsed());
-        Ok(reply)
+        self.timed_reply(stage, started).await
     }
 
     /// Two commands in one write, and their replies in order.
@@ -494,23 +487,38 @@ impl Upstream {
         first: (&'static str, &[u8]),
         second: (&'static str, &[u8]),
     ) -> Result<(Reply, Reply), RelayError> {
-        if !self.conn.buffered().is_empty() {
-            return Err(self.protocol_error(first.0, "unsolicited reply before the command".into()));
-        }
+        self.nothing_unanswered(first.0)?;
         let started = Instant::now();
         let mut lines = Vec::with_capacity(first.1.len() + second.1.len());
         lines.extend_from_slice(first.1);
         lines.extend_from_slice(second.1);
         self.write(first.0, &lines).await?;
-        let a = self.read_reply(first.0, self.command_timeout).await?;
-        self.metrics
-            .upstream
-            .reply(first.0, a.code, started.elapsed());
-        let b = self.read_reply(second.0, self.command_timeout).await?;
-        self.metrics
-            .upstream
-            .reply(second.0, b.code, started.elapsed());
+        let a = self.timed_reply(first.0, started).await?;
+        let b = self.timed_reply(second.0, started).await?;
         Ok((a, b))
+    }
+
+    /// Bytes already waiting before a command are a reply to nothing: a protocol error,
+    /// never the answer to what we send next.
+    fn nothing_unanswered(&self, stage: &'static str) -> Result<(), RelayError> {
+        if self.conn.buffered().is_empty() {
+            Ok(())
+        } else {
+            Err(self.protocol_error(stage, "unsolicited reply before the command".into()))
+        }
+    }
+
+    /// The next reply, for the command of `stage` sent at `since` (timed and counted).
+    async fn timed_reply(
+        &mut self,
+        stage: &'static str,
+        since: Instant,
+    ) -> Result<Reply, RelayError> {
+        let reply = self.read_reply(stage, self.command_timeout).await?;
+        self.metrics
+            .upstream
+            .reply(stage, reply.code, since.elapsed());
+        Ok(reply)
     }
 
     async fn ehlo(&mut self, name: &str) -> Result<(), RelayError> {
@@ -573,29 +581,33 @@ impl Upstream {
             };
             let verb = if client.esmtp { "EHLO" } else { "HELO" };
             let hello = format!("{verb} {helo}\r\n");
-            let (xclient, reply) = if self.caps.pipelining {
+            let (xclient, hello_reply) = if self.caps.pipelining {
                 // One round trip for both: XCLIENT may be followed by more commands
                 // (Postfix's smtpd does not count it as the last of a group, as it does
                 // EHLO), and the EHLO reply is read even when XCLIENT was refused, so
                 // nothing is left unread.
-                self.command_pair(("xclient", cmd.as_bytes()), ("ehlo", hello.as_bytes()))
-                    .await?
+                let (x, h) = self
+                    .command_pair(("xclient", cmd.as_bytes()), ("ehlo", hello.as_bytes()))
+                    .await?;
+                (x, Some(h))
             } else {
-                let xclient = self.command("xclient", cmd.as_bytes()).await?;
-                if !xclient_accepted(&xclient) {
+                let x = self.command("xclient", cmd.as_bytes()).await?;
+                let h = if xclient_accepted(&x) {
+                    Some(self.command("ehlo", hello.as_bytes()).await?)
+                } else {
+                    None
+                };
+                (x, h)
+            };
+            let reply = match hello_reply {
+                Some(h) if xclient_accepted(&xclient) => h,
+                _ => {
                     return Err(RelayError::Refused {
                         stage: "xclient",
                         reply: xclient,
                     });
                 }
-                (xclient, self.command("ehlo", hello.as_bytes()).await?)
             };
-            if !xclient_accepted(&xclient) {
-                return Err(RelayError::Refused {
-                    stage: "xclient",
-                    reply: xclient,
-                });
-            }
             if reply.code != 250 {
                 return Err(RelayError::Refused {
                     stage: "ehlo",
@@ -750,9 +762,7 @@ impl Upstream {
     /// replies are read in order with [`Upstream::pipelined_reply`]. Bytes waiting
     /// before the group are a reply to nothing: a protocol error.
     pub async fn send_group(&mut self, lines: &[u8]) -> Result<(), RelayError> {
-        if !self.conn.buffered().is_empty() {
-            return Err(self.protocol_error("mail", "unsolicited reply before the command".into()));
-        }
+        self.nothing_unanswered("mail")?;
         self.write("pipeline", lines).await
     }
 
@@ -763,11 +773,7 @@ impl Upstream {
         stage: &'static str,
         since: Instant,
     ) -> Result<Reply, RelayError> {
-        let reply = self.read_reply(stage, self.command_timeout).await?;
-        self.metrics
-            .upstream
-            .reply(stage, reply.code, since.elapsed());
-        Ok(reply)
+        self.timed_reply(stage, since).await
     }
 
     /// Whether this connection was taken warm from the pool (its first transaction may

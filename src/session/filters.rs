@@ -27,16 +27,12 @@ impl<S: Transport> Session<S> {
     pub(super) fn filter_chain(&mut self) -> Option<&mut FilterChain> {
         if !self.filters_made {
             self.filters_made = true;
-            if self.rt.config.filters.is_empty() {
-                // No filter configured: none of the facts below to gather for it.
-                return None;
-            }
             self.filters = FilterChain::for_session(
                 &self.rt.config.filters,
                 &self.listener.name,
                 self.client.ip,
                 self.client.auth_user.is_some(),
-                self.filter_client_facts(),
+                || self.filter_client_facts(),
             )
             .map(Box::new);
         }

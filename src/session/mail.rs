@@ -105,6 +105,8 @@ impl<S: Transport> Session<S> {
 
     /// The milters' answer to MAIL (the rules passed it; the upstream has not seen it).
     async fn filter_mail(&mut self) -> Option<super::filters::FilterStop> {
+        // The chain is asked for first (it borrows the session): without one, the
+        // sender and parameters below are not copied for nobody.
         self.filter_chain()?;
         let tx = self.tx.as_ref()?;
         let sender = tx.sender_text.clone();

@@ -273,7 +273,6 @@ impl<S: Transport> Session<S> {
             if let Err(end) = self.flush().await {
                 return end;
             }
-            self.conn.shrink_if_idle();
             if let Err(end) = self.wait_for_input().await {
                 return end;
             }
