@@ -22,9 +22,10 @@ fn config(name: &str, endpoint: &str) -> MilterConfig {
 }
 
 fn message(from: &str, subject: &str, body: &str) -> Vec<u8> {
+    let date = support::date_now();
     format!(
         "From: Alice <{from}>\r\nTo: bob@example.org\r\nSubject: {subject}\r\n\
-         Message-ID: <{subject}.1@example.com>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\
+         Message-ID: <{subject}.1@example.com>\r\nDate: {date}\r\n\
          MIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n{body}"
     )
     .into_bytes()
@@ -33,9 +34,10 @@ fn message(from: &str, subject: &str, body: &str) -> Vec<u8> {
 /// A MIME message whose attachment is the EICAR file.
 fn eicar_message() -> Vec<u8> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(EICAR);
+    let date = support::date_now();
     format!(
         "From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: invoice\r\n\
-         Message-ID: <eicar.1@example.com>\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\
+         Message-ID: <eicar.1@example.com>\r\nDate: {date}\r\n\
          MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
          --b1\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n\
          --b1\r\nContent-Type: application/octet-stream\r\n\

@@ -23,9 +23,10 @@ use support::postfix::{Postfix, PostfixOpts};
 const TOOLS: &[&str] = &["postfix", "curl"];
 
 fn message(from: &str, subject: &str, body: &str) -> Vec<u8> {
+    let date = support::date_now();
     format!(
         "From: Sender <{from}>\r\nTo: Alice <alice@test.example>\r\nSubject: {subject}\r\n\
-         Date: Tue, 01 Dec 2026 12:00:00 +0000\r\nMessage-ID: <{subject}.7@example.com>\r\n\
+         Date: {date}\r\nMessage-ID: <{subject}.7@example.com>\r\n\
          MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
     )
     .into_bytes()

@@ -300,6 +300,16 @@ pub fn user_ids(name: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// Now as an RFC 5322 `Date:` value: content filters score a fixed date that has fallen
+/// into the past (Rspamd's DATE_IN_PAST), so a test message must not carry one.
+pub fn date_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    ::mxguard::relay::trace::rfc5322_date(now as i64)
+}
+
 /// Converts CRLF line ends to LF (how Postfix stores a message).
 pub fn crlf_to_lf(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
