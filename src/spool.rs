@@ -99,6 +99,32 @@ impl Spool {
         Ok(())
     }
 
+    /// The in-memory body, for a decoder to write into directly (saving the copy that
+    /// [`append`](Self::append) makes of every byte); `None` once spilled. Bytes may
+    /// only be added at the end, and are counted by [`grown`](Self::grown).
+    pub fn memory(&mut self) -> Option<&mut Vec<u8>> {
+        match self.file {
+            None => Some(&mut self.head),
+            Some(_) => None,
+        }
+    }
+
+    /// Counts the bytes added through [`memory`](Self::memory) (or drops them, when
+    /// the body is cut back to `keep` bytes), spilling when the threshold is crossed.
+    pub async fn grown(&mut self, keep: Option<usize>) -> std::io::Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        if let Some(keep) = keep {
+            self.head.truncate(keep);
+        }
+        self.len = self.head.len() as u64;
+        if self.head.len() > self.threshold {
+            self.spill().await?;
+        }
+        Ok(())
+    }
+
     /// Writes out what is still buffered for the file: called when the message is
     /// complete, so a full disk shows while receiving (our failure, `452`), not later while
     /// relaying, when it would look like the upstream's.
@@ -208,6 +234,29 @@ mod tests {
         assert!(!s.is_spilled());
         assert_eq!(collect(&mut s).await, b"hello world");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Bytes decoded straight into the body count as appended ones: cut back on demand,
+    /// spilled past the threshold, and after the spill `memory` is closed.
+    #[tokio::test]
+    async fn a_body_written_in_place_counts_cuts_back_and_spills() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(dir.path(), 1000);
+        s.memory().unwrap().extend_from_slice(b"kept ");
+        s.grown(None).await.unwrap();
+        s.memory().unwrap().extend_from_slice(b"dropped");
+        s.grown(Some(5)).await.unwrap();
+        assert_eq!((s.len(), s.head()), (5, &b"kept "[..]));
+        s.memory().unwrap().extend_from_slice(&[b'x'; 1200]);
+        s.grown(None).await.unwrap();
+        assert!(s.is_spilled());
+        assert!(s.memory().is_none());
+        s.append(b"tail").await.unwrap();
+        let mut want = b"kept ".to_vec();
+        want.extend_from_slice(&[b'x'; 1200]);
+        want.extend_from_slice(b"tail");
+        assert_eq!(s.len(), want.len() as u64);
+        assert_eq!(collect(&mut s).await, want);
     }
 
     #[tokio::test]

@@ -167,6 +167,28 @@ impl<S: Transport> AsyncWrite for Stream<S> {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::ServerTls(s) => s.is_write_vectored(),
+            Stream::ClientTls(s) => s.is_write_vectored(),
+            Stream::Detached => false,
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
@@ -386,6 +408,32 @@ impl<S: Transport> BufferedConn<S> {
     pub async fn send(&mut self, bytes: &[u8], timeout: Duration) -> io::Result<()> {
         let write = async {
             self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(timeout, write)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+    }
+
+    /// Writes and flushes `first` then `second` as vectored writes, so both leave in one
+    /// system call when the socket takes them (the message bulk straight from the spool,
+    /// behind the bytes already encoded); failing after `timeout`.
+    pub async fn send_pair(
+        &mut self,
+        first: &[u8],
+        second: &[u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let write = async {
+            let mut slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+            let mut bufs = &mut slices[..];
+            io::IoSlice::advance_slices(&mut bufs, 0);
+            while !bufs.is_empty() {
+                match self.stream.write_vectored(bufs).await? {
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    n => io::IoSlice::advance_slices(&mut bufs, n),
+                }
+            }
             self.stream.flush().await
         };
         tokio::time::timeout(timeout, write)

@@ -58,6 +58,31 @@ fn upstream_session_is_reused_across_a_clients_transactions() {
     );
 }
 
+/// A large message goes upstream as exactly its canonical DATA form: the long ordinary
+/// stretches written straight from the spool, the dot lines stuffed, whether the spool
+/// held it in memory or spilled it to a file.
+#[test]
+fn a_large_message_reaches_the_upstream_stuffed_exactly_from_memory_and_from_a_file() {
+    let msg = support::client::large_message_with_dot_lines("big", 300 * 1024);
+    let stuffed = support::client::dot_stuff(&msg);
+    let mut want = stuffed.clone();
+    want.extend_from_slice(b".\r\n");
+    for (spool, config) in [
+        ("memory", ""),
+        ("file", "limits:\n  memory_spool_threshold: 16KiB\n"),
+    ] {
+        let up = FakeUpstream::start(Script::default());
+        let mx = MxGuard::start(MxOpts::new(up.addr).config(config));
+        let mut c = RawClient::connect(mx.addr);
+        c.ehlo("client.example");
+        let r = c.transaction("a@example.org", &["b@example.net"], &stuffed);
+        assert_eq!(r.last().unwrap().code, 250, "{spool}: {r:?}\n{}", mx.log());
+        let got = up.messages();
+        assert_eq!(got.len(), 1, "{spool}");
+        support::assert_bytes_eq(&got[0].raw, &want, spool);
+    }
+}
+
 #[test]
 fn xclient_values_are_xtext_encoded_and_followed_by_ehlo() {
     let up = FakeUpstream::start(Script::default());

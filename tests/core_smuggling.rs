@@ -290,6 +290,32 @@ fn dot_lines_survive_the_round_trip() {
     );
 }
 
+/// The same through Postfix, which takes it as BDAT: a 300 KiB message with dot lines
+/// around every 32 KiB mark, the bulk sent straight from the spool.
+#[test]
+fn a_large_message_with_dot_lines_arrives_byte_identical() {
+    if !support::require(TOOLS, true) {
+        return;
+    }
+    let pf = Postfix::start();
+    let mx = MxGuard::start(MxOpts::new(pf.addr));
+    let msg = support::client::large_message_with_dot_lines("bulk", 300 * 1024);
+    let mut c = RawClient::connect(mx.addr);
+    c.ehlo("client.example");
+    let r = c.transaction(
+        "a@example.org",
+        &["alice@test.example"],
+        &support::client::dot_stuff(&msg),
+    );
+    assert_eq!(r.last().unwrap().code, 250, "{r:?}");
+    let d = pf.wait_delivered(1, Duration::from_secs(20));
+    support::assert_bytes_eq(
+        d[0].without_first_received(),
+        &support::crlf_to_lf(&msg),
+        "a large message",
+    );
+}
+
 // ---------------------------------------------------------------- STARTTLS injection
 
 #[test]

@@ -377,6 +377,12 @@ fn configs_seen(n: usize) -> Vec<ArcSwapOption<Capabilities>> {
 /// Message bytes per write to the upstream.
 const WRITE_BATCH: usize = 32 * 1024;
 
+/// A run of message bytes that need no stuffing this long is written from the spool
+/// directly rather than copied into a write batch. Shorter runs are copied: below a
+/// batch the copy costs less than the separate write of the terminator that a direct
+/// run needs (the run never holds the message's last line end).
+const VERBATIM_MIN: usize = WRITE_BATCH;
+
 /// Whether a reply code can answer `stage`'s command: its positive code(s), or a
 /// refusal. Anything else means the upstream is out of step with us.
 ///
@@ -461,6 +467,23 @@ impl Upstream {
     async fn write(&mut self, stage: &'static str, bytes: &[u8]) -> Result<(), RelayError> {
         self.conn
             .send(bytes, self.command_timeout)
+            .await
+            .map_err(|e| RelayError::Lost {
+                stage,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes `first`, then `second`, in vectored writes (one system call when the
+    /// socket takes both).
+    async fn write_pair(
+        &mut self,
+        stage: &'static str,
+        first: &[u8],
+        second: &[u8],
+    ) -> Result<(), RelayError> {
+        self.conn
+            .send_pair(first, second, self.command_timeout)
             .await
             .map_err(|e| RelayError::Lost {
                 stage,
@@ -708,12 +731,32 @@ impl Upstream {
         let mut reader = out.reader();
         loop {
             let piece = reader.next(spool).await.map_err(RelayError::Local)?;
-            let Some(piece) = piece else { break };
-            for part in piece.chunks(WRITE_BATCH) {
+            let Some(mut rest) = piece else { break };
+            while !rest.is_empty() {
+                let run = match encoder.as_deref() {
+                    // Too short to be worth a write of its own: not even measured.
+                    _ if rest.len() < VERBATIM_MIN => 0,
+                    Some(e) => e.verbatim_len(rest),
+                    None => rest.len(),
+                };
+                if run >= VERBATIM_MIN {
+                    // Sent from the spool itself, behind what is already encoded, in one
+                    // vectored write: no copy of the bulk of the message.
+                    self.write_pair("data", wire, &rest[..run]).await?;
+                    wire.clear();
+                    if let Some(e) = encoder.as_deref_mut() {
+                        e.pass_verbatim(&rest[..run]);
+                    }
+                    rest = &rest[run..];
+                    continue;
+                }
+                // Up to the next long run (or a write batch) through the encoder.
+                let part = &rest[..rest.len().min(run.max(1) + VERBATIM_MIN).min(WRITE_BATCH)];
                 match encoder.as_deref_mut() {
                     Some(e) => e.encode(part, wire),
                     None => wire.extend_from_slice(part),
                 }
+                rest = &rest[part.len()..];
                 if wire.len() >= WRITE_BATCH {
                     self.write("data", wire).await?;
                     wire.clear();

@@ -264,37 +264,58 @@ impl<S: Transport> Session<S> {
             }
             return true;
         };
-        rx.decoded.clear();
+        // Decoded straight into the in-memory body while the message is still wanted (one
+        // copy of each byte fewer); into the scratch buffer once it is refused (then
+        // dropped) or spilled (then copied on to the file).
+        let refused_before = rx.refused();
+        let direct = !refused_before && rx.spool.memory().is_some();
+        let out = match rx.spool.memory() {
+            Some(body) if direct => body,
+            _ => {
+                rx.decoded.clear();
+                &mut rx.decoded
+            }
+        };
+        let start = out.len();
         // Decoding never makes a run longer than its input but for bare line ends made
         // CRLF: one allocation up front instead of the growth of a vector filled byte by
         // byte at every line end.
-        rx.decoded.reserve(input.len());
+        out.reserve(input.len());
         let (used, done) = match &mut self.input {
             Input::Data => {
-                let used = rx.decoder.decode(input, &mut rx.decoded);
+                let used = rx.decoder.decode(input, out);
                 (used, rx.decoder.is_done())
             }
             Input::Bdat { left, .. } => {
                 // A chunk may end between CR and LF: the scanner keeps the CR pending for
                 // the next chunk (or calls it bare at the end of the message).
                 let n = (*left).min(input.len() as u64) as usize;
-                rx.scanner.scan(&input[..n], &mut rx.decoded);
+                rx.scanner.scan(&input[..n], out);
                 *left -= n as u64;
                 (n, *left == 0)
             }
             _ => (0, true),
         };
+        let decoded = &out[start..];
         self.conn.consume(used);
         rx.wire_bytes += used as u64;
-        rx.got.size += rx.decoded.len() as u64;
+        rx.got.size += decoded.len() as u64;
         if !rx.headers.is_done() {
-            rx.headers.feed(&rx.decoded);
+            rx.headers.feed(decoded);
             rx.got.header_too_big |= rx.headers.header_bytes() > max_header;
         }
         rx.got.oversize |= rx.got.size > max_size;
-        if !rx.refused()
-            && let Err(e) = rx.spool.append(&rx.decoded).await
-        {
+        let stored = if direct {
+            // A chunk that made the message too big is dropped, as it would not have
+            // been appended.
+            let keep = rx.refused().then_some(start);
+            rx.spool.grown(keep).await
+        } else if !rx.refused() {
+            rx.spool.append(&rx.decoded).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = stored {
             rx.got.spool_error = Some(e);
         }
         done

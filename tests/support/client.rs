@@ -227,6 +227,38 @@ impl RawClient {
 }
 
 /// Dot-stuffs a CRLF message for the wire (lines starting with `.` get another).
+/// A message of about `size` bytes: long stretches of ordinary lines and blank lines
+/// (which the relay writes from its spool without a copy), and lines that start with a
+/// dot — alone, doubled, or leading text — just before, at and after every 32 KiB mark
+/// (where the relay's direct runs and its write batches meet). CRLF line ends.
+pub fn large_message_with_dot_lines(tag: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: a@example.org\r\nTo: alice@test.example\r\nSubject: {tag}\r\n\
+         Message-ID: <{tag}@example.org>\r\n\r\n"
+    )
+    .into_bytes();
+    let dot_lines: [&[u8]; 4] = [b".\r\n", b"..\r\n", b".leading dot\r\n", b"...\r\n"];
+    let mut mark = 32 * 1024 - 40;
+    let mut i = 0;
+    while m.len() < size {
+        if m.len() >= mark {
+            for d in dot_lines {
+                m.extend_from_slice(d);
+                m.extend_from_slice(b"x\r\n");
+            }
+            mark += 32 * 1024 + 7;
+        }
+        m.extend_from_slice(
+            format!("{tag} line {i:06}, ordinary text. of a long message\r\n").as_bytes(),
+        );
+        if i % 9 == 8 {
+            m.extend_from_slice(b"\r\n");
+        }
+        i += 1;
+    }
+    m
+}
+
 pub fn dot_stuff(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + 16);
     let mut line_start = true;
