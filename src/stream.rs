@@ -410,9 +410,7 @@ impl<S: Transport> BufferedConn<S> {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
         };
-        tokio::time::timeout(timeout, write)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+        write_within(timeout, write).await
     }
 
     /// Writes and flushes `first` then `second` as vectored writes, so both leave in one
@@ -436,10 +434,18 @@ impl<S: Transport> BufferedConn<S> {
             }
             self.stream.flush().await
         };
-        tokio::time::timeout(timeout, write)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+        write_within(timeout, write).await
     }
+}
+
+/// A write (and its flush) that fails as `TimedOut` after `timeout`.
+async fn write_within(
+    timeout: Duration,
+    write: impl std::future::Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    tokio::time::timeout(timeout, write)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
 }
 
 #[cfg(test)]

@@ -370,6 +370,14 @@ impl Connector {
     }
 }
 
+/// A failed write to the upstream at `stage`: the connection is lost.
+fn lost_at(stage: &'static str) -> impl FnOnce(std::io::Error) -> RelayError {
+    move |e| RelayError::Lost {
+        stage,
+        reason: e.to_string(),
+    }
+}
+
 fn configs_seen(n: usize) -> Vec<ArcSwapOption<Capabilities>> {
     (0..n).map(|_| ArcSwapOption::empty()).collect()
 }
@@ -468,10 +476,7 @@ impl Upstream {
         self.conn
             .send(bytes, self.command_timeout)
             .await
-            .map_err(|e| RelayError::Lost {
-                stage,
-                reason: e.to_string(),
-            })
+            .map_err(lost_at(stage))
     }
 
     /// Writes `first`, then `second`, in vectored writes (one system call when the
@@ -485,10 +490,7 @@ impl Upstream {
         self.conn
             .send_pair(first, second, self.command_timeout)
             .await
-            .map_err(|e| RelayError::Lost {
-                stage,
-                reason: e.to_string(),
-            })
+            .map_err(lost_at(stage))
     }
 
     fn protocol_error(&self, stage: &'static str, detail: String) -> RelayError {
