@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use mxguard::dotstream::{Decoder, Encoder};
+use mxguard::dotstream::{Decoder, Encoder, encode_all};
 
 /// Text lines of 60–78 characters, a blank line after every eighth, a line starting
 /// with a dot every `dot_every` lines (0: never); CRLF line ends.
@@ -46,10 +46,6 @@ fn message(size: usize, dot_every: usize) -> Vec<u8> {
     out
 }
 
-fn wire(content: &[u8]) -> Vec<u8> {
-    mxguard::dotstream::encode_all(content)
-}
-
 fn median_ns(rounds: usize, mut f: impl FnMut()) -> f64 {
     let mut times: Vec<f64> = (0..rounds)
         .map(|_| {
@@ -65,7 +61,7 @@ fn median_ns(rounds: usize, mut f: impl FnMut()) -> f64 {
 fn main() {
     for (size, dot_every) in [(1024, 0), (100 * 1024, 0), (100 * 1024, 5)] {
         let content = message(size, dot_every);
-        let data = wire(&content);
+        let data = encode_all(&content);
         let mut out = Vec::with_capacity(data.len());
         let rounds = if size > 10_000 { 2_000 } else { 50_000 };
         let decode = median_ns(rounds, || {

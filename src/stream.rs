@@ -425,6 +425,7 @@ impl<S: Transport> BufferedConn<S> {
         let write = async {
             let mut slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
             let mut bufs = &mut slices[..];
+            // Drops empty slices first: nothing to write is no write, not `WriteZero`.
             io::IoSlice::advance_slices(&mut bufs, 0);
             while !bufs.is_empty() {
                 match self.stream.write_vectored(bufs).await? {

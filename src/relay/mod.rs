@@ -752,8 +752,8 @@ impl Upstream {
                     rest = &rest[run..];
                     continue;
                 }
-                // Up to the next long run (or a write batch) through the encoder.
-                let part = &rest[..rest.len().min(run.max(1) + VERBATIM_MIN).min(WRITE_BATCH)];
+                // Up to a write batch through the encoder.
+                let part = &rest[..rest.len().min(WRITE_BATCH)];
                 match encoder.as_deref_mut() {
                     Some(e) => e.encode(part, wire),
                     None => wire.extend_from_slice(part),

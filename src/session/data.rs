@@ -267,11 +267,15 @@ impl<S: Transport> Session<S> {
         // Decoded straight into the in-memory body while the message is still wanted (one
         // copy of each byte fewer); into the scratch buffer once it is refused (then
         // dropped) or spilled (then copied on to the file).
-        let refused_before = rx.refused();
-        let direct = !refused_before && rx.spool.memory().is_some();
-        let out = match rx.spool.memory() {
-            Some(body) if direct => body,
-            _ => {
+        let body = if rx.refused() {
+            None
+        } else {
+            rx.spool.memory()
+        };
+        let direct = body.is_some();
+        let out = match body {
+            Some(body) => body,
+            None => {
                 rx.decoded.clear();
                 &mut rx.decoded
             }

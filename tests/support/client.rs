@@ -226,7 +226,6 @@ impl RawClient {
     }
 }
 
-/// Dot-stuffs a CRLF message for the wire (lines starting with `.` get another).
 /// A message of about `size` bytes: long stretches of ordinary lines and blank lines
 /// (which the relay writes from its spool without a copy), and lines that start with a
 /// dot — alone, doubled, or leading text — just before, at and after every 32 KiB mark
@@ -259,6 +258,7 @@ pub fn large_message_with_dot_lines(tag: &str, size: usize) -> Vec<u8> {
     m
 }
 
+/// Dot-stuffs a CRLF message for the wire (lines starting with `.` get another).
 pub fn dot_stuff(msg: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(msg.len() + 16);
     let mut line_start = true;
