@@ -22,6 +22,14 @@ impl StatusCode {
             _ => StatusCode(5, 0, 0),
         }
     }
+
+    /// Whether this code may stand beside the basic reply `code`: RFC 3463 has the
+    /// classes 2, 4 and 5, and the class must be the reply's (no enhanced codes for 3xx).
+    /// Like Postfix's SMTP client, the relay uses the generic code instead of one that
+    /// does not fit.
+    pub fn fits(&self, code: u16) -> bool {
+        matches!(self.0, 2 | 4 | 5) && u16::from(self.0) == code / 100
+    }
 }
 
 impl StatusCode {
@@ -107,12 +115,14 @@ impl Reply {
 
     /// Builds a reply from an upstream answer as smtp-proto parsed it: lines joined by
     /// `\n`, enhanced code `[0,0,0]` when the upstream sent none. A line with no text
-    /// (`354 ` CRLF) comes with its CR, which is the line end, not text.
+    /// (`354 ` CRLF) comes with its CR, which is the line end, not text. A missing code,
+    /// or one that does not fit the reply ([`StatusCode::fits`]), becomes the generic one.
     pub fn from_upstream(code: u16, esc: [u8; 3], message: &str) -> Self {
-        let status = if esc[0] == 0 {
-            StatusCode::generic_for(code)
+        let sent = StatusCode(esc[0], u16::from(esc[1]), u16::from(esc[2]));
+        let status = if sent.fits(code) {
+            sent
         } else {
-            StatusCode(esc[0], esc[1] as u16, esc[2] as u16)
+            StatusCode::generic_for(code)
         };
         Reply::from_lines(
             code,

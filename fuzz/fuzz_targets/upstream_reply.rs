@@ -5,7 +5,8 @@
 //! Properties:
 //! - no panic, and the same replies (or the same failure) however the bytes are cut
 //!   into reads;
-//! - every reply read has a code from 200 to 599 (anything else is refused);
+//! - every reply read has a code from 200 to 599 (anything else is refused), and an
+//!   enhanced code of its class (RFC 3463: 2, 4 or 5; the generic 2.0.0 for a 3xx);
 //! - a reply written back as mxguard writes replies (`Reply::write_to`) reads back as
 //!   the same reply, every wire line within RFC 5321's 512 octets and no text line
 //!   holding a CR, LF or other control character (no reply line injected upstream text);
@@ -36,6 +37,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(many, one, "reads changed the replies");
     for reply in one.iter().filter_map(|r| r.as_ref().ok()) {
         assert!((200..600).contains(&reply.code), "{reply:?}");
+        assert!(
+            reply.status.fits(reply.code) || reply.status == StatusCode::generic_for(reply.code),
+            "{reply:?}: enhanced code of another class"
+        );
         check_fitting(reply.code);
         let mut wire = Vec::new();
         reply.write_to(&mut wire);

@@ -46,10 +46,9 @@ impl ReplyReader {
                 }
                 None => {
                     let mut reply = Reply::from_upstream(resp.code, resp.esc, &resp.message);
-                    if resp.esc.contains(&u8::MAX)
-                        && let Some(status) = last_enhanced_code(&self.raw)
-                    {
-                        reply.status = status;
+                    if resp.esc.contains(&u8::MAX) {
+                        reply.status = last_enhanced_code(&self.raw, resp.code)
+                            .unwrap_or(StatusCode::generic_for(resp.code));
                     }
                     Step::Reply(reply)
                 }
@@ -86,11 +85,13 @@ fn mixed_codes(raw: &[u8]) -> Option<String> {
 
 /// smtp-proto keeps the enhanced code's parts in octets, so a detail over 255 comes out
 /// as 255 (Microsoft's `5.7.606` "banned sending IP" would be passed on as `5.7.255`):
-/// read it again from the reply's bytes, from the last line carrying one, as smtp-proto
-/// takes it.
-fn last_enhanced_code(raw: &[u8]) -> Option<StatusCode> {
+/// read it again from the reply's bytes, from the last line carrying a well-formed one
+/// that fits the reply `code`, as smtp-proto takes the last. `None` when no line does:
+/// the 255 stood for a malformed part (`4.2.0950`), not for a code the upstream meant.
+fn last_enhanced_code(raw: &[u8], code: u16) -> Option<StatusCode> {
     raw.rsplit(|&b| b == b'\n')
-        .find_map(|line| enhanced_code(line.get(4..)?))
+        .filter_map(|line| enhanced_code(line.get(4..)?))
+        .find(|status| status.fits(code))
 }
 
 /// `class.subject.detail` at the start of a line's text, each part of one to three digits,
@@ -170,6 +171,39 @@ mod tests {
         assert_eq!(reply.lines(), ["Access denied, banned sending IP"]);
         let steps = read_all(b"451-4.3.0 a\r\n451 4.3.0 b\r\n");
         assert!(matches!(&steps[..], [Step::Reply(r)] if r.status == StatusCode(4, 3, 0)));
+    }
+
+    /// Found by the `upstream_reply` fuzz target: a malformed `4.2.0950` on the last line
+    /// sent the code's re-reading to the first line's `0.2.04`, and a `0.2.4` went back
+    /// to the client (then read again as no code at all). RFC 3463 has classes 2, 4 and
+    /// 5, and the class is the reply's: as Postfix does, a bogus code is replaced by the
+    /// generic one of the reply's class.
+    #[test]
+    fn an_enhanced_code_of_no_class_or_another_class_becomes_the_generic_one() {
+        for (wire, status) in [
+            (
+                &b"450-0.2.04 a\r\n450 4.2.0950 b\r\n"[..],
+                StatusCode(4, 0, 0),
+            ),
+            (b"450 4.2.0950 b\r\n", StatusCode(4, 0, 0)),
+            (b"450-4.2.1 a\r\n450 4.2.0950 b\r\n", StatusCode(4, 2, 1)),
+            (b"450 0.2.4 x\r\n", StatusCode(4, 0, 0)),
+            (b"450 7.2.4 x\r\n", StatusCode(4, 0, 0)),
+            (b"250 5.7.1 x\r\n", StatusCode(2, 0, 0)),
+            (b"550 4.7.1 x\r\n", StatusCode(5, 0, 0)),
+            (b"354 3.0.0 go\r\n", StatusCode(2, 0, 0)),
+            (b"550 5.7.255 x\r\n", StatusCode(5, 7, 255)),
+            (
+                b"550-5.7.606 a\r\n550 5.7.0950 b\r\n",
+                StatusCode(5, 7, 606),
+            ),
+        ] {
+            let steps = read_all(wire);
+            let [Step::Reply(reply)] = &steps[..] else {
+                panic!("{steps:?}")
+            };
+            assert_eq!(reply.status, status, "{:?}", String::from_utf8_lossy(wire));
+        }
     }
 
     /// Found by the `upstream_reply` fuzz target: smtp-proto keeps the CR of a line
