@@ -55,27 +55,42 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Parses the lines of an EHLO reply (the first line is the greeting).
+    /// Parses the lines of an EHLO reply joined by `\n` (the first line is the greeting).
     pub fn parse(message: &str) -> Self {
+        Capabilities::from_lines(message.split('\n'))
+    }
+
+    /// Parses an EHLO reply's lines (the first is the greeting). Every pooled connection
+    /// is greeted twice (before and after XCLIENT), so this allocates only for the
+    /// arguments it keeps.
+    pub fn from_lines<'l>(lines: impl IntoIterator<Item = &'l str>) -> Self {
         let mut caps = Capabilities::default();
-        for line in message.split('\n').skip(1) {
+        for line in lines.into_iter().skip(1) {
             let mut words = line.split_ascii_whitespace();
             let Some(keyword) = words.next() else {
                 continue;
             };
-            let args: Vec<String> = words.map(str::to_owned).collect();
-            match keyword.to_ascii_uppercase().as_str() {
-                "PIPELINING" => caps.pipelining = true,
-                "SIZE" => caps.size = Some(args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
-                "8BITMIME" => caps.eight_bit_mime = true,
-                "SMTPUTF8" => caps.smtputf8 = true,
-                "STARTTLS" => caps.starttls = true,
-                "DSN" => caps.dsn = true,
-                "CHUNKING" => caps.chunking = true,
-                "XCLIENT" => caps.xclient = Some(args),
-                "XFORWARD" => caps.xforward = Some(args),
-                "AUTH" => caps.auth = args.iter().map(|a| a.to_ascii_uppercase()).collect(),
-                _ => {}
+            let is = |name: &str| keyword.eq_ignore_ascii_case(name);
+            if is("PIPELINING") {
+                caps.pipelining = true;
+            } else if is("SIZE") {
+                caps.size = Some(words.next().and_then(|a| a.parse().ok()).unwrap_or(0));
+            } else if is("8BITMIME") {
+                caps.eight_bit_mime = true;
+            } else if is("SMTPUTF8") {
+                caps.smtputf8 = true;
+            } else if is("STARTTLS") {
+                caps.starttls = true;
+            } else if is("DSN") {
+                caps.dsn = true;
+            } else if is("CHUNKING") {
+                caps.chunking = true;
+            } else if is("XCLIENT") {
+                caps.xclient = Some(words.map(str::to_owned).collect());
+            } else if is("XFORWARD") {
+                caps.xforward = Some(words.map(str::to_owned).collect());
+            } else if is("AUTH") {
+                caps.auth = words.map(|a| a.to_ascii_uppercase()).collect();
             }
         }
         caps
@@ -556,7 +571,7 @@ impl Upstream {
                 reply,
             });
         }
-        self.caps = Capabilities::parse(&reply.lines().join("\n"));
+        self.caps = Capabilities::from_lines(reply.lines().iter().map(String::as_str));
         Ok(())
     }
 
@@ -640,7 +655,7 @@ impl Upstream {
                 });
             }
             if client.esmtp {
-                self.caps = Capabilities::parse(&reply.lines().join("\n"));
+                self.caps = Capabilities::from_lines(reply.lines().iter().map(String::as_str));
             }
             self.trace = TraceMode::Xclient;
         } else if self.caps.xforward.is_some() {
@@ -887,6 +902,28 @@ mod tests {
         let c = Capabilities::parse(msg);
         assert_eq!(c.size, Some(0));
         assert!(!c.smtputf8 && c.xclient.is_none() && c.xforward.is_none());
+    }
+
+    /// Keywords are matched without regard to case (RFC 5321 §2.4); SASL mechanisms are
+    /// kept upper case, XCLIENT attributes as written.
+    #[test]
+    fn keywords_in_any_case_are_understood() {
+        let c = Capabilities::from_lines([
+            "mx.test",
+            "pipelining",
+            "Size 100",
+            "auth plain Login",
+            "xclient addr name",
+            "  ",
+            "Chunking",
+        ]);
+        assert!(c.pipelining && c.chunking && !c.starttls);
+        assert_eq!(c.size, Some(100));
+        assert_eq!(c.auth, ["PLAIN", "LOGIN"]);
+        assert_eq!(
+            c.xclient.as_deref(),
+            Some(&["addr".into(), "name".into()][..])
+        );
     }
 
     #[test]
