@@ -371,7 +371,7 @@ fn parse_reply_line(line: &str, last: bool) -> Result<(u16, Option<StatusCode>, 
         let (esc, text) = after.split_once(' ').unwrap_or((after, ""));
         let status =
             parse_status(esc).ok_or_else(|| format!("malformed enhanced code in {line:?}"))?;
-        if status.0 != b[0] - b'0' {
+        if !status.fits(code) {
             return Err(format!(
                 "enhanced code class differs from the reply code in {line:?}"
             ));
