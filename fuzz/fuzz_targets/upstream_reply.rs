@@ -15,7 +15,8 @@
 //!   354 to DATA and nothing else positive, 2xx (not 354) to MAIL, RCPT and the dot;
 //! - against a naive reading of well-formed replies (CRLF lines `ddd-text` … `ddd
 //!   text`, printable text, no malformed enhanced code): the code, every line's text, and the enhanced status code
-//!   (when every line has the same valid one, of the reply's class) are the upstream's;
+//!   (when every line has the same valid one that fits the reply: class 2, 4 or 5, the
+//!   reply's own) are the upstream's;
 //!   lines that carry different codes are not one reply and must be refused.
 #![no_main]
 
@@ -184,7 +185,9 @@ fn naive_first_reply(input: &[u8]) -> Option<Naive> {
     let same_on_every_line = lines
         .iter()
         .all(|(_, t)| enhanced(t).map(|(s, _)| s) == first_status);
-    let status = first_status.filter(|s| same_on_every_line && u16::from(s.0) == code / 100);
+    // Only a code that fits the reply (class 2, 4 or 5, the reply's own) is kept; any
+    // other becomes the generic one, which the property above checks.
+    let status = first_status.filter(|s| same_on_every_line && s.fits(code));
     let texts = lines
         .iter()
         .map(|(_, t)| enhanced(t).map_or(*t, |(_, text)| text).to_owned())
