@@ -82,8 +82,8 @@ impl Spool {
 
     /// Appends message bytes, spilling to a file when the threshold is crossed.
     pub async fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.len += bytes.len() as u64;
         if let Some(f) = &mut self.file {
+            self.len += bytes.len() as u64;
             f.read_at = None;
             let keep = self
                 .head_keep
@@ -93,10 +93,7 @@ impl Spool {
             return f.writer.write_all(bytes).await;
         }
         self.head.extend_from_slice(bytes);
-        if self.head.len() > self.threshold {
-            self.spill().await?;
-        }
-        Ok(())
+        self.grown(None).await
     }
 
     /// The in-memory body, for a decoder to write into directly (saving the copy that
