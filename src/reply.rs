@@ -70,8 +70,10 @@ impl fmt::Display for StatusCode {
 pub struct Reply {
     pub code: u16,
     pub status: StatusCode,
-    /// Text lines without the code prefix; never contain CR or LF.
-    lines: Vec<String>,
+    /// The text lines without the code prefix, joined by `\n`; a line never contains CR
+    /// or LF. One string, not one per line: a reply is built, passed on and dropped for
+    /// every command of every session, and Postfix's EHLO reply has ten lines.
+    text: String,
     /// Whether the enhanced code is written: RFC 2034 leaves it out of the greeting, the
     /// EHLO/HELO reply and 3xx intermediate replies.
     with_status: bool,
@@ -80,10 +82,18 @@ pub struct Reply {
 impl Reply {
     /// A one-line reply; CR/LF and other control characters in `text` are replaced.
     pub fn new(code: u16, status: StatusCode, text: impl Into<String>) -> Self {
+        let text = text.into();
+        let text = if is_clean_line(&text) {
+            text
+        } else {
+            let mut clean = String::with_capacity(text.len());
+            push_sanitized(&mut clean, &text);
+            clean
+        };
         Reply {
             code,
             status,
-            lines: vec![sanitize_line(&text.into())],
+            text,
             with_status: true,
         }
     }
@@ -93,16 +103,19 @@ impl Reply {
         Reply::from_lines(code, status, lines.iter().map(String::as_str))
     }
 
-    /// A reply of the given lines, each sanitized (one allocation per line, none more).
+    /// A reply of the given lines, each sanitized, in one allocation.
     fn from_lines<'t>(code: u16, status: StatusCode, lines: impl Iterator<Item = &'t str>) -> Self {
-        let mut lines: Vec<String> = lines.map(sanitize_line).collect();
-        if lines.is_empty() {
-            lines.push(String::new());
+        let mut text = String::new();
+        for (i, line) in lines.enumerate() {
+            if i > 0 {
+                text.push('\n');
+            }
+            push_sanitized(&mut text, line);
         }
         Reply {
             code,
             status,
-            lines,
+            text,
             with_status: true,
         }
     }
@@ -117,13 +130,22 @@ impl Reply {
     /// `\n`, enhanced code `[0,0,0]` when the upstream sent none. A line with no text
     /// (`354 ` CRLF) comes with its CR, which is the line end, not text. A missing code,
     /// or one that does not fit the reply ([`StatusCode::fits`]), becomes the generic one.
-    pub fn from_upstream(code: u16, esc: [u8; 3], message: &str) -> Self {
+    /// The usual answer (printable ASCII, short lines) keeps smtp-proto's string as it is.
+    pub fn from_upstream(code: u16, esc: [u8; 3], message: String) -> Self {
         let sent = StatusCode(esc[0], u16::from(esc[1]), u16::from(esc[2]));
         let status = if sent.fits(code) {
             sent
         } else {
             StatusCode::generic_for(code)
         };
+        if is_clean_text(&message) {
+            return Reply {
+                code,
+                status,
+                text: message,
+                with_status: true,
+            };
+        }
         Reply::from_lines(
             code,
             status,
@@ -133,13 +155,14 @@ impl Reply {
         )
     }
 
-    pub fn lines(&self) -> &[String] {
-        &self.lines
+    /// The text lines, without the code prefix; at least one (which may be empty).
+    pub fn lines(&self) -> impl Iterator<Item = &str> + '_ {
+        self.text.split('\n')
     }
 
     /// The text of all lines joined by a space (for logs).
     pub fn text(&self) -> String {
-        self.lines.join(" ")
+        self.text.replace('\n', " ")
     }
 
     pub fn is_positive(&self) -> bool {
@@ -159,17 +182,18 @@ impl Reply {
     /// Written digit by digit, not through `write!`: every reply of every session goes
     /// through here, and the formatting machinery cost more than the rest of it.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let last = self.lines.len() - 1;
-        for (i, line) in self.lines.iter().enumerate() {
+        // Split as bytes: reply lines are short, and a byte loop beats a search per line.
+        let mut lines = self.text.as_bytes().split(|&b| b == b'\n').peekable();
+        while let Some(line) = lines.next() {
             push_number(out, self.code);
-            out.push(if i == last { b' ' } else { b'-' });
+            out.push(if lines.peek().is_none() { b' ' } else { b'-' });
             if self.with_status {
                 self.status.write_to(out);
                 if !line.is_empty() {
                     out.push(b' ');
                 }
             }
-            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(line);
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -185,26 +209,42 @@ impl fmt::Display for Reply {
 /// a line stays within RFC 5321's 512 octets (§4.5.3.1.5).
 const MAX_LINE_TEXT: usize = 512 - 16;
 
-/// Replaces every control character (CR, LF, NUL, …) with a space so that text from a
-/// rule, a template or an upstream can never start a reply line of its own, and cuts the
-/// text (at a character boundary) so the line fits in 512 octets: a client's 2 KB
+/// Whether `text` can be a reply line as it is: printable ASCII (the usual case, with
+/// no control character to look for) that fits in 512 octets.
+fn is_clean_line(text: &str) -> bool {
+    text.len() <= MAX_LINE_TEXT && text.bytes().all(|b| (b' '..0x7f).contains(&b))
+}
+
+/// Whether every `\n`-separated line of `text` is clean ([`is_clean_line`]), in one pass.
+fn is_clean_text(text: &str) -> bool {
+    let mut line = 0;
+    for &b in text.as_bytes() {
+        if b == b'\n' {
+            line = 0;
+            continue;
+        }
+        line += 1;
+        if !(b' '..0x7f).contains(&b) || line > MAX_LINE_TEXT {
+            return false;
+        }
+    }
+    true
+}
+
+/// Appends `text` with every control character (CR, LF, NUL, …) replaced by a space, so
+/// that text from a rule, a template or an upstream can never start a reply line of its
+/// own, cut (at a character boundary) so the line fits in 512 octets: a client's 2 KB
 /// parameter is never echoed whole.
-fn sanitize_line(text: &str) -> String {
+fn push_sanitized(out: &mut String, text: &str) {
     let mut end = text.len().min(MAX_LINE_TEXT);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     let text = &text[..end];
-    // Printable ASCII, the usual case, has no control character to look for.
     if text.bytes().all(|b| (b' '..0x7f).contains(&b)) {
-        return text.to_owned();
-    }
-    if text.chars().any(char::is_control) {
-        text.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect()
+        out.push_str(text);
     } else {
-        text.to_owned()
+        out.extend(text.chars().map(|c| if c.is_control() { ' ' } else { c }));
     }
 }
 
@@ -240,14 +280,33 @@ mod tests {
         }
     }
 
-    /// Printable text takes the fast path; anything else is cleaned as before.
+    /// Printable text takes the fast path; anything else is cleaned as before, on every
+    /// way a reply is built.
     #[test]
     fn control_characters_are_replaced_on_either_path() {
-        assert_eq!(sanitize_line("plain text ~"), "plain text ~");
-        assert_eq!(sanitize_line("a\x7fb\tc"), "a b c");
-        assert_eq!(sanitize_line("caf\u{e9} \u{85}x"), "caf\u{e9}  x");
+        let cleaned = |text: &str| {
+            let mut out = String::new();
+            push_sanitized(&mut out, text);
+            for built in [
+                Reply::new(250, StatusCode(2, 0, 0), text),
+                Reply::multiline(250, StatusCode(2, 0, 0), vec![text.to_owned()]),
+                Reply::from_upstream(250, [2, 0, 0], text.to_owned()),
+            ] {
+                assert_eq!(
+                    built.lines().collect::<Vec<_>>(),
+                    [out.as_str()],
+                    "{text:?}"
+                );
+            }
+            out
+        };
+        assert_eq!(cleaned("plain text ~"), "plain text ~");
+        assert_eq!(cleaned("a\x7fb\tc"), "a b c");
+        assert_eq!(cleaned("caf\u{e9} \u{85}x"), "caf\u{e9}  x");
         let long = "é".repeat(400);
-        assert!(sanitize_line(&long).len() <= MAX_LINE_TEXT);
+        assert!(cleaned(&long).len() <= MAX_LINE_TEXT);
+        let ascii = "a".repeat(600);
+        assert_eq!(cleaned(&ascii).len(), MAX_LINE_TEXT);
     }
 
     #[test]
@@ -298,9 +357,9 @@ mod tests {
 
     #[test]
     fn upstream_without_enhanced_code_gets_generic_one() {
-        let r = Reply::from_upstream(451, [0, 0, 0], "try later\nreally");
+        let r = Reply::from_upstream(451, [0, 0, 0], "try later\nreally".into());
         assert_eq!(wire(&r), "451-4.0.0 try later\r\n451 4.0.0 really\r\n");
-        let r = Reply::from_upstream(550, [5, 1, 1], "User unknown");
+        let r = Reply::from_upstream(550, [5, 1, 1], "User unknown".into());
         assert_eq!(wire(&r), "550 5.1.1 User unknown\r\n");
     }
 }

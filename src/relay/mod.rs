@@ -47,9 +47,9 @@ pub struct Capabilities {
     /// CHUNKING (RFC 3030): BDAT.
     pub chunking: bool,
     /// XCLIENT attributes, when offered.
-    pub xclient: Option<Vec<String>>,
+    pub xclient: Option<trace::Attributes>,
     /// XFORWARD attributes, when offered.
-    pub xforward: Option<Vec<String>>,
+    pub xforward: Option<trace::Attributes>,
     /// SASL mechanisms offered (upper case).
     pub auth: Vec<String>,
 }
@@ -86,9 +86,9 @@ impl Capabilities {
             } else if is("CHUNKING") {
                 caps.chunking = true;
             } else if is("XCLIENT") {
-                caps.xclient = Some(words.map(str::to_owned).collect());
+                caps.xclient = Some(trace::Attributes::from_words(words));
             } else if is("XFORWARD") {
-                caps.xforward = Some(words.map(str::to_owned).collect());
+                caps.xforward = Some(trace::Attributes::from_words(words));
             } else if is("AUTH") {
                 caps.auth = words.map(|a| a.to_ascii_uppercase()).collect();
             }
@@ -571,7 +571,7 @@ impl Upstream {
                 reply,
             });
         }
-        self.caps = Capabilities::from_lines(reply.lines().iter().map(String::as_str));
+        self.caps = Capabilities::from_lines(reply.lines());
         Ok(())
     }
 
@@ -612,8 +612,8 @@ impl Upstream {
     /// own HELO name, as Postfix restarts the session), else XFORWARD, else nothing here
     /// and a Received header at DATA.
     async fn identify(&mut self, client: &ClientIdentity) -> Result<(), RelayError> {
-        if let Some(attrs) = self.caps.xclient.clone() {
-            let cmd = trace::xclient_command(client, &attrs);
+        if let Some(attrs) = self.caps.xclient {
+            let cmd = trace::xclient_command(client, attrs);
             let helo = if client.helo.is_empty() {
                 "unknown"
             } else {
@@ -655,7 +655,7 @@ impl Upstream {
                 });
             }
             if client.esmtp {
-                self.caps = Capabilities::from_lines(reply.lines().iter().map(String::as_str));
+                self.caps = Capabilities::from_lines(reply.lines());
             }
             self.trace = TraceMode::Xclient;
         } else if self.caps.xforward.is_some() {
@@ -671,11 +671,11 @@ impl Upstream {
         mail_line: &str,
     ) -> Result<Reply, RelayError> {
         if self.trace == TraceMode::Xforward {
-            let attrs = self.caps.xforward.clone().unwrap_or_default();
+            let attrs = self.caps.xforward.unwrap_or_default();
             let reply = self
                 .command(
                     "xforward",
-                    trace::xforward_command(client, &attrs).as_bytes(),
+                    trace::xforward_command(client, attrs).as_bytes(),
                 )
                 .await?;
             if reply.code != 250 {
@@ -892,8 +892,16 @@ mod tests {
         let c = Capabilities::parse(msg);
         assert!(c.pipelining && c.starttls && c.smtputf8 && c.eight_bit_mime && c.dsn);
         assert_eq!(c.size, Some(10240000));
-        assert_eq!(c.xclient.as_ref().unwrap().len(), 9);
-        assert!(c.xforward.is_some());
+        use trace::Attributes as A;
+        let all = [A::ADDR, A::PORT, A::NAME, A::HELO, A::PROTO, A::LOGIN];
+        let xclient = c.xclient.unwrap();
+        assert!(all.iter().all(|&a| xclient.contains(a)), "{xclient:?}");
+        let xforward = c.xforward.unwrap();
+        assert!(!xforward.contains(A::LOGIN), "{xforward:?}");
+        assert!(
+            all[..5].iter().all(|&a| xforward.contains(a)),
+            "{xforward:?}"
+        );
     }
 
     #[test]
@@ -905,7 +913,7 @@ mod tests {
     }
 
     /// Keywords are matched without regard to case (RFC 5321 §2.4); SASL mechanisms are
-    /// kept upper case, XCLIENT attributes as written.
+    /// kept upper case, XCLIENT attributes in any case.
     #[test]
     fn keywords_in_any_case_are_understood() {
         let c = Capabilities::from_lines([
@@ -920,10 +928,9 @@ mod tests {
         assert!(c.pipelining && c.chunking && !c.starttls);
         assert_eq!(c.size, Some(100));
         assert_eq!(c.auth, ["PLAIN", "LOGIN"]);
-        assert_eq!(
-            c.xclient.as_deref(),
-            Some(&["addr".into(), "name".into()][..])
-        );
+        use trace::Attributes as A;
+        assert_eq!(c.xclient, Some(A::from_words(["ADDR", "NAME"])));
+        assert!(!c.xclient.unwrap().contains(A::HELO));
     }
 
     #[test]

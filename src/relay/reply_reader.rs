@@ -45,7 +45,7 @@ impl ReplyReader {
                     Step::Invalid(format!("reply code {:03} is not 2xx to 5xx", resp.code))
                 }
                 None => {
-                    let mut reply = Reply::from_upstream(resp.code, resp.esc, &resp.message);
+                    let mut reply = Reply::from_upstream(resp.code, resp.esc, resp.message);
                     if resp.esc.contains(&u8::MAX) {
                         reply.status = last_enhanced_code(&self.raw, resp.code)
                             .unwrap_or(StatusCode::generic_for(resp.code));
@@ -168,7 +168,10 @@ mod tests {
             panic!("{steps:?}")
         };
         assert_eq!(reply.status, StatusCode(5, 7, 606));
-        assert_eq!(reply.lines(), ["Access denied, banned sending IP"]);
+        assert_eq!(
+            reply.lines().collect::<Vec<_>>(),
+            ["Access denied, banned sending IP"]
+        );
         let steps = read_all(b"451-4.3.0 a\r\n451 4.3.0 b\r\n");
         assert!(matches!(&steps[..], [Step::Reply(r)] if r.status == StatusCode(4, 3, 0)));
     }
@@ -214,8 +217,8 @@ mod tests {
         let [Step::Reply(go), Step::Reply(ok)] = &steps[..] else {
             panic!("{steps:?}")
         };
-        assert_eq!(go.lines(), [""]);
-        assert_eq!(ok.lines(), ["", "ok"]);
+        assert_eq!(go.lines().collect::<Vec<_>>(), [""]);
+        assert_eq!(ok.lines().collect::<Vec<_>>(), ["", "ok"]);
     }
 
     #[test]
@@ -227,7 +230,7 @@ mod tests {
         let Step::Reply(reply) = step else {
             panic!("{step:?}")
         };
-        assert_eq!((reply.code, reply.lines().len()), (250, 2));
+        assert_eq!((reply.code, reply.lines().count()), (250, 2));
         let (_, step) = r.read(b"354 go\r\n");
         assert!(
             matches!(step, Step::Reply(r) if r.code == 354),

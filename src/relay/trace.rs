@@ -52,57 +52,109 @@ impl ClientIdentity {
 /// encoding (never in the middle of a `+XX`).
 pub fn xtext(value: &str, max: usize) -> String {
     let mut out = String::with_capacity(value.len());
+    push_xtext(&mut out, value, max);
+    out
+}
+
+/// [`xtext`], appended to `out`.
+fn push_xtext(out: &mut String, value: &str, max: usize) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut len = 0;
     for &b in value.as_bytes() {
-        let piece_len = if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            1
-        } else {
-            3
-        };
-        if out.len() + piece_len > max {
+        let plain = (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=';
+        len += if plain { 1 } else { 3 };
+        if len > max {
             break;
         }
-        if piece_len == 1 {
-            out.push(b as char);
+        if plain {
+            out.push(char::from(b));
         } else {
-            out.push_str(&format!("+{b:02X}"));
+            out.push('+');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
     }
-    out
+}
+
+/// The XCLIENT or XFORWARD attributes an upstream offered, of those we send: a set of
+/// flags, as every pooled connection reads the EHLO reply twice and the attribute list
+/// is only ever asked "is this one offered?".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attributes(u8);
+
+impl Attributes {
+    pub const ADDR: Attributes = Attributes(1);
+    pub const PORT: Attributes = Attributes(2);
+    pub const NAME: Attributes = Attributes(4);
+    pub const HELO: Attributes = Attributes(8);
+    pub const PROTO: Attributes = Attributes(16);
+    pub const LOGIN: Attributes = Attributes(32);
+    const NAMED: [(&str, Attributes); 6] = [
+        ("ADDR", Attributes::ADDR),
+        ("PORT", Attributes::PORT),
+        ("NAME", Attributes::NAME),
+        ("HELO", Attributes::HELO),
+        ("PROTO", Attributes::PROTO),
+        ("LOGIN", Attributes::LOGIN),
+    ];
+
+    /// The attributes among `words` (any case); ones we never send are left out.
+    pub fn from_words<'w>(words: impl IntoIterator<Item = &'w str>) -> Self {
+        let mut set = Attributes::default();
+        for word in words {
+            if let Some((_, a)) = Self::NAMED
+                .iter()
+                .find(|(n, _)| word.eq_ignore_ascii_case(n))
+            {
+                set.0 |= a.0;
+            }
+        }
+        set
+    }
+
+    pub fn contains(self, a: Attributes) -> bool {
+        self.0 & a.0 == a.0
+    }
 }
 
 /// The XCLIENT command for the attributes the upstream advertised (ADDR, PORT, NAME,
 /// HELO, PROTO and LOGIN when known). Each value ≤ 255 octets.
-pub fn xclient_command(id: &ClientIdentity, offered: &[String]) -> String {
+pub fn xclient_command(id: &ClientIdentity, offered: Attributes) -> String {
     attribute_command("XCLIENT", id, offered, true)
 }
 
 /// The XFORWARD command (Postfix XFORWARD_README), sent before each MAIL.
-pub fn xforward_command(id: &ClientIdentity, offered: &[String]) -> String {
+pub fn xforward_command(id: &ClientIdentity, offered: Attributes) -> String {
     attribute_command("XFORWARD", id, offered, false)
 }
 
 /// `VERB NAME=value …` with the client's attributes that the upstream offered, each
-/// value xtext-encoded and at most 255 octets. We do no reverse lookup ourselves, so
-/// NAME is `[UNAVAILABLE]` and the upstream shows "unknown".
-fn attribute_command(verb: &str, id: &ClientIdentity, offered: &[String], login: bool) -> String {
-    let mut attrs = vec![
-        ("ADDR", xtext(&id.addr_attribute(), 255)),
-        ("PORT", id.port.to_string()),
-        ("NAME", "[UNAVAILABLE]".to_owned()),
-        ("HELO", xtext(&id.helo, 255)),
-        ("PROTO", if id.esmtp { "ESMTP" } else { "SMTP" }.to_owned()),
-    ];
-    if login && let Some(user) = &id.auth_user {
-        attrs.push(("LOGIN", xtext(user, 255)));
-    }
-    let mut cmd = String::from(verb);
-    for (name, value) in attrs {
-        if offered.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+/// value xtext-encoded and at most 255 octets, written straight into the command. We do
+/// no reverse lookup ourselves, so NAME is `[UNAVAILABLE]` and the upstream shows
+/// "unknown".
+fn attribute_command(verb: &str, id: &ClientIdentity, offered: Attributes, login: bool) -> String {
+    let mut cmd = String::with_capacity(128);
+    cmd.push_str(verb);
+    let mut attribute = |a: Attributes, name: &str, value: &str, encode: bool| {
+        if offered.contains(a) {
             cmd.push(' ');
             cmd.push_str(name);
             cmd.push('=');
-            cmd.push_str(&value);
+            if encode {
+                push_xtext(&mut cmd, value, 255);
+            } else {
+                cmd.push_str(value);
+            }
         }
+    };
+    attribute(Attributes::ADDR, "ADDR", &id.addr_attribute(), true);
+    attribute(Attributes::PORT, "PORT", &id.port.to_string(), false);
+    attribute(Attributes::NAME, "NAME", "[UNAVAILABLE]", false);
+    attribute(Attributes::HELO, "HELO", &id.helo, true);
+    let proto = if id.esmtp { "ESMTP" } else { "SMTP" };
+    attribute(Attributes::PROTO, "PROTO", proto, false);
+    if login && let Some(user) = &id.auth_user {
+        attribute(Attributes::LOGIN, "LOGIN", user, true);
     }
     cmd.push_str("\r\n");
     cmd
@@ -283,16 +335,13 @@ mod tests {
 
     #[test]
     fn xclient_sends_only_offered_attributes() {
-        let offered: Vec<String> = ["NAME", "ADDR", "PORT", "PROTO", "HELO"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let cmd = xclient_command(&ident("::ffff:192.0.2.7", "mail x=y"), &offered);
+        let offered = Attributes::from_words(["NAME", "addr", "PORT", "PROTO", "HELO", "TTL"]);
+        let cmd = xclient_command(&ident("::ffff:192.0.2.7", "mail x=y"), offered);
         assert_eq!(
             cmd,
             "XCLIENT ADDR=192.0.2.7 PORT=40000 NAME=[UNAVAILABLE] HELO=mail+20x+3Dy PROTO=ESMTP\r\n"
         );
-        let v6 = xclient_command(&ident("2001:db8::1", "h"), &["ADDR".to_string()]);
+        let v6 = xclient_command(&ident("2001:db8::1", "h"), Attributes::ADDR);
         assert_eq!(v6, "XCLIENT ADDR=IPV6:2001:db8::1\r\n");
     }
 

@@ -187,7 +187,7 @@ impl<S: Transport> Session<S> {
                 self.push(&r);
             }
             334 => {
-                self.push(&Reply::multiline(334, r.status, r.lines().to_vec()).without_status());
+                self.push(&r.clone().without_status());
                 self.input = Input::Sasl(SaslState::Relaying {
                     mechanism,
                     user,
