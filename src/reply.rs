@@ -212,7 +212,12 @@ const MAX_LINE_TEXT: usize = 512 - 16;
 /// Whether `text` can be a reply line as it is: printable ASCII (the usual case, with
 /// no control character to look for) that fits in 512 octets.
 fn is_clean_line(text: &str) -> bool {
-    text.len() <= MAX_LINE_TEXT && text.bytes().all(|b| (b' '..0x7f).contains(&b))
+    text.len() <= MAX_LINE_TEXT && text.bytes().all(printable)
+}
+
+/// A byte a reply line may carry as it is: printable ASCII, space included.
+fn printable(b: u8) -> bool {
+    (b' '..0x7f).contains(&b)
 }
 
 /// Whether every `\n`-separated line of `text` is clean ([`is_clean_line`]), in one pass.
@@ -224,7 +229,7 @@ fn is_clean_text(text: &str) -> bool {
             continue;
         }
         line += 1;
-        if !(b' '..0x7f).contains(&b) || line > MAX_LINE_TEXT {
+        if !printable(b) || line > MAX_LINE_TEXT {
             return false;
         }
     }
@@ -241,7 +246,7 @@ fn push_sanitized(out: &mut String, text: &str) {
         end -= 1;
     }
     let text = &text[..end];
-    if text.bytes().all(|b| (b' '..0x7f).contains(&b)) {
+    if text.bytes().all(printable) {
         out.push_str(text);
     } else {
         out.extend(text.chars().map(|c| if c.is_control() { ' ' } else { c }));

@@ -115,6 +115,14 @@ impl Attributes {
     pub fn contains(self, a: Attributes) -> bool {
         self.0 & a.0 == a.0
     }
+
+    /// The name of one attribute, as the command writes it.
+    fn name(self) -> &'static str {
+        Self::NAMED
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("", |(n, _)| n)
+    }
 }
 
 /// The XCLIENT command for the attributes the upstream advertised (ADDR, PORT, NAME,
@@ -135,10 +143,10 @@ pub fn xforward_command(id: &ClientIdentity, offered: Attributes) -> String {
 fn attribute_command(verb: &str, id: &ClientIdentity, offered: Attributes, login: bool) -> String {
     let mut cmd = String::with_capacity(128);
     cmd.push_str(verb);
-    let mut attribute = |a: Attributes, name: &str, value: &str, encode: bool| {
+    let mut attribute = |a: Attributes, value: &str, encode: bool| {
         if offered.contains(a) {
             cmd.push(' ');
-            cmd.push_str(name);
+            cmd.push_str(a.name());
             cmd.push('=');
             if encode {
                 push_xtext(&mut cmd, value, 255);
@@ -147,14 +155,14 @@ fn attribute_command(verb: &str, id: &ClientIdentity, offered: Attributes, login
             }
         }
     };
-    attribute(Attributes::ADDR, "ADDR", &id.addr_attribute(), true);
-    attribute(Attributes::PORT, "PORT", &id.port.to_string(), false);
-    attribute(Attributes::NAME, "NAME", "[UNAVAILABLE]", false);
-    attribute(Attributes::HELO, "HELO", &id.helo, true);
+    attribute(Attributes::ADDR, &id.addr_attribute(), true);
+    attribute(Attributes::PORT, &id.port.to_string(), false);
+    attribute(Attributes::NAME, "[UNAVAILABLE]", false);
+    attribute(Attributes::HELO, &id.helo, true);
     let proto = if id.esmtp { "ESMTP" } else { "SMTP" };
-    attribute(Attributes::PROTO, "PROTO", proto, false);
+    attribute(Attributes::PROTO, proto, false);
     if login && let Some(user) = &id.auth_user {
-        attribute(Attributes::LOGIN, "LOGIN", user, true);
+        attribute(Attributes::LOGIN, user, true);
     }
     cmd.push_str("\r\n");
     cmd
