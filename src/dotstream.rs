@@ -321,6 +321,25 @@ const BLOCK: usize = 64;
 /// pass the compiler vectorises, where the line-by-line search restarts at every line
 /// (a 100 KiB message has over a thousand).
 fn clean_blocks(input: &[u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, as checked on the line above (the check is cached).
+        return unsafe { clean_blocks_avx2(input) };
+    }
+    clean_blocks_portable(input)
+}
+
+/// [`clean_blocks`] compiled for AVX2: the same code, which the compiler vectorises over
+/// 32 bytes at a time instead of x86-64's baseline 16, for about half the instructions
+/// per byte (every byte of every message passes here twice: decoding and encoding).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn clean_blocks_avx2(input: &[u8]) -> usize {
+    clean_blocks_portable(input)
+}
+
+#[inline(always)]
+fn clean_blocks_portable(input: &[u8]) -> usize {
     if input.len() < BLOCK {
         return 0;
     }
@@ -350,7 +369,7 @@ fn clean_blocks(input: &[u8]) -> usize {
 /// Whether the block `window[1..]` is clean, given the byte before it: each LF has a CR
 /// before it and each CR an LF after it (a CR ending the block is the next block's
 /// concern), no dot follows an LF, no NUL.
-#[inline]
+#[inline(always)]
 fn block_is_clean(window: &[u8; BLOCK + 1]) -> bool {
     let mut bad = false;
     for i in 0..BLOCK {
@@ -536,6 +555,21 @@ mod tests {
                 "verbatim {input:?}"
             );
         }
+    }
+
+    /// The AVX2 build of the block check, which every machine with AVX2 runs, against
+    /// the baseline build, which the tests above then do not reach.
+    #[test]
+    fn the_block_check_is_the_same_on_every_cpu() {
+        let inputs = tricky_inputs();
+        for input in &inputs {
+            for start in [0, 1, 63] {
+                let at = input.get(start..).unwrap_or_default();
+                assert_eq!(clean_blocks(at), clean_blocks_portable(at), "{at:?}");
+            }
+        }
+        let clean_to = |input: &[u8]| clean_blocks_portable(input);
+        assert!(inputs.iter().filter(|i| clean_to(i) >= 2 * BLOCK).count() > 100);
     }
 
     /// Encodes as the relay does: every verbatim run copied as is, the rest through the
