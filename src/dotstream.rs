@@ -66,6 +66,14 @@ impl Decoder {
         self.state == State::Done
     }
 
+    /// Whether the next bytes can be decoded where they lie: never when normalising (a
+    /// bare LF made CRLF outgrows its place), nor right after a CR whose fate the next
+    /// byte decides (the CR, taken in by the last call, would be put out before the first
+    /// byte of this one, where there is no room for it).
+    pub fn can_decode_in_place(&self) -> bool {
+        !self.normalize && !matches!(self.state, State::MidCr | State::DotCr)
+    }
+
     /// Decodes from `input`, appending message bytes to `out`. Returns how many input
     /// bytes were consumed: all of them, or up to and including the terminator (the rest
     /// belongs to the next command).
@@ -93,7 +101,45 @@ impl Decoder {
         i
     }
 
-    fn step(&mut self, b: u8, out: &mut Vec<u8>) {
+    /// Decodes wire bytes where they lie: the message bytes they hold are moved to the
+    /// start of `buf`, and the bytes after the terminator are left where they are, so
+    /// content read straight into the message body is never copied out and back (the
+    /// decoded form is never longer than the wire form, as long as bare line ends are
+    /// kept). Returns how many message bytes are now at the start of `buf` and how many
+    /// wire bytes were used; `None`, with nothing done, when
+    /// [`can_decode_in_place`](Self::can_decode_in_place) says no.
+    pub fn decode_in_place(&mut self, buf: &mut [u8]) -> Option<(usize, usize)> {
+        if !self.can_decode_in_place() {
+            return None;
+        }
+        let mut out = InPlace { buf, written: 0 };
+        let mut i = 0;
+        while i < out.buf.len() && self.state != State::Done {
+            if self.state == State::Mid {
+                let run = plain_run(
+                    &out.buf[i..],
+                    |b| matches!(b, b'.' | b'\r' | b'\n' | 0),
+                    |s| memchr::memchr3(b'\r', b'\n', 0, s),
+                );
+                // Until the first stuffed dot the bytes are already where they belong.
+                if out.written != i {
+                    out.buf.copy_within(i..i + run, out.written);
+                }
+                out.written += run;
+                i += run;
+                if i == out.buf.len() {
+                    break;
+                }
+            }
+            let b = out.buf[i];
+            i += 1;
+            self.step(b, &mut out);
+            debug_assert!(out.written <= i, "decoded bytes overtook the wire bytes");
+        }
+        Some((out.written, i))
+    }
+
+    fn step(&mut self, b: u8, out: &mut impl Output) {
         match self.state {
             State::LineStart => match b {
                 b'.' => self.state = State::Dot,
@@ -120,7 +166,7 @@ impl Decoder {
             State::Mid => self.content(b, out),
             State::MidCr => {
                 if b == b'\n' {
-                    out.extend_from_slice(b"\r\n");
+                    out.put(b"\r\n");
                     self.state = State::LineStart;
                 } else {
                     self.bare_cr(out);
@@ -133,38 +179,67 @@ impl Decoder {
     }
 
     /// A byte inside a line (the state is Mid afterwards unless it is CR).
-    fn content(&mut self, b: u8, out: &mut Vec<u8>) {
+    fn content(&mut self, b: u8, out: &mut impl Output) {
         match b {
             b'\r' => self.state = State::MidCr,
             b'\n' => {
                 self.anomalies.bare_lf = true;
                 // A bare LF never starts a line: a following dot is content, not a terminator.
                 if self.normalize {
-                    out.extend_from_slice(b"\r\n");
+                    out.put(b"\r\n");
                 } else {
-                    out.push(b'\n');
+                    out.put(b"\n");
                 }
                 self.state = State::Mid;
             }
             0 => {
                 self.anomalies.nul = true;
-                out.push(0);
+                out.put(&[0]);
                 self.state = State::Mid;
             }
             _ => {
-                out.push(b);
+                out.put(&[b]);
                 self.state = State::Mid;
             }
         }
     }
 
-    fn bare_cr(&mut self, out: &mut Vec<u8>) {
+    fn bare_cr(&mut self, out: &mut impl Output) {
         self.anomalies.bare_cr = true;
         if self.normalize {
-            out.extend_from_slice(b"\r\n");
+            out.put(b"\r\n");
         } else {
-            out.push(b'\r');
+            out.put(b"\r");
         }
+    }
+}
+
+/// Where the decoder's state machine puts message bytes: a vector it appends to, or the
+/// wire bytes' own buffer ([`Decoder::decode_in_place`]).
+trait Output {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Output for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// The decoded bytes written over the wire bytes already read: the state machine never
+/// puts out more bytes than it has taken in (without normalising), so the writing never
+/// overtakes the reading.
+struct InPlace<'a> {
+    buf: &'a mut [u8],
+    written: usize,
+}
+
+impl Output for InPlace<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.written..self.written + bytes.len()].copy_from_slice(bytes);
+        self.written += bytes.len();
     }
 }
 
@@ -555,6 +630,81 @@ mod tests {
                 "verbatim {input:?}"
             );
         }
+    }
+
+    /// Decodes as the session does when it reads content straight into the body: each
+    /// piece appended to what is decoded so far and decoded where it lies. Also returns
+    /// the bytes after the terminator, handed back.
+    fn decode_in_place_pieces(pieces: &[&[u8]]) -> (Vec<u8>, bool, usize, Anomalies, Vec<u8>) {
+        let mut d = Decoder::new(false);
+        let mut body = b"decoded before ".to_vec();
+        let mut used = 0;
+        let mut rest = Vec::new();
+        for piece in pieces {
+            let from = body.len();
+            body.extend_from_slice(piece);
+            // As the session does: in place when the decoder can, else from a copy.
+            let n = match d.decode_in_place(&mut body[from..]) {
+                Some((written, n)) => {
+                    rest = body[from + n..].to_vec();
+                    body.truncate(from + written);
+                    n
+                }
+                None => {
+                    let wire = body.split_off(from);
+                    let n = d.decode(&wire, &mut body);
+                    rest = wire[n..].to_vec();
+                    n
+                }
+            };
+            used += n;
+            if d.is_done() {
+                break;
+            }
+        }
+        (body, d.is_done(), used, d.anomalies(), rest)
+    }
+
+    #[test]
+    fn decoding_in_place_is_decoding() {
+        let mut ended = 0;
+        for input in tricky_inputs() {
+            for size in [1, 3, 64, 200, usize::MAX] {
+                let pieces: Vec<&[u8]> = input.chunks(size.min(input.len().max(1))).collect();
+                let mut d = Decoder::new(false);
+                let mut out = b"decoded before ".to_vec();
+                let (mut used, mut rest) = (0, &[][..]);
+                for piece in &pieces {
+                    let n = d.decode(piece, &mut out);
+                    used += n;
+                    rest = &piece[n..];
+                    if d.is_done() {
+                        break;
+                    }
+                }
+                let (body, done, in_place_used, anomalies, in_place_rest) =
+                    decode_in_place_pieces(&pieces);
+                assert_eq!(
+                    (&body, done, in_place_used, anomalies),
+                    (&out, d.is_done(), used, d.anomalies()),
+                    "{input:?} in pieces of {size}"
+                );
+                if done {
+                    ended += 1;
+                    assert_eq!(in_place_rest, rest, "{input:?} in pieces of {size}");
+                }
+            }
+        }
+        assert!(ended > 1000, "{ended} inputs held a terminator");
+        // A piece that ends between CR and LF leaves the decoder owing the CR.
+        let mut d = Decoder::new(false);
+        assert_eq!(d.decode_in_place(&mut b"a\r".to_vec()), Some((1, 2)));
+        assert!(!d.can_decode_in_place());
+        assert_eq!(d.decode_in_place(&mut b"\n".to_vec()), None);
+        // Normalising may make the message longer than the wire bytes: not in place.
+        let mut wire = b"a\nb\r\n.\r\n".to_vec();
+        assert_eq!(Decoder::new(true).decode_in_place(&mut wire), None);
+        assert_eq!(wire, b"a\nb\r\n.\r\n");
     }
 
     /// The AVX2 build of the block check, which every machine with AVX2 runs, against

@@ -347,6 +347,38 @@ impl<S: Transport> BufferedConn<S> {
         Ok(n)
     }
 
+    /// Reads more input straight into `dst` (a message body), waiting until `deadline`,
+    /// when nothing unparsed is buffered here: message content then lands where it is
+    /// kept, with no copy out of this buffer. Bytes that `dst`'s owner finds after the
+    /// message go back through [`Self::unread`].
+    pub async fn fill_into(
+        &mut self,
+        dst: &mut Vec<u8>,
+        deadline: Instant,
+    ) -> Result<usize, ReadError> {
+        debug_assert!(
+            self.buffered().is_empty(),
+            "unparsed input would be overtaken"
+        );
+        dst.reserve(self.chunk);
+        let n = match tokio::time::timeout_at(deadline, self.stream.read_buf(dst)).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        Ok(n)
+    }
+
+    /// Puts `bytes` back in front of the unparsed input: what a read through
+    /// [`Self::fill_into`] brought after the message (the next pipelined command).
+    pub fn unread(&mut self, bytes: &[u8]) {
+        self.buf
+            .splice(self.start..self.start, bytes.iter().copied());
+    }
+
     /// Waits until the stream is readable. When it is not at once (the peer is silent,
     /// or its bytes are not reported yet), the empty read and output buffers are
     /// released first: an idle session then costs no buffer memory (3.3 instead of

@@ -112,6 +112,55 @@ fn check_decoder(input: &[u8], sizes: &[u8], normalize: bool) {
         whole,
         "chunking changed the result"
     );
+    if normalize {
+        assert!(Decoder::new(true).decode_in_place(&mut input.to_vec()).is_none());
+    } else {
+        let (out, done, used, anomalies, rest, fed) = decode_in_place(&pieces);
+        assert_eq!(
+            (&out[PRIOR.len()..], done, used, anomalies),
+            (&whole.0[..], whole.1, whole.2, whole.3),
+            "decoding in place differs"
+        );
+        assert_eq!(out[..PRIOR.len()], *PRIOR, "decoding in place wrote before its bytes");
+        assert_eq!(rest, &input[used..fed], "the bytes after the terminator");
+    }
+}
+
+/// What the body holds before the wire bytes read into it.
+const PRIOR: &[u8] = b"decoded before";
+
+/// Decodes `pieces` as the session does when it reads DATA content straight into the
+/// body: each piece appended to it and decoded where it lies; also the bytes after the
+/// terminator, which go back to the connection, and how many bytes were fed.
+fn decode_in_place(pieces: &[&[u8]]) -> (Vec<u8>, bool, usize, Anomalies, Vec<u8>, usize) {
+    let mut d = Decoder::new(false);
+    let mut body = PRIOR.to_vec();
+    let (mut used, mut rest, mut fed) = (0, Vec::new(), 0);
+    for piece in pieces {
+        fed += piece.len();
+        let from = body.len();
+        body.extend_from_slice(piece);
+        // As the session does: in place when the decoder can, else from a copy.
+        let n = if d.can_decode_in_place() {
+            let (written, n) = d.decode_in_place(&mut body[from..]).expect("it can");
+            assert!(written <= n && n <= piece.len());
+            rest = body[from + n..].to_vec();
+            body.truncate(from + written);
+            n
+        } else {
+            assert!(d.decode_in_place(&mut body[from..]).is_none());
+            let wire = body.split_off(from);
+            let n = d.decode(&wire, &mut body);
+            rest = wire[n..].to_vec();
+            n
+        };
+        used += n;
+        if d.is_done() {
+            break;
+        }
+        assert_eq!(n, piece.len(), "stopped early without the terminator");
+    }
+    (body, d.is_done(), used, d.anomalies(), rest, fed)
 }
 
 fn check_encoder(message: &[u8], sizes: &[u8]) {

@@ -53,9 +53,25 @@ pub(super) struct Receiving {
     /// When the waiting upstream gets its next NOOP.
     next_noop: Instant,
     decoded: Vec<u8>,
+    /// Where wire bytes read straight into the in-memory body start, still to be decoded
+    /// there (see [`Session::read_message_bytes`]).
+    wire_in_body: Option<usize>,
 }
 
 impl Receiving {
+    /// The in-memory body for DATA content to be read into and decoded where it lands,
+    /// with where the wire bytes will start marked: only while the message is wanted, in
+    /// memory, and when the decoder can decode in place (see
+    /// [`Decoder::can_decode_in_place`]).
+    fn body_for_wire_bytes(&mut self) -> Option<&mut Vec<u8>> {
+        if self.refused() || !self.decoder.can_decode_in_place() {
+            return None;
+        }
+        let body = self.spool.memory()?;
+        self.wire_in_body = Some(body.len());
+        Some(body)
+    }
+
     fn refused(&self) -> bool {
         self.got.oversize
             || self.got.header_too_big
@@ -203,6 +219,7 @@ impl<S: Transport> Session<S> {
             wire_bytes: 0,
             next_noop: now + every,
             decoded: Vec::new(),
+            wire_in_body: None,
         }));
         self.conn.set_chunk(DATA_CHUNK);
     }
@@ -244,6 +261,72 @@ impl<S: Transport> Session<S> {
         }
     }
 
+    /// Reads message content, waiting until `deadline`: DATA content straight into the
+    /// in-memory body when nothing else is buffered (decoded there by
+    /// [`Self::take_message_bytes`], so each byte is copied once, by the kernel), anything
+    /// else into the connection's buffer. An associated function over the two fields it
+    /// needs, so the caller can wait on it beside the upstream's keep-alive.
+    pub(super) async fn read_message_bytes(
+        conn: &mut crate::stream::BufferedConn<S>,
+        receiving: Option<&mut Receiving>,
+        in_data: bool,
+        deadline: Instant,
+    ) -> Result<usize, crate::stream::ReadError> {
+        let body = receiving
+            .filter(|_| in_data && conn.buffered().is_empty())
+            .and_then(Receiving::body_for_wire_bytes);
+        match body {
+            Some(body) => conn.fill_into(body, deadline).await,
+            None => conn.fill(deadline).await,
+        }
+    }
+
+    /// [`Self::take_message_bytes`] for wire bytes read into the body from `from` on:
+    /// decoded where they lie, the bytes after the terminator handed back to the
+    /// connection as the next input.
+    async fn take_wire_bytes_in_body(
+        &mut self,
+        from: usize,
+        max_size: u64,
+        max_header: u64,
+    ) -> bool {
+        let Some(rx) = self.receiving.as_deref_mut() else {
+            return true;
+        };
+        let Some(body) = rx.spool.memory() else {
+            return false;
+        };
+        let (written, used) = match rx.decoder.decode_in_place(&mut body[from..]) {
+            Some((written, used)) => {
+                self.conn.unread(&body[from + used..]);
+                body.truncate(from + written);
+                (written, used)
+            }
+            None => {
+                // Not reached (body_for_wire_bytes marks a body only when the decoder
+                // can): decode the wire bytes from a copy instead.
+                let wire = body.split_off(from);
+                let used = rx.decoder.decode(&wire, body);
+                self.conn.unread(&wire[used..]);
+                (body.len() - from, used)
+            }
+        };
+        let done = rx.decoder.is_done();
+        rx.wire_bytes += used as u64;
+        rx.got.size += written as u64;
+        if !rx.headers.is_done() {
+            rx.headers.feed(&body[from..]);
+            rx.got.header_too_big |= rx.headers.header_bytes() > max_header;
+        }
+        rx.got.oversize |= rx.got.size > max_size;
+        // As for a copied chunk: one that made the message unwanted is dropped.
+        let keep = rx.refused().then_some(from);
+        if let Err(e) = rx.spool.grown(keep).await {
+            rx.got.spool_error = Some(e);
+        }
+        done
+    }
+
     /// Takes message content out of the buffer; `true` when the DATA terminator or the
     /// end of the BDAT chunk was reached.
     pub(super) async fn take_message_bytes(&mut self) -> bool {
@@ -264,6 +347,11 @@ impl<S: Transport> Session<S> {
             }
             return true;
         };
+        if let Some(from) = rx.wire_in_body.take() {
+            return self
+                .take_wire_bytes_in_body(from, max_size, max_header)
+                .await;
+        }
         // Decoded straight into the in-memory body while the message is still wanted (one
         // copy of each byte fewer); into the scratch buffer once it is refused (then
         // dropped) or spilled (then copied on to the file).

@@ -157,8 +157,9 @@ impl<S: Transport> Session<S> {
             limits.min_data_rate,
         );
         let noop_due = self.upstream.is_some().then_some(next_noop);
+        let in_data = matches!(self.input, Input::Data) && self.chunk_refusal.is_none();
         let result = tokio::select! {
-            r = self.conn.fill(deadline) => r,
+            r = Self::read_message_bytes(&mut self.conn, self.receiving.as_deref_mut(), in_data, deadline) => r,
             _ = sleep_until_opt(noop_due) => {
                 self.keep_upstream_alive().await;
                 return Ok(());

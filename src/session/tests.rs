@@ -251,7 +251,12 @@ struct Client {
 
 impl Client {
     fn start(h: &Harness) -> Client {
-        let (client, server) = tokio::io::duplex(1 << 16);
+        Client::start_on_pipe(h, 1 << 16)
+    }
+
+    /// A session whose every read returns at most `capacity` bytes.
+    fn start_on_pipe(h: &Harness, capacity: usize) -> Client {
+        let (client, server) = tokio::io::duplex(capacity);
         tokio::spawn(session_on(h, server).run());
         Client {
             io: client,
@@ -396,6 +401,50 @@ async fn an_upstream_that_stalls_at_rcpt_costs_the_client_a_4xx_after_its_timeou
 }
 
 const MESSAGE: &[u8] = b"Subject: chunks\r\n\r\n.leading dot\r\nline two\r\n";
+
+/// DATA content is decoded where it is read into the body (when nothing else is
+/// buffered), or from the read buffer: whichever way, and wherever a read ends (between
+/// CR and LF, inside a stuffed dot, inside the terminator, with the next command behind
+/// it), the upstream gets the message exactly and the command after it is answered.
+#[tokio::test(start_paused = true)]
+async fn message_content_in_pieces_of_any_size_reaches_the_upstream_exactly() {
+    let content: &[u8] = b"Subject: pieces\r\n\r\n..leading dot\r\n\r\n\r\n...\r\nx.\r\n.\r\n";
+    // What the upstream reads: the same stuffed lines, up to the terminator.
+    let relayed: &[u8] = b"Subject: pieces\r\n\r\n..leading dot\r\n\r\n\r\n...\r\nx.\r\n";
+    for capacity in [1, 2, 3, 5, 8, 9, 13, 64, 1 << 16] {
+        let h = harness(LIMITS, &[], UpScript::default()).await;
+        let mut c = Client::start_on_pipe(&h, capacity);
+        assert!(c.reply().await.unwrap().starts_with("220 "));
+        assert!(c.cmd("EHLO client.example").await.starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<a@x.test>").await.starts_with("250"));
+        assert!(c.cmd("RCPT TO:<b@d.test>").await.starts_with("250"));
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        // The next command behind the terminator, in the same write, when the pipe holds
+        // it: in a smaller one the client's write and the session's reply would wait
+        // for each other.
+        let behind = capacity >= 8;
+        let mut w = content.to_vec();
+        if behind {
+            w.extend_from_slice(b"NOOP\r\n");
+        }
+        c.send(&w).await;
+        let queued = c.reply().await.unwrap_or_default();
+        assert!(
+            queued.starts_with("250 2.0.0 Ok: queued"),
+            "{capacity}: {queued}"
+        );
+        if !behind {
+            c.send(b"NOOP\r\n").await;
+        }
+        assert!(
+            c.reply().await.unwrap_or_default().starts_with("250 2.0.0"),
+            "{capacity}: NOOP"
+        );
+        assert!(c.cmd("QUIT").await.starts_with("221"));
+        let log = h.up.lock().unwrap();
+        assert_eq!(log.messages, [relayed], "pieces of {capacity}");
+    }
+}
 
 #[tokio::test(start_paused = true)]
 async fn pipelined_bdat_chunks_are_read_exactly_and_relayed_as_bdat() {
