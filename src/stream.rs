@@ -336,15 +336,7 @@ impl<S: Transport> BufferedConn<S> {
             self.buf.reserve(self.chunk);
             self.stream.read_buf(&mut self.buf).await
         };
-        let n = match tokio::time::timeout_at(deadline, read).await {
-            Err(_) => return Err(ReadError::Timeout),
-            Ok(Err(e)) => return Err(ReadError::Io(e)),
-            Ok(Ok(n)) => n,
-        };
-        if n == 0 {
-            return Err(ReadError::Closed);
-        }
-        Ok(n)
+        read_by(deadline, read).await
     }
 
     /// Reads more input straight into `dst` (a message body), waiting until `deadline`,
@@ -361,15 +353,7 @@ impl<S: Transport> BufferedConn<S> {
             "unparsed input would be overtaken"
         );
         dst.reserve(self.chunk);
-        let n = match tokio::time::timeout_at(deadline, self.stream.read_buf(dst)).await {
-            Err(_) => return Err(ReadError::Timeout),
-            Ok(Err(e)) => return Err(ReadError::Io(e)),
-            Ok(Ok(n)) => n,
-        };
-        if n == 0 {
-            return Err(ReadError::Closed);
-        }
-        Ok(n)
+        read_by(deadline, self.stream.read_buf(dst)).await
     }
 
     /// Puts `bytes` back in front of the unparsed input: what a read through
@@ -479,6 +463,20 @@ async fn write_within(
     tokio::time::timeout(timeout, write)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write timed out"))?
+}
+
+/// One read of a connection's input, bounded by `deadline`: the bytes it brought, or why
+/// it brought none (the peer went quiet, failed, or closed).
+async fn read_by(
+    deadline: Instant,
+    read: impl Future<Output = io::Result<usize>>,
+) -> Result<usize, ReadError> {
+    match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => Err(ReadError::Timeout),
+        Ok(Err(e)) => Err(ReadError::Io(e)),
+        Ok(Ok(0)) => Err(ReadError::Closed),
+        Ok(Ok(n)) => Ok(n),
+    }
 }
 
 #[cfg(test)]
