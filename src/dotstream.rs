@@ -78,27 +78,7 @@ impl Decoder {
     /// bytes were consumed: all of them, or up to and including the terminator (the rest
     /// belongs to the next command).
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> usize {
-        let mut i = 0;
-        while i < input.len() && self.state != State::Done {
-            if self.state == State::Mid {
-                // Fast path: copy plain bytes, and the ordinary line ends among them, in
-                // one run up to the first byte the state machine has to look at.
-                let run = plain_run(
-                    &input[i..],
-                    |b| matches!(b, b'.' | b'\r' | b'\n' | 0),
-                    |s| memchr::memchr3(b'\r', b'\n', 0, s),
-                );
-                out.extend_from_slice(&input[i..i + run]);
-                i += run;
-                if i == input.len() {
-                    break;
-                }
-            }
-            let b = input[i];
-            i += 1;
-            self.step(b, out);
-        }
-        i
+        self.run(&mut Copying { input, out })
     }
 
     /// Decodes wire bytes where they lie: the message bytes they hold are moved to the
@@ -112,31 +92,36 @@ impl Decoder {
         if !self.can_decode_in_place() {
             return None;
         }
-        let mut out = InPlace { buf, written: 0 };
+        let mut wire = InPlace { buf, written: 0 };
+        let used = self.run(&mut wire);
+        Some((wire.written, used))
+    }
+
+    /// The decoding loop of [`decode`](Self::decode) and
+    /// [`decode_in_place`](Self::decode_in_place): runs of plain bytes (and the ordinary
+    /// line ends among them) passed on whole, up to the first byte the state machine has
+    /// to look at. Returns the wire bytes used.
+    fn run(&mut self, wire: &mut impl Wire) -> usize {
+        let len = wire.wire().len();
         let mut i = 0;
-        while i < out.buf.len() && self.state != State::Done {
+        while i < len && self.state != State::Done {
             if self.state == State::Mid {
                 let run = plain_run(
-                    &out.buf[i..],
+                    &wire.wire()[i..],
                     |b| matches!(b, b'.' | b'\r' | b'\n' | 0),
                     |s| memchr::memchr3(b'\r', b'\n', 0, s),
                 );
-                // Until the first stuffed dot the bytes are already where they belong.
-                if out.written != i {
-                    out.buf.copy_within(i..i + run, out.written);
-                }
-                out.written += run;
+                wire.put_wire_run(i, run);
                 i += run;
-                if i == out.buf.len() {
+                if i == len {
                     break;
                 }
             }
-            let b = out.buf[i];
+            let b = wire.wire()[i];
             i += 1;
-            self.step(b, &mut out);
-            debug_assert!(out.written <= i, "decoded bytes overtook the wire bytes");
+            self.step(b, wire);
         }
-        Some((out.written, i))
+        i
     }
 
     fn step(&mut self, b: u8, out: &mut impl Output) {
@@ -214,22 +199,47 @@ impl Decoder {
     }
 }
 
-/// Where the decoder's state machine puts message bytes: a vector it appends to, or the
-/// wire bytes' own buffer ([`Decoder::decode_in_place`]).
+/// Where the decoder's state machine puts message bytes.
 trait Output {
     fn put(&mut self, bytes: &[u8]);
 }
 
-impl Output for Vec<u8> {
+/// The wire bytes a decoding loop reads, and where it puts the message bytes: appended
+/// to a vector ([`Copying`]), or written over the wire bytes already read ([`InPlace`]).
+trait Wire: Output {
+    fn wire(&self) -> &[u8];
+    /// Puts the wire bytes `at..at + len` out as message bytes, as they are.
+    fn put_wire_run(&mut self, at: usize, len: usize);
+}
+
+/// Wire bytes decoded into a separate vector ([`Decoder::decode`]).
+struct Copying<'a> {
+    input: &'a [u8],
+    out: &'a mut Vec<u8>,
+}
+
+impl Output for Copying<'_> {
     #[inline]
     fn put(&mut self, bytes: &[u8]) {
-        self.extend_from_slice(bytes);
+        self.out.extend_from_slice(bytes);
     }
 }
 
-/// The decoded bytes written over the wire bytes already read: the state machine never
-/// puts out more bytes than it has taken in (without normalising), so the writing never
-/// overtakes the reading.
+impl Wire for Copying<'_> {
+    #[inline]
+    fn wire(&self) -> &[u8] {
+        self.input
+    }
+
+    #[inline]
+    fn put_wire_run(&mut self, at: usize, len: usize) {
+        self.out.extend_from_slice(&self.input[at..at + len]);
+    }
+}
+
+/// The decoded bytes written over the wire bytes already read ([`Decoder::decode_in_place`]):
+/// the state machine never puts out more bytes than it has taken in (without normalising),
+/// so the writing never overtakes the reading.
 struct InPlace<'a> {
     buf: &'a mut [u8],
     written: usize,
@@ -240,6 +250,23 @@ impl Output for InPlace<'_> {
     fn put(&mut self, bytes: &[u8]) {
         self.buf[self.written..self.written + bytes.len()].copy_from_slice(bytes);
         self.written += bytes.len();
+    }
+}
+
+impl Wire for InPlace<'_> {
+    #[inline]
+    fn wire(&self) -> &[u8] {
+        self.buf
+    }
+
+    #[inline]
+    fn put_wire_run(&mut self, at: usize, len: usize) {
+        debug_assert!(self.written <= at, "decoded bytes overtook the wire bytes");
+        // Until the first stuffed dot the bytes are already where they belong.
+        if self.written != at {
+            self.buf.copy_within(at..at + len, self.written);
+        }
+        self.written += len;
     }
 }
 
